@@ -1,0 +1,46 @@
+"""jido_trio: a Trio-native, distribution-ready agent runtime.
+
+Agents are addressed by logical :class:`AgentRef` values, every message is a
+versioned :class:`Message` envelope, all communication goes through one layer,
+and every failure is an explicit :class:`JidoError`. Start with
+:func:`open_node`.
+"""
+
+from __future__ import annotations
+
+from ._agent import Agent as Agent
+from ._agent import Context as Context
+from ._agent import action as action
+from ._config import Config as Config
+from ._exceptions import ActionError as ActionError
+from ._exceptions import ActionNotFound as ActionNotFound
+from ._exceptions import AgentAlreadyExists as AgentAlreadyExists
+from ._exceptions import AgentNotFound as AgentNotFound
+from ._exceptions import AgentUnavailable as AgentUnavailable
+from ._exceptions import AlreadyProcessed as AlreadyProcessed
+from ._exceptions import CallTimeout as CallTimeout
+from ._exceptions import CircuitOpen as CircuitOpen
+from ._exceptions import ConfigError as ConfigError
+from ._exceptions import InvalidMessage as InvalidMessage
+from ._exceptions import JidoError as JidoError
+from ._exceptions import MailboxFull as MailboxFull
+from ._exceptions import RemoteNotSupported as RemoteNotSupported
+from ._exceptions import StateConflict as StateConflict
+from ._exceptions import SupervisorEscalation as SupervisorEscalation
+from ._exceptions import Unreachable as Unreachable
+from ._health import Health as Health
+from ._message import Instruction as Instruction
+from ._message import Message as Message
+from ._message import Receipt as Receipt
+from ._message import register_envelope_upcaster as register_envelope_upcaster
+from ._node import Node as Node
+from ._node import open_node as open_node
+from ._ref import AgentRef as AgentRef
+from ._supervisor import Backoff as Backoff
+from ._supervisor import ChildInfo as ChildInfo
+from ._supervisor import ChildSpec as ChildSpec
+from ._supervisor import Supervisor as Supervisor
+from ._supervisor import SupervisorInfo as SupervisorInfo
+from .hookspecs import hookimpl as hookimpl
+
+__version__ = "0.1.0"

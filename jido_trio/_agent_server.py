@@ -1,0 +1,312 @@
+"""The agent server: one agent's mailbox loop, state persistence and lifecycle.
+
+An :class:`AgentCell` lives from ``start_agent`` until the agent is gone for
+good; its mailbox and dedupe window survive restarts, so messages sent while
+the agent restarts wait for the next incarnation. Each incarnation (one run of
+:meth:`AgentCell.serve` under a supervisor) loads the last committed state,
+drains the mailbox in batches, and commits state plus processed instruction
+ids once per batch before any reply of that batch is released.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import msgspec
+import trio
+
+from ._agent import Agent, Context
+from ._delivery import Delivery
+from ._exceptions import (
+    ActionError,
+    ActionNotFound,
+    AgentUnavailable,
+    AlreadyProcessed,
+    InvalidMessage,
+)
+from ._mailbox import Mailbox
+from ._persistence import AgentStore
+from ._ref import AgentRef
+from ._supervisor import Supervisor, describe
+
+if TYPE_CHECKING:
+    from ._communication import Communication
+
+__all__ = ["AgentCell", "InjectedCrash"]
+
+log = logging.getLogger("jido_trio.agent")
+
+#: Most messages handled between two state commits.
+BATCH_LIMIT = 64
+
+CellStatus = Literal["starting", "running", "restarting", "stopped"]
+
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def state_decoder(state_type: Any) -> msgspec.msgpack.Decoder[Any]:
+    decoder = _decoders.get(state_type)
+    if decoder is None:
+        decoder = _decoders[state_type] = msgspec.msgpack.Decoder(state_type)
+    return decoder
+
+
+class InjectedCrash(Exception):
+    """Raised inside an agent by :func:`jido_trio.testing.crash_agent`."""
+
+
+def action_error(agent_id: str, action: str, exc: BaseException) -> ActionError:
+    error = ActionError(f"action {action!r} of agent {agent_id!r} failed: {describe(exc)}")
+    error.__cause__ = exc
+    return error
+
+
+@attrs.define(eq=False)
+class AgentCell:
+    """Everything the node keeps for one agent id across its incarnations."""
+
+    ref: AgentRef
+    cls: type[Agent]
+    comm: Communication
+    store: AgentStore
+    mailbox: Mailbox[Delivery]
+    restart: str
+    shutdown_timeout: float
+    initial_state: Any = None
+    metadata: Any = None
+    supervisor: Supervisor | None = None
+    status: CellStatus = "starting"
+    restarts: int = 0
+    last_restart_at: float = -math.inf
+    last_failure: str | None = None
+    state: Any = None
+    pending: set[str] = attrs.field(factory=set)
+    _instance: Agent | None = None
+    _scope: trio.CancelScope | None = None
+    _injected: BaseException | None = None
+    _crash_seen: trio.Event | None = None
+    _stop_requested: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.status != "stopped"
+
+    def seen(self, instruction_id: str) -> bool:
+        """Applied, or accepted and still queued."""
+        return instruction_id in self.pending or instruction_id in self.store.seen
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def serve(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """One incarnation of the agent (the supervisor's child function)."""
+        self._stop_requested = False
+        self._injected = None
+        instance = self.cls()
+        ctx = Context(self.comm, self.ref)
+        instance._ctx = ctx
+        decoder = state_decoder(self.cls.State)
+
+        def decode(data: bytes) -> Any:
+            try:
+                return decoder.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise InvalidMessage(
+                    f"stored state of agent {self.ref.id!r} does not fit "
+                    f"{getattr(self.cls.State, '__name__', self.cls.State)!r}: {exc}"
+                ) from exc
+
+        found, state = await self.store.load(decode)
+        if self.initial_state is not None:
+            state = self.initial_state
+            self.initial_state = None  # restarts resume the persisted state
+        elif not found:
+            state = self.cls.State()
+        started = await instance.on_start(state)
+        if started is not None:
+            state = started
+        await self.store.commit(state)
+        self.state = state
+        self._instance = instance
+        await self.comm.registry.register(self.ref, self.metadata)
+        self.status = "running"
+        task_status.started()
+        self.comm.emit("jido_trio_agent_started", ref=self.ref)
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            await self._loop(ctx)
+        self._scope = None
+        if self._injected is not None:
+            raise self._injected
+        reason = "shutdown" if self._stop_requested else "normal"
+        with trio.move_on_after(self.shutdown_timeout) as cleanup:
+            cleanup.shield = True
+            try:
+                await instance.on_stop(self.state, reason)
+            except Exception:
+                log.exception("on_stop of agent %r failed", self.ref.id)
+
+    def request_stop(self) -> None:
+        """Graceful stop: finish the current batch, run ``on_stop``, exit."""
+        self._stop_requested = True
+        self.mailbox.wake()
+
+    def inject_crash(self, error: BaseException) -> trio.Event:
+        """Make the running incarnation fail with ``error``; the returned event is
+        set once the supervisor has seen the failure."""
+        self._crash_seen = seen = trio.Event()
+        self._injected = error
+        if self._scope is not None:
+            self._scope.cancel()
+        else:
+            self.mailbox.wake()
+        return seen
+
+    # ------------------------------------------------------------ supervisor callbacks
+
+    def on_exit(self, error: BaseException | None, will_restart: bool) -> None:
+        self.status = "restarting" if will_restart else self.status
+        if error is not None:
+            self.last_failure = describe(error)
+        reason = "normal" if error is None else f"crash: {describe(error)}"
+        self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason=reason)
+        if self._crash_seen is not None:
+            self._crash_seen.set()
+            self._crash_seen = None
+
+    def on_restart(self, restarts: int) -> None:
+        self.restarts = restarts
+        self.last_restart_at = trio.current_time()
+        self.comm.emit("jido_trio_agent_restarted", ref=self.ref, restarts=restarts)
+
+    def on_final(self, reason: str) -> None:
+        """The agent will not run again: refuse and fail whatever waits for it."""
+        if self.status == "stopped":
+            return
+        self.status = "stopped"
+        error = AgentUnavailable(f"agent {self.ref.id!r} is stopped ({reason})")
+
+        def drop(delivery: Delivery) -> None:
+            if delivery.reply is not None:
+                delivery.fail(error)
+            else:
+                self.comm.dead_letter(delivery.message, f"agent stopped ({reason})")
+
+        self.mailbox.close(error, drop)
+        self.pending.clear()
+        if self._crash_seen is not None:
+            self._crash_seen.set()
+            self._crash_seen = None
+        self.comm.agent_gone(self)
+
+    # ------------------------------------------------------------ the loop
+
+    async def _loop(self, ctx: Context) -> None:
+        mailbox = self.mailbox
+        while self._injected is None:
+            if self._stop_requested:
+                return
+            batch = mailbox.take_batch(BATCH_LIMIT)
+            if batch:
+                await self._run_batch(batch, ctx)
+            else:
+                await mailbox.wait()
+
+    async def _run_batch(self, batch: list[Delivery], ctx: Context) -> None:
+        applied: list[Delivery] = []
+        dirty = False
+        crash: Exception | None = None
+        index = 0
+        try:
+            while index < len(batch):
+                try:
+                    dirty |= await self._apply(batch[index], ctx)
+                except Exception as exc:
+                    crash = exc
+                    break
+                applied.append(batch[index])
+                index += 1
+        finally:
+            commit_error = await self._commit(dirty) if dirty else None
+            for delivery in applied:
+                if commit_error is None:
+                    delivery.resolve()
+                else:
+                    delivery.fail(
+                        AgentUnavailable(f"agent {self.ref.id!r} could not persist its state")
+                    )
+            if index < len(batch):
+                self._settle_unfinished(batch[index], crash or self._injected, batch[index + 1 :])
+        if commit_error is not None:
+            raise commit_error
+        if crash is not None:
+            raise crash
+
+    async def _commit(self, _dirty: bool) -> Exception | None:
+        # Shielded: what was applied must be made durable even while the agent
+        # is being cancelled, but never for longer than its shutdown timeout.
+        with trio.move_on_after(self.shutdown_timeout) as scope:
+            scope.shield = True
+            try:
+                await self.store.commit(self.state)
+            except Exception as exc:
+                return exc
+        if scope.cancelled_caught:
+            return TimeoutError(f"committing state of agent {self.ref.id!r} timed out")
+        return None
+
+    def _settle_unfinished(
+        self, interrupted: Delivery, cause: BaseException | None, rest: list[Delivery]
+    ) -> None:
+        if cause is None:
+            # Cancelled for shutdown: nothing was applied; keep it for later.
+            self.mailbox.requeue_front([interrupted, *rest])
+            return
+        instruction = interrupted.instruction
+        if instruction is not None:
+            self.pending.discard(instruction.id)
+            if interrupted.reply is None:
+                self.comm.dead_letter(interrupted.message, f"action failed: {describe(cause)}")
+            else:
+                interrupted.fail(action_error(self.ref.id, instruction.action, cause))
+        else:
+            interrupted.fail(AgentUnavailable(f"agent {self.ref.id!r} crashed"))
+        self.mailbox.requeue_front(rest)
+
+    async def _apply(self, delivery: Delivery, ctx: Context) -> bool:
+        """Handle one delivery; return whether state or processed ids changed."""
+        if delivery.kind == "query":
+            delivery.reply_value = self.state
+            return False
+        instruction = delivery.instruction
+        assert instruction is not None
+        reply = delivery.reply
+        if reply is not None and reply.abandoned:
+            self.pending.discard(instruction.id)
+            return False
+        if instruction.id in self.store.seen:
+            self.pending.discard(instruction.id)
+            delivery.fail(AlreadyProcessed(f"instruction {instruction.id} was already applied"))
+            return False
+        spec = self.cls.actions.get(instruction.action)
+        if spec is None:
+            self.pending.discard(instruction.id)
+            error = ActionNotFound(
+                f"agent type {self.ref.type!r} has no action {instruction.action!r}"
+            )
+            if reply is None:
+                self.comm.dead_letter(delivery.message, str(error))
+            delivery.fail(error)
+            return False
+        ctx._delivery = delivery
+        try:
+            result = await getattr(self._instance, spec.method)(self.state, **instruction.params)
+        finally:
+            ctx._delivery = None
+        if result is not None:
+            self.state = result
+        self.store.mark(instruction.id)
+        self.pending.discard(instruction.id)
+        return True

@@ -1,0 +1,451 @@
+"""The Communication layer: the one place where a ref becomes a local mailbox
+or a message to another node.
+
+Everything the Node facade and agent contexts send goes through
+:class:`Communication`. Local delivery never encodes anything; remote delivery
+encodes the envelope, hands bytes to the Transport, and the owning node's
+Communication decodes and delivers it locally (see :meth:`handle_remote`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import trio
+
+from . import _exceptions as errors
+from ._agent_server import AgentCell, state_decoder
+from ._delivery import Delivery, Reply
+from ._exceptions import (
+    ActionError,
+    ActionNotFound,
+    AgentNotFound,
+    AgentUnavailable,
+    AlreadyProcessed,
+    CallTimeout,
+    InvalidMessage,
+    JidoError,
+    MailboxFull,
+    Unreachable,
+)
+from ._health import Health
+from ._mailbox import MailboxClosed
+from ._message import Instruction, Message, Receipt, decode_value, encode_value
+from ._persistence import encode_state
+from ._ref import AgentRef
+from .abc import Consistency, Registry, StateBackend, Transport
+
+if TYPE_CHECKING:
+    from ._config import Config
+
+__all__ = ["Communication", "Delivery"]
+
+log = logging.getLogger("jido_trio.communication")
+
+Delivery_ = Literal["at_most_once", "at_least_once"]
+_DELIVERY_MODES = ("at_most_once", "at_least_once")
+_CONSISTENCY = ("strong", "eventual", "weak")
+
+#: Stopped agents remembered (to answer AgentUnavailable rather than AgentNotFound).
+TOMBSTONE_LIMIT = 100_000
+
+EmitFn = Callable[..., None]
+
+
+def _deadline(timeout: float | None, default: float) -> float:
+    t = default if timeout is None else timeout
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0 or math.isnan(t):
+        raise ValueError(f"timeout must be a non-negative number, got {timeout!r}")
+    return trio.current_time() + t
+
+
+@attrs.define(eq=False)
+class Communication:
+    """Routes operations on refs to local cells or to other nodes."""
+
+    node_name: str
+    config: Config
+    registry: Registry
+    transport: Transport
+    state: StateBackend
+    emit: EmitFn
+    spawn: Callable[[Callable[[], Awaitable[Any]]], None]
+    cells: dict[str, AgentCell] = attrs.field(factory=dict)
+    _tombstones: OrderedDict[str, None] = attrs.field(factory=OrderedDict)
+
+    # ------------------------------------------------------------ cells
+
+    def add_cell(self, cell: AgentCell) -> None:
+        self.cells[cell.ref.id] = cell
+        self._tombstones.pop(cell.ref.id, None)
+
+    def agent_gone(self, cell: AgentCell) -> None:
+        """Called once an agent is stopped for good."""
+        if self.cells.get(cell.ref.id) is cell:
+            del self.cells[cell.ref.id]
+        self._tombstones[cell.ref.id] = None
+        while len(self._tombstones) > TOMBSTONE_LIMIT:
+            self._tombstones.popitem(last=False)
+        agent_id = cell.ref.id
+
+        async def unregister() -> None:
+            await self.registry.unregister(agent_id, node=self.node_name)
+
+        self.spawn(unregister)
+
+    def dead_letter(self, message: Message, reason: str) -> None:
+        log.warning("dead letter %s to %s: %s", message.id, message.recipient.id, reason)
+        self.emit("jido_trio_message_dead_lettered", message=message, reason=reason)
+
+    # ------------------------------------------------------------ resolution
+
+    async def _resolve(self, ref: AgentRef) -> AgentCell | str:
+        """Return the local cell for ``ref`` or the name of the node that owns it."""
+        if not isinstance(ref, AgentRef):
+            raise TypeError(f"expected an AgentRef, got {type(ref).__name__}")
+        node = ref.node
+        if node is None or node == self.node_name:
+            cell = self.cells.get(ref.id)
+            if cell is not None:
+                return cell
+            if ref.id in self._tombstones:
+                raise AgentUnavailable(f"agent {ref.id!r} is stopped")
+            try:
+                entry = await self.registry.lookup(ref.id)
+            except AgentNotFound:
+                raise AgentNotFound(f"no agent {ref.id!r}") from None
+            if entry.node is None or entry.node == self.node_name:
+                raise AgentNotFound(f"no agent {ref.id!r} on node {self.node_name!r}")
+            return entry.node
+        return node
+
+    # ------------------------------------------------------------ operations
+
+    async def send_instruction(
+        self,
+        ref: AgentRef,
+        instruction: Instruction,
+        *,
+        delivery: str = "at_most_once",
+        sender: AgentRef | None = None,
+        timeout: float | None = None,
+        trace_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Receipt:
+        if delivery not in _DELIVERY_MODES:
+            raise ValueError(f"delivery must be one of {', '.join(_DELIVERY_MODES)}")
+        if not isinstance(instruction, Instruction):
+            raise TypeError(f"expected an Instruction, got {type(instruction).__name__}")
+        deadline = _deadline(timeout, self.config.operation_timeout)
+        target = await self._resolve(ref)
+        message = Message.new(
+            sender,
+            ref if isinstance(target, str) else target.ref,
+            instruction,
+            trace_id=trace_id,
+            causation_id=causation_id,
+        )
+        if isinstance(target, str):
+            status = await self._remote(target, "tell", message, deadline)
+            return Receipt(message_id=message.id, instruction_id=instruction.id, status=status)
+        return await self.deliver_tell(target, message, instruction, deadline)
+
+    async def deliver_tell(
+        self, cell: AgentCell, message: Message, instruction: Instruction, deadline: float
+    ) -> Receipt:
+        self._check_action(cell, instruction)
+        if cell.seen(instruction.id):
+            await trio.lowlevel.checkpoint()
+            return Receipt(
+                message_id=message.id, instruction_id=instruction.id, status="already_processed"
+            )
+        cell.pending.add(instruction.id)
+        item = Delivery("instruction", message, instruction, None)
+        try:
+            with trio.move_on_at(deadline) as scope:
+                await cell.mailbox.put(item)
+        except MailboxClosed as closed:
+            cell.pending.discard(instruction.id)
+            raise closed.error from None
+        except BaseException:
+            cell.pending.discard(instruction.id)
+            raise
+        if scope.cancelled_caught:
+            cell.pending.discard(instruction.id)
+            raise MailboxFull(f"mailbox of agent {cell.ref.id!r} stayed full until the deadline")
+        return Receipt(message_id=message.id, instruction_id=instruction.id, status="accepted")
+
+    async def call(
+        self,
+        ref: AgentRef,
+        instruction: Instruction,
+        *,
+        timeout: float | None = None,
+        sender: AgentRef | None = None,
+        trace_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Any:
+        if not isinstance(instruction, Instruction):
+            raise TypeError(f"expected an Instruction, got {type(instruction).__name__}")
+        deadline = _deadline(timeout, self.config.operation_timeout)
+        target = await self._resolve(ref)
+        message = Message.new(
+            sender,
+            ref if isinstance(target, str) else target.ref,
+            instruction,
+            trace_id=trace_id,
+            causation_id=causation_id,
+        )
+        if isinstance(target, str):
+            return await self._remote(target, "call", message, deadline)
+        return await self.deliver_call(target, message, instruction, deadline)
+
+    async def deliver_call(
+        self, cell: AgentCell, message: Message, instruction: Instruction, deadline: float
+    ) -> Any:
+        self._check_action(cell, instruction)
+        if cell.seen(instruction.id):
+            await trio.lowlevel.checkpoint()
+            raise AlreadyProcessed(f"instruction {instruction.id} was already applied")
+        cell.pending.add(instruction.id)
+        reply = Reply()
+        return await self._enqueue_and_wait(
+            cell, Delivery("instruction", message, instruction, reply), deadline
+        )
+
+    async def _enqueue_and_wait(self, cell: AgentCell, item: Delivery, deadline: float) -> Any:
+        reply = item.reply
+        assert reply is not None
+        instruction_id = None if item.instruction is None else item.instruction.id
+        queued = False
+        try:
+            with trio.move_on_at(deadline) as scope:
+                await cell.mailbox.put(item)
+                queued = True
+                return await reply.wait()
+        except MailboxClosed as closed:
+            raise closed.error from None
+        finally:
+            if not reply.done:
+                reply.abandoned = True
+                if instruction_id is not None and not queued:
+                    cell.pending.discard(instruction_id)
+        if scope.cancelled_caught:
+            raise CallTimeout(f"no reply from agent {cell.ref.id!r} before the deadline")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_action(self, cell: AgentCell, instruction: Instruction) -> None:
+        spec = cell.cls.actions.get(instruction.action)
+        if spec is None:
+            raise ActionNotFound(
+                f"agent type {cell.ref.type!r} has no action {instruction.action!r}; "
+                f"it has: {', '.join(sorted(cell.cls.actions)) or 'none'}"
+            )
+        spec.check_params(instruction.params)
+
+    async def query(
+        self,
+        ref: AgentRef,
+        query: str = "get_state",
+        *,
+        consistency: Consistency = "strong",
+        timeout: float | None = None,
+    ) -> Any:
+        if consistency not in _CONSISTENCY:
+            raise ValueError(f"consistency must be one of {', '.join(_CONSISTENCY)}")
+        deadline = _deadline(timeout, self.config.operation_timeout)
+        target = await self._resolve(ref)
+        if isinstance(target, str):
+            message = Message.new(None, ref, {"query": query, "consistency": consistency})
+            raw = await self._remote(target, "query", message, deadline)
+            return _decode_remote_state(ref.type, raw)
+        return await self.deliver_query(target, query, consistency, deadline)
+
+    async def deliver_query(
+        self, cell: AgentCell, query: str, consistency: Consistency, deadline: float
+    ) -> Any:
+        if query != "get_state":
+            # Any other query is an action run as a call: always strong.
+            return await self.deliver_call(
+                cell, Message.new(None, cell.ref, None), Instruction(query), deadline
+            )
+        if consistency == "weak":
+            await trio.lowlevel.checkpoint()
+            if cell.status == "stopped":
+                raise AgentUnavailable(f"agent {cell.ref.id!r} is stopped")
+            return cell.state
+        if consistency == "eventual":
+            decoder = state_decoder(cell.cls.State)
+            with trio.move_on_at(deadline) as scope:
+                return await cell.store.read_state(decoder.decode, "eventual")
+            if scope.cancelled_caught:
+                raise CallTimeout(f"state read of agent {cell.ref.id!r} timed out")
+        message = Message.new(None, cell.ref, {"query": query})
+        return await self._enqueue_and_wait(
+            cell, Delivery("query", message, None, Reply()), deadline
+        )
+
+    async def health(self, ref: AgentRef, *, timeout: float | None = None) -> Health:
+        deadline = _deadline(timeout, self.config.operation_timeout)
+        try:
+            target = await self._resolve(ref)
+        except (AgentNotFound, AgentUnavailable):
+            return Health.NOT_FOUND
+        if isinstance(target, str):
+            message = Message.new(None, ref, None)
+            try:
+                value = await self._remote(target, "health", message, deadline)
+            except (Unreachable, CallTimeout):
+                return Health.UNREACHABLE
+            except (AgentNotFound, AgentUnavailable):
+                return Health.NOT_FOUND
+            return Health(value)
+        await trio.lowlevel.checkpoint()
+        return self.local_health(target)
+
+    def local_health(self, cell: AgentCell) -> Health:
+        if cell.status == "stopped":
+            return Health.NOT_FOUND
+        if cell.status != "running":
+            return Health.DEGRADED
+        if len(cell.mailbox) > cell.mailbox.capacity * self.config.mailbox_high_water:
+            return Health.DEGRADED
+        if trio.current_time() - cell.last_restart_at < self.config.max_seconds:
+            return Health.DEGRADED
+        return Health.HEALTHY
+
+    async def lookup(self, agent_id: str) -> AgentRef:
+        cell = self.cells.get(agent_id)
+        if cell is not None:
+            await trio.lowlevel.checkpoint()
+            return cell.ref
+        try:
+            entry = await self.registry.lookup(agent_id)
+        except AgentNotFound:
+            if agent_id in self._tombstones:
+                raise AgentUnavailable(f"agent {agent_id!r} is stopped") from None
+            raise
+        return entry.ref
+
+    # ------------------------------------------------------------ remote
+
+    async def _remote(self, node: str, kind: str, message: Message, deadline: float) -> Any:
+        frame = encode_value([kind, message.to_bytes(), deadline - trio.current_time()])
+        timeout = max(0.0, deadline - trio.current_time())
+        data = await self.transport.request(node, frame, timeout=timeout)
+        return _unpack_reply(decode_value(data), node)
+
+    async def handle_remote(self, data: bytes) -> bytes:
+        """Transport handler: run one request from another node and encode the outcome."""
+        try:
+            value = await self._handle_remote(data)
+        except _RemoteActionError as exc:
+            return encode_value(
+                ["err", "ActionError", str(exc), exc.remote_type, exc.remote_message]
+            )
+        except JidoError as exc:
+            return encode_value(["err", type(exc).__name__, str(exc), None, None])
+        except Exception as exc:
+            log.exception("remote request failed")
+            return encode_value(["err", "JidoError", f"{type(exc).__name__}: {exc}", None, None])
+        return encode_value(["ok", value])
+
+    async def _handle_remote(self, data: bytes) -> Any:
+        frame = decode_value(data)
+        if (
+            not isinstance(frame, list)
+            or len(frame) != 3
+            or not isinstance(frame[0], str)
+            or not isinstance(frame[1], bytes)
+            or not isinstance(frame[2], (int, float))
+        ):
+            raise InvalidMessage("malformed request frame")
+        kind, raw, remaining = frame
+        message = Message.from_bytes(raw)
+        deadline = trio.current_time() + max(0.0, min(float(remaining), 3600.0))
+        ref = message.recipient
+        if kind == "health":
+            cell = self.cells.get(ref.id)
+            if cell is None:
+                raise AgentNotFound(f"no agent {ref.id!r} on node {self.node_name!r}")
+            await trio.lowlevel.checkpoint()
+            return self.local_health(cell).value
+        cell = await self._local_cell(ref)
+        if kind == "tell" or kind == "call":
+            instruction = message.payload
+            if not isinstance(instruction, Instruction):
+                raise InvalidMessage("instruction message without an Instruction payload")
+            if kind == "tell":
+                receipt = await self.deliver_tell(cell, message, instruction, deadline)
+                return receipt.status
+            try:
+                return await self.deliver_call(cell, message, instruction, deadline)
+            except ActionError as exc:
+                cause = exc.__cause__
+                if cause is None:
+                    raise
+                raise _RemoteActionError(str(exc), type(cause).__name__, str(cause)) from None
+        if kind == "query":
+            payload = message.payload
+            if not isinstance(payload, dict):
+                raise InvalidMessage("malformed query")
+            state = await self.deliver_query(
+                cell, str(payload.get("query")), payload.get("consistency", "strong"), deadline
+            )
+            return encode_state(state)
+        raise InvalidMessage(f"unknown request kind {kind!r}")
+
+    async def _local_cell(self, ref: AgentRef) -> AgentCell:
+        await trio.lowlevel.checkpoint()
+        cell = self.cells.get(ref.id)
+        if cell is not None:
+            return cell
+        if ref.id in self._tombstones:
+            raise AgentUnavailable(f"agent {ref.id!r} is stopped")
+        raise AgentNotFound(f"no agent {ref.id!r} on node {self.node_name!r}")
+
+
+class _RemoteActionError(JidoError):
+    def __init__(self, message: str, remote_type: str, remote_message: str) -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+
+
+def _unpack_reply(reply: Any, node: str) -> Any:
+    if isinstance(reply, list) and len(reply) == 2 and reply[0] == "ok":
+        return reply[1]
+    if isinstance(reply, list) and len(reply) == 5 and reply[0] == "err":
+        _, type_name, text, remote_type, remote_message = reply
+        where = f"{text} (on node {node!r})"
+        if type_name == "ActionError":
+            raise ActionError(
+                where,
+                remote_type=None if remote_type is None else str(remote_type),
+                remote_message=None if remote_message is None else str(remote_message),
+            )
+        cls = getattr(errors, str(type_name), None)
+        if (
+            isinstance(cls, type)
+            and issubclass(cls, JidoError)
+            and cls.__init__ is JidoError.__init__
+        ):
+            raise cls(where)
+        raise JidoError(f"{type_name}: {where}")
+    raise InvalidMessage(f"malformed reply from node {node!r}")
+
+
+def _decode_remote_state(agent_type: str, raw: Any) -> Any:
+    from ._agent import Agent
+
+    if not isinstance(raw, bytes):
+        raise InvalidMessage("malformed state reply")
+    cls = Agent.types.get(agent_type)
+    if cls is None:
+        return decode_value(raw)
+    return state_decoder(cls.State).decode(raw)

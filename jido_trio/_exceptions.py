@@ -1,0 +1,151 @@
+"""The one error hierarchy of jido_trio.
+
+Every error the runtime raises on purpose derives from :class:`JidoError`::
+
+    JidoError
+    ├── AgentNotFound        (also LookupError)  the id was never registered
+    ├── AgentUnavailable                         registered, not running, not coming back
+    ├── AgentAlreadyExists                       start_agent with an id that is running
+    ├── Unreachable                              the owning node cannot be reached
+    │   └── RemoteNotSupported                   remote ref while the transport is local-only
+    ├── CallTimeout          (also TimeoutError) no reply before the deadline
+    ├── MailboxFull                              backpressure outlasted the deadline
+    ├── CircuitOpen                              a breaker refuses calls for now
+    ├── ActionNotFound       (also LookupError)  the agent has no such action
+    ├── ActionError                              the action raised; cause kept
+    ├── AlreadyProcessed                         a call re-used an applied instruction id
+    ├── InvalidMessage       (also ValueError)   malformed, oversized or unknown-version input
+    ├── ConfigError          (also ValueError)   bad configuration or unknown plugin name
+    ├── StateConflict                            an optimistic (compare-and-set) write lost
+    └── SupervisorEscalation                     a supervisor exceeded its restart intensity
+
+Errors that come from another node keep their cause: the local exception is
+raised ``from`` the remote one, or carries the remote type name and text.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActionError",
+    "ActionNotFound",
+    "AgentAlreadyExists",
+    "AgentNotFound",
+    "AgentUnavailable",
+    "AlreadyProcessed",
+    "CallTimeout",
+    "CircuitOpen",
+    "ConfigError",
+    "InvalidMessage",
+    "JidoError",
+    "MailboxFull",
+    "RemoteNotSupported",
+    "StateConflict",
+    "SupervisorEscalation",
+    "Unreachable",
+]
+
+
+class JidoError(Exception):
+    """Base class of every error raised by jido_trio."""
+
+
+class AgentNotFound(JidoError, LookupError):
+    """No agent with this id was ever registered (or it is unknown to every node)."""
+
+
+class AgentUnavailable(JidoError):
+    """The agent was registered but is not running and will not come back.
+
+    Raised for agents that were stopped, that crashed with restart ``"temporary"``
+    (or ``"transient"`` after a normal exit), or whose supervisor gave up.
+    """
+
+
+class AgentAlreadyExists(JidoError):
+    """``start_agent`` was given an id that already names a live agent."""
+
+
+class Unreachable(JidoError):
+    """The node that owns the agent cannot be reached."""
+
+
+class RemoteNotSupported(Unreachable):
+    """The ref names another node but the configured transport is local-only."""
+
+
+class CallTimeout(JidoError, TimeoutError):
+    """A call got no reply before its deadline."""
+
+
+class MailboxFull(JidoError):
+    """The recipient's bounded mailbox stayed full until the operation's deadline."""
+
+
+class CircuitOpen(JidoError):
+    """A circuit breaker is open for this destination; the call was not attempted."""
+
+
+class ActionNotFound(JidoError, LookupError):
+    """The agent type has no action with this name."""
+
+
+class ActionError(JidoError):
+    """The action raised.
+
+    Locally the original exception is ``__cause__``. When it was raised on
+    another node, :attr:`remote_type` and :attr:`remote_message` describe it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        remote_type: str | None = None,
+        remote_message: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+
+
+class AlreadyProcessed(JidoError):
+    """A ``call`` carried an instruction id the agent has already applied.
+
+    The action is not run a second time. ``send_instruction`` reports the same
+    situation through ``Receipt.status == "already_processed"`` instead.
+    """
+
+
+class InvalidMessage(JidoError, ValueError):
+    """Input that is malformed, too large, of an unknown future version, or
+    whose parameters do not fit the action."""
+
+
+class ConfigError(JidoError, ValueError):
+    """Invalid configuration, including an unknown plugin or implementation name."""
+
+
+class StateConflict(JidoError):
+    """A compare-and-set write found another version than the one expected."""
+
+    def __init__(self, key: str, expected: int | None, actual: int | None) -> None:
+        super().__init__(f"state {key!r}: expected version {expected}, found {actual}")
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+class SupervisorEscalation(JidoError):
+    """A supervisor exceeded its restart intensity and failed upward.
+
+    Its parent handles this like any child failure; on the root supervisor it
+    ends the node, and ``open_node`` raises it.
+    """
+
+    def __init__(self, supervisor_id: str, restarts: int, within: float) -> None:
+        super().__init__(
+            f"supervisor {supervisor_id!r} exceeded {restarts} restarts within {within}s"
+        )
+        self.supervisor_id = supervisor_id
+        self.restarts = restarts
+        self.within = within

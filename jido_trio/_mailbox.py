@@ -1,0 +1,111 @@
+"""Bounded per-agent mailbox with batch draining.
+
+A deque plus two parking lots instead of a memory channel: the agent drains
+everything queued in one go (one wake-up per batch, not per message), and the
+mailbox outlives the agent task so messages wait through a restart.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+import trio
+
+__all__ = ["Mailbox", "MailboxClosed"]
+
+T = TypeVar("T")
+
+
+class MailboxClosed(Exception):
+    """Internal: the mailbox was closed; carries the error senders should see."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Mailbox(Generic[T]):
+    """FIFO of at most ``capacity`` items; senders wait while it is full."""
+
+    __slots__ = ("_closed", "_items", "_not_empty", "_not_full", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("mailbox capacity must be at least 1")
+        self.capacity = capacity
+        self._items: deque[T] = deque()
+        self._not_empty = trio.lowlevel.ParkingLot()
+        self._not_full = trio.lowlevel.ParkingLot()
+        self._closed: BaseException | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def put_nowait(self, item: T) -> bool:
+        """Queue ``item`` if there is room; return whether it was queued."""
+        if self._closed is not None:
+            raise MailboxClosed(self._closed)
+        if len(self._items) >= self.capacity:
+            return False
+        self._items.append(item)
+        if self._not_empty:
+            self._not_empty.unpark()
+        return True
+
+    async def put(self, item: T) -> None:
+        """Queue ``item``, waiting for room (bound the wait with a cancel scope)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self.put_nowait(item):
+            await self._not_full.park()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def requeue_front(self, items: Iterable[T]) -> None:
+        """Put items taken earlier back at the head, in their order (may exceed capacity
+        briefly: they were already admitted)."""
+        self._items.extendleft(reversed(list(items)))
+        if self._items and self._not_empty:
+            self._not_empty.unpark()
+
+    def take_batch(self, limit: int) -> list[T]:
+        """Remove and return up to ``limit`` queued items without waiting."""
+        items = self._items
+        if not items:
+            return []
+        if len(items) <= limit:
+            batch = list(items)
+            items.clear()
+        else:
+            batch = [items.popleft() for _ in range(limit)]
+        if self._not_full:
+            self._not_full.unpark(count=len(batch))
+        return batch
+
+    async def wait(self) -> None:
+        """Wait until an item is queued, :meth:`wake` is called or the box closes."""
+        if self._items or self._closed is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._not_empty.park()
+
+    def wake(self) -> None:
+        """Wake the consumer (to notice a stop or crash request)."""
+        self._not_empty.unpark_all()
+
+    def close(self, error: BaseException, on_item: Callable[[T], None]) -> None:
+        """Refuse new items with ``error``, hand each queued item to ``on_item``,
+        and wake everyone waiting."""
+        self._closed = error
+        while self._items:
+            on_item(self._items.popleft())
+        self._not_full.unpark_all()
+        self._not_empty.unpark_all()
+
+    def reopen(self) -> None:
+        """Accept items again (an agent id started anew after it was stopped)."""
+        self._closed = None

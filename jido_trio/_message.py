@@ -1,0 +1,336 @@
+"""Envelopes, instructions and receipts, and the byte codec they travel in.
+
+The codec is msgpack through msgspec: it is the fastest maintained encoder for
+Python, never executes code from its input (unlike pickle), and lets us tag our
+own value types with msgpack extension codes so that refs and instructions
+inside a payload come back as the same objects.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Literal
+
+import attrs
+import msgspec
+
+from ._exceptions import InvalidMessage
+from ._ids import new_id
+from ._ref import AgentRef
+
+__all__ = [
+    "ENVELOPE_VERSION",
+    "MAX_MESSAGE_SIZE",
+    "Instruction",
+    "Message",
+    "Receipt",
+    "ReceiptStatus",
+    "decode_value",
+    "encode_value",
+    "register_envelope_upcaster",
+]
+
+#: Version of the envelope layout written by this release.
+ENVELOPE_VERSION = 1
+#: Default largest encoded envelope accepted by :meth:`Message.from_bytes`.
+MAX_MESSAGE_SIZE = 1 << 20
+
+_EXT_REF = 1
+_EXT_INSTRUCTION = 2
+
+ReceiptStatus = Literal["accepted", "already_processed"]
+
+
+def _id_or_new(value: str | None) -> str:
+    if value is None:
+        return new_id()
+    if not isinstance(value, str) or not value:
+        raise TypeError("instruction id must be a non-empty string")
+    return value
+
+
+def _params(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping):
+        raise TypeError(f"instruction params must be a mapping, not {type(value).__name__}")
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen
+class Instruction:
+    """A request for an agent to run one of its actions.
+
+    :param action: the action name, as given to ``@action``.
+    :param params: keyword arguments for the action (a read-only copy is kept).
+    :param id: idempotency key; generated when omitted. An instruction id that
+        reaches an agent twice is applied once.
+    """
+
+    action: str = attrs.field(validator=attrs.validators.instance_of(str))
+    params: Mapping[str, Any] = attrs.field(default=None, converter=_params, hash=False)
+    id: str = attrs.field(default=None, converter=_id_or_new, kw_only=True)
+
+
+@attrs.frozen(kw_only=True)
+class Receipt:
+    """What ``send_instruction`` returns once the recipient has the message.
+
+    :param message_id: id of the envelope that carried the instruction.
+    :param instruction_id: the instruction's idempotency key.
+    :param status: ``"accepted"`` for a new instruction, ``"already_processed"``
+        when this instruction id was applied (or accepted) before.
+    """
+
+    message_id: str
+    instruction_id: str
+    status: ReceiptStatus
+
+
+@attrs.frozen(kw_only=True)
+class Message:
+    """The versioned envelope around everything sent to an agent.
+
+    Build one with :meth:`new`; encode with :meth:`to_bytes` and decode with
+    :meth:`from_bytes`. ``payload`` may hold msgpack data (None, bool, int,
+    float, str, bytes, list, dict, datetime) plus :class:`AgentRef` and
+    :class:`Instruction` values, which survive the round trip as themselves.
+    Tuples come back as lists.
+    """
+
+    id: str
+    version: int = ENVELOPE_VERSION
+    sender: AgentRef | None
+    recipient: AgentRef
+    payload: Any
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    timestamp: float
+    trace_id: str | None = None
+    causation_id: str | None = None
+    correlation_id: str | None = None
+
+    @classmethod
+    def new(
+        cls,
+        sender: AgentRef | None,
+        recipient: AgentRef,
+        payload: Any,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        trace_id: str | None = None,
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Message:
+        """Wrap ``payload`` in a new envelope with a fresh time-sortable id.
+
+        ``trace_id`` defaults to the new message's own id, so a chain of
+        messages started here shares one trace.
+        """
+        message_id = new_id()
+        return cls(
+            id=message_id,
+            sender=sender,
+            recipient=recipient,
+            payload=payload,
+            metadata={} if metadata is None else dict(metadata),
+            timestamp=time.time(),
+            trace_id=message_id if trace_id is None else trace_id,
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+        )
+
+    def to_bytes(self) -> bytes:
+        """Encode the envelope; raises :class:`InvalidMessage` if it holds
+        values the codec cannot represent."""
+        try:
+            return _encoder.encode(
+                (
+                    self.version,
+                    self.id,
+                    _to_wire(self.sender),
+                    _to_wire(self.recipient),
+                    _to_wire(self.payload),
+                    _to_wire(self.metadata),
+                    self.timestamp,
+                    self.trace_id,
+                    self.causation_id,
+                    self.correlation_id,
+                )
+            )
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            raise InvalidMessage(f"cannot encode message {self.id}: {exc}") from exc
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> Message:
+        """Decode an envelope, upcasting older versions.
+
+        :raises InvalidMessage: the input is not bytes, is larger than
+            ``max_size``, is not a well-formed envelope, or has a version newer
+            than this release understands.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidMessage(f"expected bytes, got {type(data).__name__}")
+        if len(data) > max_size:
+            raise InvalidMessage(f"message of {len(data)} bytes exceeds limit of {max_size}")
+        try:
+            raw = _decoder.decode(data)
+        except InvalidMessage:
+            raise
+        except Exception as exc:  # msgspec raises several types for garbage
+            raise InvalidMessage(f"malformed message: {exc}") from exc
+        if not isinstance(raw, list) or not raw or type(raw[0]) is not int:
+            raise InvalidMessage("malformed message: not a versioned envelope")
+        version = raw[0]
+        if version > ENVELOPE_VERSION:
+            raise InvalidMessage(
+                f"envelope version {version} is newer than supported {ENVELOPE_VERSION}"
+            )
+        while version < ENVELOPE_VERSION:
+            upcast = _upcasters.get(version)
+            if upcast is None:
+                raise InvalidMessage(f"no upcaster from envelope version {version}")
+            try:
+                raw = upcast(raw)
+            except Exception as exc:
+                raise InvalidMessage(f"upcasting from version {version} failed: {exc}") from exc
+            version += 1
+        return _envelope_from_list(raw)
+
+
+def _envelope_from_list(raw: list[Any]) -> Message:
+    if len(raw) != 10:
+        raise InvalidMessage(f"malformed message: {len(raw)} fields, expected 10")
+    _, mid, sender, recipient, payload, metadata, ts, trace, cause, corr = raw
+    if not isinstance(mid, str) or not mid:
+        raise InvalidMessage("malformed message: id must be a non-empty string")
+    if sender is not None and not isinstance(sender, AgentRef):
+        raise InvalidMessage("malformed message: sender must be an agent ref or nil")
+    if not isinstance(recipient, AgentRef):
+        raise InvalidMessage("malformed message: recipient must be an agent ref")
+    if not isinstance(metadata, dict):
+        raise InvalidMessage("malformed message: metadata must be a map")
+    if type(ts) is not float or not math.isfinite(ts):
+        raise InvalidMessage("malformed message: timestamp must be a finite float")
+    for name, value in (("trace_id", trace), ("causation_id", cause), ("correlation_id", corr)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidMessage(f"malformed message: {name} must be a string or nil")
+    return Message(
+        id=mid,
+        version=ENVELOPE_VERSION,
+        sender=sender,
+        recipient=recipient,
+        payload=payload,
+        metadata=metadata,
+        timestamp=ts,
+        trace_id=trace,
+        causation_id=cause,
+        correlation_id=corr,
+    )
+
+
+_upcasters: dict[int, Callable[[list[Any]], list[Any]]] = {}
+
+
+def register_envelope_upcaster(
+    from_version: int,
+) -> Callable[[Callable[[list[Any]], list[Any]]], Callable[[list[Any]], list[Any]]]:
+    """Register a function that turns a raw envelope of ``from_version`` into
+    one of ``from_version + 1`` (raw = the decoded msgpack array)."""
+
+    def register(fn: Callable[[list[Any]], list[Any]]) -> Callable[[list[Any]], list[Any]]:
+        _upcasters[from_version] = fn
+        return fn
+
+    return register
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _to_wire(value: Any) -> Any:
+    """Replace refs and instructions by extension values, recursively.
+
+    msgspec would encode attrs classes as plain maps by itself; tagging them
+    keeps their type through the round trip.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is dict:
+        return {k: _to_wire(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_to_wire(v) for v in value]
+    if kind is AgentRef:
+        return msgspec.msgpack.Ext(
+            _EXT_REF,
+            _encoder.encode((value.id, value.type, value.node, _to_wire(dict(value.metadata)))),
+        )
+    if kind is Instruction:
+        return msgspec.msgpack.Ext(
+            _EXT_INSTRUCTION,
+            _encoder.encode((value.action, _to_wire(dict(value.params)), value.id)),
+        )
+    if isinstance(value, Mapping):
+        return {k: _to_wire(v) for k, v in value.items()}
+    return value
+
+
+def _enc_hook(obj: Any) -> Any:
+    raise TypeError(f"cannot encode objects of type {type(obj).__name__}")
+
+
+def _ext_hook(code: int, data: memoryview) -> Any:
+    if code == _EXT_REF:
+        fields = _decoder.decode(data)
+        if (
+            not isinstance(fields, list)
+            or len(fields) != 4
+            or not isinstance(fields[0], str)
+            or not fields[0]
+            or not isinstance(fields[1], str)
+            or not fields[1]
+            or not (fields[2] is None or isinstance(fields[2], str))
+            or not isinstance(fields[3], dict)
+        ):
+            raise InvalidMessage("malformed agent ref")
+        return AgentRef(id=fields[0], type=fields[1], node=fields[2], metadata=fields[3])
+    if code == _EXT_INSTRUCTION:
+        fields = _decoder.decode(data)
+        if (
+            not isinstance(fields, list)
+            or len(fields) != 3
+            or not isinstance(fields[0], str)
+            or not isinstance(fields[1], dict)
+            or not isinstance(fields[2], str)
+            or not fields[2]
+        ):
+            raise InvalidMessage("malformed instruction")
+        return Instruction(fields[0], fields[1], id=fields[2])
+    raise InvalidMessage(f"unknown msgpack extension code {code}")
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
+
+
+def encode_value(value: Any) -> bytes:
+    """Encode any payload-compatible value with the envelope codec."""
+    try:
+        return _encoder.encode(_to_wire(value))
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise InvalidMessage(f"cannot encode value: {exc}") from exc
+
+
+def decode_value(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> Any:
+    """Decode bytes written by :func:`encode_value`; raises :class:`InvalidMessage`."""
+    if len(data) > max_size:
+        raise InvalidMessage(f"value of {len(data)} bytes exceeds limit of {max_size}")
+    try:
+        return _decoder.decode(data)
+    except InvalidMessage:
+        raise
+    except Exception as exc:
+        raise InvalidMessage(f"malformed value: {exc}") from exc

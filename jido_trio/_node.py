@@ -1,0 +1,459 @@
+"""The Node facade and ``open_node``."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import attrs
+import pluggy
+import trio
+
+from ._agent import Agent
+from ._agent_server import AgentCell
+from ._communication import Communication
+from ._config import Config
+from ._context import current_node_name
+from ._delivery import Delivery
+from ._exceptions import AgentAlreadyExists, AgentNotFound, ConfigError
+from ._health import Health
+from ._mailbox import Mailbox
+from ._message import Instruction, Receipt
+from ._persistence import AgentStore
+from ._plugins import collect_backends, make_plugin_manager
+from ._ref import AgentRef
+from ._supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor, SupervisorInfo
+from .abc import Consistency, Coordination, Registry, StateBackend, Transport
+
+__all__ = ["Node", "open_node"]
+
+log = logging.getLogger("jido_trio.node")
+
+ROOT_SUPERVISOR = "root"
+
+
+@attrs.define(eq=False)
+class Node:
+    """A running node: the entry point for everything an application does.
+
+    Get one from :func:`open_node`. Every operation takes a ref (or id) and
+    goes through the node's Communication layer, whether the agent is local
+    or on another node.
+    """
+
+    config: Config
+    plugin_manager: pluggy.PluginManager
+    registry: Registry
+    transport: Transport
+    state: StateBackend
+    coordination: Coordination
+    _comm: Communication = attrs.field(init=False)
+    _root: Supervisor = attrs.field(init=False)
+    _supervisors: dict[str, Supervisor] = attrs.field(factory=dict, init=False)
+    _background: trio.MemorySendChannel[Callable[[], Awaitable[Any]]] = attrs.field(init=False)
+    _background_receive: trio.MemoryReceiveChannel[Callable[[], Awaitable[Any]]] = attrs.field(
+        init=False
+    )
+    _closing: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._background, self._background_receive = trio.open_memory_channel[
+            Callable[[], Awaitable[Any]]
+        ](math.inf)
+        self._comm = Communication(
+            node_name=self.config.node_name,
+            config=self.config,
+            registry=self.registry,
+            transport=self.transport,
+            state=self.state,
+            emit=self._emit,
+            spawn=self._background.send_nowait,
+        )
+        self._root = self._new_supervisor(
+            ROOT_SUPERVISOR, "one_for_one", self.config.max_restarts, self.config.max_seconds, None
+        )
+
+    @property
+    def name(self) -> str:
+        """This node's name."""
+        return self.config.node_name
+
+    # ------------------------------------------------------------ hooks
+
+    def _emit(self, hook: str, **kwargs: Any) -> None:
+        try:
+            getattr(self.plugin_manager.hook, hook)(node=self, **kwargs)
+        except Exception:
+            log.exception("plugin hook %s failed", hook)
+
+    def _on_supervisor_event(
+        self, supervisor_id: str, child_id: str, event: str, reason: str | None
+    ) -> None:
+        self._emit(
+            "jido_trio_supervisor_event",
+            supervisor_id=supervisor_id,
+            child_id=child_id,
+            event=event,
+            reason=reason,
+        )
+
+    def _new_supervisor(
+        self,
+        sup_id: str,
+        strategy: Strategy,
+        max_restarts: int,
+        max_seconds: float,
+        backoff: Backoff | None,
+    ) -> Supervisor:
+        return Supervisor(
+            id=sup_id,
+            strategy=strategy,
+            max_restarts=max_restarts,
+            max_seconds=max_seconds,
+            backoff=backoff,
+            on_event=self._on_supervisor_event,
+            node_name=self.name,
+        )
+
+    def _supervisor(self, supervisor: Supervisor | str | None) -> Supervisor:
+        if supervisor is None:
+            return self._root
+        if isinstance(supervisor, Supervisor):
+            if self._supervisors.get(supervisor.id) is not supervisor:
+                raise ValueError(f"supervisor {supervisor.id!r} does not belong to this node")
+            return supervisor
+        try:
+            return self._supervisors[supervisor]
+        except KeyError:
+            raise LookupError(f"no supervisor {supervisor!r} on node {self.name!r}") from None
+
+    # ------------------------------------------------------------ agents
+
+    async def start_agent(
+        self,
+        cls: type[Agent],
+        agent_id: str,
+        *,
+        state: Any = None,
+        restart: Restart = "permanent",
+        metadata: Mapping[str, Any] | None = None,
+        supervisor: Supervisor | str | None = None,
+    ) -> AgentRef:
+        """Start an agent under ``supervisor`` (the node's root supervisor by
+        default) and return its ref once it has loaded its state.
+
+        The agent resumes the state persisted for ``agent_id`` unless ``state``
+        is given.
+
+        :raises AgentAlreadyExists: ``agent_id`` names a live agent.
+        :raises TypeError: ``cls`` is not an :class:`Agent` subclass with a ``type``.
+        """
+        if not (isinstance(cls, type) and issubclass(cls, Agent)):
+            raise TypeError(f"expected an Agent subclass, got {cls!r}")
+        if not isinstance(getattr(cls, "type", None), str):
+            raise TypeError(f"{cls.__name__} has no 'type' name")
+        if not isinstance(agent_id, str) or not agent_id:
+            raise ValueError("agent id must be a non-empty string")
+        if self._closing:
+            raise RuntimeError(f"node {self.name!r} is shutting down")
+        existing = self._comm.cells.get(agent_id)
+        if existing is not None and existing.alive:
+            raise AgentAlreadyExists(f"agent {agent_id!r} is already running")
+        parent = self._supervisor(supervisor)
+        ref = AgentRef(id=agent_id, type=cls.type, node=self.name, metadata=metadata)
+        cell = AgentCell(
+            ref=ref,
+            cls=cls,
+            comm=self._comm,
+            store=AgentStore(
+                backend=self.state, agent_id=agent_id, window=self.config.dedupe_window
+            ),
+            mailbox=Mailbox[Delivery](self.config.mailbox_size),
+            restart=restart,
+            shutdown_timeout=self.config.shutdown_timeout,
+            initial_state=state,
+            metadata=metadata,
+            supervisor=parent,
+        )
+        spec = ChildSpec(
+            id=agent_id,
+            start=cls,
+            restart=restart,
+            shutdown=self.config.shutdown_timeout,
+            state=state,
+            metadata=metadata,
+        )
+        self._comm.add_cell(cell)
+        try:
+            await parent.add_child(
+                spec, run=cell.serve, kind="agent", graceful=cell.request_stop, observer=cell
+            )
+        except BaseException:
+            if self._comm.cells.get(agent_id) is cell:
+                del self._comm.cells[agent_id]
+            raise
+        return ref
+
+    async def stop_agent(self, ref: AgentRef | str) -> None:
+        """Stop an agent gracefully; it is not restarted and its id answers
+        :class:`AgentUnavailable` afterwards. Its persisted state is kept, so
+        starting the id again resumes it. Stopping a stopped agent does nothing.
+
+        :raises AgentNotFound: no such agent on this node.
+        """
+        agent_id = ref if isinstance(ref, str) else ref.id
+        cell = self._comm.cells.get(agent_id)
+        if cell is None:
+            await trio.lowlevel.checkpoint()
+            if agent_id in self._comm._tombstones:
+                return
+            raise AgentNotFound(f"no agent {agent_id!r} on node {self.name!r}")
+        assert cell.supervisor is not None
+        try:
+            await cell.supervisor.stop_child(agent_id)
+        except LookupError:
+            cell.on_final("stopped")
+
+    async def send_instruction(
+        self,
+        ref: AgentRef,
+        instruction: Instruction,
+        *,
+        delivery: str = "at_most_once",
+        timeout: float | None = None,
+    ) -> Receipt:
+        """Queue an instruction for the agent and return a receipt once it has it.
+
+        :raises AgentNotFound: unknown agent.
+        :raises AgentUnavailable: the agent is stopped for good.
+        :raises ActionNotFound: the agent type has no such action.
+        :raises InvalidMessage: the parameters do not fit the action.
+        :raises MailboxFull: the mailbox stayed full until the deadline.
+        :raises RemoteNotSupported: remote ref, local-only transport.
+        :raises Unreachable: the owning node cannot be reached.
+        """
+        return await self._comm.send_instruction(
+            ref, instruction, delivery=delivery, timeout=timeout
+        )
+
+    async def call(
+        self, ref: AgentRef, instruction: Instruction, *, timeout: float | None = None
+    ) -> Any:
+        """Run an action and return what it passed to ``ctx.reply`` (``None`` if nothing).
+
+        :raises CallTimeout: no reply before ``timeout`` (default ``operation_timeout``).
+        :raises ActionError: the action raised (the original is ``__cause__``).
+        :raises ActionNotFound: the agent type has no such action.
+        :raises AlreadyProcessed: this instruction id was applied before.
+        :raises AgentNotFound, AgentUnavailable, RemoteNotSupported, Unreachable: as
+            for :meth:`send_instruction`.
+        """
+        return await self._comm.call(ref, instruction, timeout=timeout)
+
+    async def query_agent(
+        self,
+        ref: AgentRef,
+        query: str = "get_state",
+        *,
+        consistency: Consistency = "strong",
+        timeout: float | None = None,
+    ) -> Any:
+        """Read an agent's state.
+
+        ``"strong"`` asks the agent itself, after every message queued before
+        the query; ``"eventual"`` reads the last committed state from the
+        StateBackend; ``"weak"`` returns the owning node's in-memory copy
+        without waiting for the mailbox. Another ``query`` name runs that
+        action as a call (always strong).
+        """
+        return await self._comm.query(ref, query, consistency=consistency, timeout=timeout)
+
+    async def check_agent_health(self, ref: AgentRef, *, timeout: float | None = None) -> Health:
+        """Return the agent's :class:`Health`; never raises for the four outcomes."""
+        return await self._comm.health(ref, timeout=timeout)
+
+    async def lookup(self, agent_id: str) -> AgentRef:
+        """Return the ref registered for ``agent_id`` (on any node of the registry).
+
+        :raises AgentNotFound: never registered.
+        :raises AgentUnavailable: it ran here and is stopped for good.
+        """
+        return await self._comm.lookup(agent_id)
+
+    def agents(self) -> list[AgentRef]:
+        """Refs of the agents this node runs (including restarting ones)."""
+        return [c.ref for c in self._comm.cells.values() if c.alive]
+
+    # ------------------------------------------------------------ supervisors
+
+    async def start_supervisor(
+        self,
+        sup_id: str,
+        *,
+        strategy: Strategy = "one_for_one",
+        max_restarts: int = 3,
+        max_seconds: float = 5.0,
+        supervisor: Supervisor | str | None = None,
+        restart: Restart = "permanent",
+        backoff: Backoff | None = None,
+        children: Iterable[ChildSpec] = (),
+    ) -> Supervisor:
+        """Start a supervisor under ``supervisor`` (the root by default).
+
+        ``children`` are started in order (agent classes or functions); more
+        can be added with ``start_agent(..., supervisor=sup)`` or
+        :meth:`Supervisor.start_child`.
+        """
+        if not isinstance(sup_id, str) or not sup_id:
+            raise ValueError("supervisor id must be a non-empty string")
+        if sup_id in self._supervisors or sup_id == ROOT_SUPERVISOR:
+            raise ValueError(f"supervisor {sup_id!r} already exists")
+        parent = self._supervisor(supervisor)
+        sup = self._new_supervisor(sup_id, strategy, max_restarts, max_seconds, backoff)
+        spec = ChildSpec(id=sup_id, start=sup.run, restart=restart, shutdown=math.inf)
+        self._supervisors[sup_id] = sup
+        try:
+            await parent.add_child(
+                spec, run=sup.run, kind="supervisor", graceful=sup.request_shutdown, supervisor=sup
+            )
+        except BaseException:
+            del self._supervisors[sup_id]
+            raise
+        for child in children:
+            if isinstance(child.start, type) and issubclass(child.start, Agent):
+                await self.start_agent(
+                    child.start,
+                    child.id,
+                    state=child.state,
+                    restart=child.restart,
+                    metadata=child.metadata,
+                    supervisor=sup,
+                )
+            else:
+                await sup.start_child(child)
+        return sup
+
+    def supervision_tree(self) -> SupervisorInfo:
+        """A frozen snapshot of the node's supervision tree, from the root."""
+        return self._root.info()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def _run_background(self, done: trio.Event) -> None:
+        try:
+            async for job in self._background_receive:
+                try:
+                    await job()
+                except Exception:
+                    log.exception("background job failed")
+        finally:
+            done.set()
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        self._emit("jido_trio_node_stopping")
+        self._root.request_shutdown()
+
+
+async def _enter(stack: AsyncExitStack, made: Any) -> Any:
+    if isinstance(made, AbstractAsyncContextManager):
+        return await stack.enter_async_context(made)
+    return made
+
+
+@asynccontextmanager
+async def open_node(
+    config: Config | None = None, *, name: str | None = None, plugins: Iterable[object] = ()
+) -> AsyncIterator[Node]:
+    """Open a node for the duration of an ``async with`` block.
+
+    :param config: the configuration (local defaults when omitted).
+    :param name: overrides ``config.node_name``.
+    :param plugins: extra plugin objects registered for this node only.
+    :raises ConfigError: invalid config or unknown implementation names.
+    :raises SupervisorEscalation: the root supervisor gave up (the node ends).
+
+    On exit every agent is stopped gracefully in reverse start order, then the
+    engines are closed in reverse order of opening.
+    """
+    if config is None:
+        config = Config() if name is None else Config(node_name=name)
+    elif not isinstance(config, Config):
+        raise ConfigError(f"config must be a jido_trio.Config, got {type(config).__name__}")
+    elif name is not None:
+        config = attrs.evolve(config, node_name=name)
+    pm = make_plugin_manager(plugins)
+    backends = collect_backends(pm)
+    factories = (
+        backends.state.get(config.state),
+        backends.registry.get(config.registry),
+        backends.coordination.get(config.coordination),
+        backends.transport.get(config.transport),
+    )
+    names = (config.state, config.registry, config.coordination, config.transport)
+    token = current_node_name.set(config.node_name)
+    body_error: BaseException | None = None
+    try:
+        async with AsyncExitStack() as stack:
+            state, registry, coordination, transport = [
+                await _enter(stack, factory(config, config.options_for(n)))
+                for factory, n in zip(factories, names, strict=True)
+            ]
+            node = Node(
+                config=config,
+                plugin_manager=pm,
+                registry=registry,
+                transport=transport,
+                state=state,
+                coordination=coordination,
+            )
+            async with trio.open_nursery() as nursery:
+                background_done = trio.Event()
+                nursery.start_soon(node._run_background, background_done)
+                await nursery.start(transport.serve, node._comm.handle_remote)
+                root_done = trio.Event()
+
+                async def run_root(task_status: trio.TaskStatus[Supervisor]) -> None:
+                    try:
+                        await node._root.run(task_status=task_status)
+                    finally:
+                        root_done.set()
+
+                await nursery.start(run_root)
+                node._emit("jido_trio_node_started")
+                try:
+                    yield node
+                except BaseException as exc:
+                    body_error = exc
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await node._shutdown()
+                        await root_done.wait()
+                        node._root.finalize_all("shutdown")
+                        # Let the last registry clean-ups run before the engines close.
+                        node._background.close()
+                        with trio.move_on_after(config.shutdown_timeout):
+                            await background_done.wait()
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if body_error is None and len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+    finally:
+        current_node_name.reset(token)
+    if body_error is not None:
+        raise body_error
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found

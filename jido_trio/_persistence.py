@@ -1,0 +1,153 @@
+"""Durable agent state: the state value and processed instruction ids, together.
+
+Layout in the StateBackend, per agent:
+
+- ``agent/<id>``: one record ``[1, state_bytes, recent_ids, first_chunk, next_chunk]``
+  written with compare-and-set after every batch of applied instructions, so
+  state and the ids that produced it change atomically;
+- ``agent/<id>/ids/<n>``: sealed chunks of older processed ids. A chunk is
+  written before the record that stops listing its ids, and deleted only after
+  a record no longer refers to it, so a crash between writes loses nothing.
+
+At least ``window`` most recent ids are remembered (chunks are dropped whole).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import msgspec
+
+from ._exceptions import InvalidMessage
+from .abc import StateBackend
+
+__all__ = ["CHUNK_SIZE", "AgentStore"]
+
+#: Ids per sealed chunk: small enough that the per-batch record stays small.
+CHUNK_SIZE = 128
+_RECORD_FORMAT = 1
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_any = msgspec.msgpack.Decoder().decode
+_decode_ids = msgspec.msgpack.Decoder(list[str]).decode
+
+
+def state_key(agent_id: str) -> str:
+    return f"agent/{agent_id}"
+
+
+def encode_state(state: Any) -> bytes:
+    """Encode an agent state value (attrs, dataclass, msgspec Struct or plain data)."""
+    try:
+        return _encode(state)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidMessage(
+            f"agent state of type {type(state).__name__} cannot be encoded: {exc}"
+        ) from exc
+
+
+@attrs.define(eq=False)
+class AgentStore:
+    """Loads and commits one agent's state and its dedupe window."""
+
+    backend: StateBackend
+    agent_id: str
+    window: int
+    version: int = 0
+    seen: dict[str, None] = attrs.field(factory=dict)
+    recent: list[str] = attrs.field(factory=list)
+    first_chunk: int = 0
+    next_chunk: int = 0
+
+    @property
+    def key(self) -> str:
+        return state_key(self.agent_id)
+
+    def _chunk_key(self, n: int) -> str:
+        return f"{self.key}/ids/{n}"
+
+    @property
+    def _max_chunks(self) -> int:
+        return max(1, math.ceil(self.window / CHUNK_SIZE))
+
+    async def load(self, decode_state: Callable[[bytes], Any]) -> tuple[bool, Any]:
+        """Read the record; return ``(found, state)``. Fills the dedupe window."""
+        found = await self.backend.read(self.key, consistency="strong")
+        self.seen.clear()
+        self.recent = []
+        if found is None:
+            self.version = 0
+            self.first_chunk = self.next_chunk = 0
+            return False, None
+        try:
+            fmt, state_bytes, recent, first, nxt = _decode_any(found.value)
+        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            raise InvalidMessage(f"stored record {self.key!r} is malformed: {exc}") from exc
+        if fmt != _RECORD_FORMAT:
+            raise InvalidMessage(f"stored record {self.key!r} has unknown format {fmt}")
+        self.version = found.version
+        self.first_chunk, self.next_chunk = first, nxt
+        for n in range(first, nxt):
+            chunk = await self.backend.read(self._chunk_key(n))
+            if chunk is not None:
+                self.seen.update(dict.fromkeys(_decode_ids(chunk.value)))
+        self.recent = list(recent)
+        self.seen.update(dict.fromkeys(self.recent))
+        return True, decode_state(state_bytes)
+
+    def mark(self, instruction_id: str) -> None:
+        """Record an applied instruction id (persisted by the next :meth:`commit`)."""
+        self.seen[instruction_id] = None
+        self.recent.append(instruction_id)
+
+    async def commit(self, state: Any) -> None:
+        """Persist ``state`` with the ids marked so far (compare-and-set).
+
+        :raises StateConflict: another writer changed the record.
+        """
+        state_bytes = encode_state(state)
+        expired: list[int] = []
+        if len(self.recent) >= CHUNK_SIZE:
+            sealed = self.next_chunk
+            await self.backend.write(self._chunk_key(sealed), _encode(self.recent))
+            self.next_chunk += 1
+            self.recent = []
+            while self.next_chunk - self.first_chunk > self._max_chunks:
+                expired.append(self.first_chunk)
+                self.first_chunk += 1
+        record = _encode(
+            [_RECORD_FORMAT, state_bytes, self.recent, self.first_chunk, self.next_chunk]
+        )
+        self.version = await self.backend.write(self.key, record, expected_version=self.version)
+        for n in expired:
+            await self.backend.delete(self._chunk_key(n))
+        if expired:
+            self._trim_seen()
+
+    def _trim_seen(self) -> None:
+        keep = (self.next_chunk - self.first_chunk) * CHUNK_SIZE + len(self.recent)
+        excess = len(self.seen) - keep
+        if excess > 0:
+            for key in list(self.seen)[:excess]:
+                del self.seen[key]
+
+    async def read_state(self, decode_state: Callable[[bytes], Any], consistency: Any) -> Any:
+        """Read the last committed state without touching this store's fields."""
+        found = await self.backend.read(self.key, consistency=consistency)
+        if found is None:
+            return None
+        state_bytes = _decode_any(found.value)[1]
+        return decode_state(state_bytes)
+
+    async def purge(self) -> None:
+        """Delete the record and every chunk."""
+        for key in await self.backend.keys(self.key + "/ids/"):
+            await self.backend.delete(key)
+        await self.backend.delete(self.key)
+        self.version = 0
+        self.seen.clear()
+        self.recent = []
+        self.first_chunk = self.next_chunk = 0

@@ -1,0 +1,478 @@
+"""Supervisors: trees of Trio nurseries with Erlang/OTP restart semantics.
+
+A supervisor owns a nursery; each child runs there inside its own cancel
+scope. When a child exits, the supervisor applies the child's restart type
+(``permanent`` always, ``transient`` after a failure, ``temporary`` never) and
+its strategy (``one_for_one``, ``one_for_all``, ``rest_for_one``). More than
+``max_restarts`` restarts within ``max_seconds`` make the supervisor stop its
+children in reverse order and fail with :class:`SupervisorEscalation`, which
+its parent handles like any other child failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, Protocol
+
+import attrs
+import trio
+
+from ._context import current_node_name
+from ._exceptions import ConfigError, SupervisorEscalation
+
+__all__ = [
+    "Backoff",
+    "ChildInfo",
+    "ChildObserver",
+    "ChildSpec",
+    "Restart",
+    "Status",
+    "Strategy",
+    "Supervisor",
+    "SupervisorInfo",
+]
+
+log = logging.getLogger("jido_trio.supervisor")
+
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+Restart = Literal["permanent", "transient", "temporary"]
+Status = Literal["running", "restarting", "stopped", "failed"]
+_STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+_RESTARTS = ("permanent", "transient", "temporary")
+
+
+def _restart(_i: Any, _a: Any, value: Any) -> None:
+    if value not in _RESTARTS:
+        raise ConfigError(f"restart must be one of {', '.join(_RESTARTS)}; got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ChildSpec:
+    """How a supervisor starts and stops one child.
+
+    :param id: child id, unique under its supervisor.
+    :param start: an :class:`~jido_trio.Agent` subclass, or an async function
+        called as ``await start(*args, task_status=task_status)`` that calls
+        ``task_status.started()`` once ready and then runs until done.
+    :param args: positional arguments for a function child.
+    :param restart: ``"permanent"``, ``"transient"`` or ``"temporary"``.
+    :param shutdown: seconds the child gets to stop gracefully before it is
+        cancelled (for a function child, cancellation is the stop signal, so
+        this bounds the clean-up it does in shielded ``finally`` blocks).
+    :param state: initial state, for an agent class child.
+    :param metadata: registry metadata, for an agent class child.
+    """
+
+    id: str
+    start: Any
+    args: tuple[Any, ...] = ()
+    restart: Restart = attrs.field(default="permanent", validator=_restart)
+    shutdown: float = 5.0
+    state: Any = None
+    metadata: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class Backoff:
+    """Delay before a restart: ``initial * multiplier**(n-1)`` for the n-th restart
+    within the intensity window, capped at ``maximum``, plus up to ``jitter``
+    (a fraction) of random extra delay."""
+
+    initial: float = 0.1
+    maximum: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.1
+
+    def delay(self, attempt: int) -> float:
+        base = min(self.maximum, self.initial * self.multiplier ** max(0, attempt - 1))
+        return base * (1.0 + random.uniform(0.0, self.jitter))
+
+
+@attrs.frozen(kw_only=True)
+class ChildInfo:
+    """Snapshot of a worker child (an agent or a function)."""
+
+    id: str
+    kind: Literal["agent", "worker"]
+    status: Status
+    restarts: int
+    last_failure: str | None
+
+
+@attrs.frozen(kw_only=True)
+class SupervisorInfo:
+    """Snapshot of a supervisor and, recursively, its children."""
+
+    id: str
+    strategy: Strategy
+    status: Status
+    restarts: int
+    children: tuple[SupervisorInfo | ChildInfo, ...]
+    last_failure: str | None = None
+    kind: Literal["supervisor"] = "supervisor"
+
+
+class ChildObserver(Protocol):
+    """Callbacks a child's owner (the node, for agents) receives."""
+
+    def on_exit(self, error: BaseException | None, will_restart: bool) -> None: ...
+
+    def on_restart(self, restarts: int) -> None: ...
+
+    def on_final(self, reason: str) -> None: ...
+
+
+class _StartedProxy:
+    __slots__ = ("_inner", "started_called")
+
+    def __init__(self, inner: trio.TaskStatus[Any]) -> None:
+        self._inner = inner
+        self.started_called = False
+
+    def started(self, value: Any = None) -> None:
+        self.started_called = True
+        self._inner.started(value)
+
+
+def describe(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+@attrs.define(eq=False)
+class _Child:
+    spec: ChildSpec
+    run: Callable[..., Awaitable[Any]]
+    kind: Literal["agent", "worker", "supervisor"]
+    graceful: Callable[[], None] | None = None
+    observer: ChildObserver | None = None
+    supervisor: Supervisor | None = None
+    status: Status = "stopped"
+    restarts: int = 0
+    last_failure: str | None = None
+    incarnation: int = 0
+    stopping: bool = False
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+EventCallback = Callable[[str, str, str, str | None], None]
+
+
+@attrs.define(eq=False)
+class Supervisor:
+    """A supervisor. Get one from ``node.start_supervisor``; use it as the
+    ``supervisor=`` argument of ``start_agent`` and ``start_supervisor``, or
+    add children with :meth:`start_child`."""
+
+    id: str
+    strategy: Strategy = "one_for_one"
+    max_restarts: int = 3
+    max_seconds: float = 5.0
+    backoff: Backoff | None = None
+    on_event: EventCallback | None = None
+    node_name: str | None = None
+    _children: list[_Child] = attrs.field(factory=list, init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    _restart_times: deque[float] = attrs.field(factory=deque, init=False)
+    _exits: Any = attrs.field(default=None, init=False)
+    _shutdown_requested: trio.Event = attrs.field(factory=trio.Event, init=False)
+    status: Status = attrs.field(default="stopped", init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.strategy not in _STRATEGIES:
+            raise ConfigError(
+                f"strategy must be one of {', '.join(_STRATEGIES)}; got {self.strategy!r}"
+            )
+        if self.max_restarts < 0 or self.max_seconds <= 0:
+            raise ConfigError("max_restarts must be >= 0 and max_seconds > 0")
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def child_ids(self) -> list[str]:
+        """Ids of the current children, in start order."""
+        return [c.id for c in self._children]
+
+    def info(self, restarts: int = 0, last_failure: str | None = None) -> SupervisorInfo:
+        """A snapshot of this supervisor's subtree."""
+        children: list[SupervisorInfo | ChildInfo] = []
+        for c in self._children:
+            if c.supervisor is not None:
+                children.append(c.supervisor.info(c.restarts, c.last_failure))
+            else:
+                kind: Literal["agent", "worker"] = "agent" if c.kind == "agent" else "worker"
+                children.append(
+                    ChildInfo(
+                        id=c.id,
+                        kind=kind,
+                        status=c.status,
+                        restarts=c.restarts,
+                        last_failure=c.last_failure,
+                    )
+                )
+        return SupervisorInfo(
+            id=self.id,
+            strategy=self.strategy,
+            status=self.status,
+            restarts=restarts,
+            children=tuple(children),
+            last_failure=last_failure,
+        )
+
+    async def start_child(self, spec: ChildSpec) -> None:
+        """Start a function child under this supervisor (agents and
+        supervisors go through the node). Raises what its start raised."""
+        await self.add_child(spec, run=spec.start, kind="worker")
+
+    async def stop_child(self, child_id: str) -> None:
+        """Stop a child gracefully and forget it.
+
+        :raises LookupError: no child with this id.
+        """
+        async with self._lock:
+            child = self._find(child_id)
+            await self._stop(child)
+            self._children.remove(child)
+            self._finalize(child, "stopped")
+
+    def request_shutdown(self) -> None:
+        """Ask the supervisor to stop its children (in reverse order) and exit."""
+        self._shutdown_requested.set()
+        if self._exits is not None:
+            self._exits[0].send_nowait(None)
+
+    # ------------------------------------------------------------ internals
+
+    def _find(self, child_id: str) -> _Child:
+        for c in self._children:
+            if c.id == child_id:
+                return c
+        raise LookupError(f"supervisor {self.id!r} has no child {child_id!r}")
+
+    def _emit(self, child: _Child, event: str, reason: str | None = None) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(self.id, child.id, event, reason)
+            except Exception:
+                log.exception("supervisor event callback failed")
+
+    async def add_child(
+        self,
+        spec: ChildSpec,
+        *,
+        run: Callable[..., Awaitable[Any]],
+        kind: Literal["agent", "worker", "supervisor"],
+        graceful: Callable[[], None] | None = None,
+        observer: ChildObserver | None = None,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        """Add and start a child; on failure to start, forget it and re-raise."""
+        if self._nursery is None or self.status not in ("running", "restarting"):
+            raise RuntimeError(f"supervisor {self.id!r} is not running")
+        async with self._lock:
+            if any(c.id == spec.id for c in self._children):
+                raise ValueError(f"supervisor {self.id!r} already has a child {spec.id!r}")
+            child = _Child(
+                spec=spec,
+                run=run,
+                kind=kind,
+                graceful=graceful,
+                observer=observer,
+                supervisor=supervisor,
+            )
+            self._children.append(child)
+            try:
+                await self._start(child)
+            except BaseException:
+                self._children.remove(child)
+                raise
+
+    async def _start(self, child: _Child) -> None:
+        assert self._nursery is not None
+        child.incarnation += 1
+        child.stopping = False
+        child.scope = trio.CancelScope()
+        child.done = trio.Event()
+        await self._nursery.start(self._run_child, child, child.incarnation)
+        child.status = "running"
+        self._emit(child, "started")
+
+    async def _run_child(
+        self, child: _Child, incarnation: int, task_status: trio.TaskStatus[None]
+    ) -> None:
+        if self.node_name is not None:
+            # A child started from another node's task still belongs to this node.
+            current_node_name.set(self.node_name)
+        proxy = _StartedProxy(task_status)
+        done = child.done
+        error: BaseException | None = None
+        try:
+            with child.scope:
+                try:
+                    await child.run(*child.spec.args, task_status=proxy)
+                except Exception as exc:
+                    if not proxy.started_called:
+                        raise
+                    error = exc
+            if not proxy.started_called:
+                # Stopped (or returned) before it was ready: report as a failed start.
+                raise RuntimeError(f"child {child.id!r} exited before it was started")
+        finally:
+            done.set()
+        self._exits[0].send_nowait((child, incarnation, error))
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the supervisor: start the children it holds (all of them again
+        after a restart of the supervisor itself), then watch them."""
+        send, receive = trio.open_memory_channel[Any](math.inf)
+        self._exits = (send, receive)
+        self._shutdown_requested = trio.Event()
+        self._restart_times.clear()
+        escalation: SupervisorEscalation | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.status = "running"
+                async with self._lock:
+                    self._children = [
+                        c
+                        for c in self._children
+                        if c.spec.restart != "temporary" or c.status == "running"
+                    ]
+                    for child in self._children:
+                        await self._start(child)
+                task_status.started(self)
+                async for item in receive:
+                    if item is None:
+                        if self._shutdown_requested.is_set():
+                            async with self._lock:
+                                await self._stop_all()
+                            break
+                        continue
+                    child, incarnation, error = item
+                    async with self._lock:
+                        escalation = await self._on_exit(child, incarnation, error)
+                    if escalation is not None:
+                        break
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            self._exits = None
+        if escalation is not None:
+            self.status = "failed"
+            raise escalation
+        self.status = "stopped"
+
+    async def _on_exit(
+        self, child: _Child, incarnation: int, error: BaseException | None
+    ) -> SupervisorEscalation | None:
+        if child.stopping or child.incarnation != incarnation or child not in self._children:
+            return None
+        restart = child.spec.restart == "permanent" or (
+            child.spec.restart == "transient" and error is not None
+        )
+        if error is not None:
+            child.last_failure = describe(error)
+        self._emit(child, "exited", describe(error) or "normal")
+        if child.observer is not None:
+            child.observer.on_exit(error, restart)
+        if not restart:
+            child.status = "failed" if error is not None else "stopped"
+            self._children.remove(child)
+            self._finalize(child, "crash" if error is not None else "normal")
+            return None
+        child.status = "restarting"
+        if self.strategy == "one_for_one":
+            group = [child]
+        elif self.strategy == "one_for_all":
+            group = list(self._children)
+        else:
+            group = self._children[self._children.index(child) :]
+        for other in reversed(group):
+            if other is not child and other.status == "running":
+                await self._stop(other)
+                other.status = "restarting"
+        for member in list(group):
+            if member is not child and member.spec.restart == "temporary":
+                self._children.remove(member)
+                group.remove(member)
+                self._finalize(member, "stopped")
+        return await self._restart_group(group)
+
+    def _over_intensity(self) -> bool:
+        now = trio.current_time()
+        self._restart_times.append(now)
+        while self._restart_times and self._restart_times[0] < now - self.max_seconds:
+            self._restart_times.popleft()
+        return len(self._restart_times) > self.max_restarts
+
+    async def _restart_group(self, group: Sequence[_Child]) -> SupervisorEscalation | None:
+        pending = list(group)
+        while pending:
+            if self._over_intensity():
+                await self._stop_all()
+                return SupervisorEscalation(self.id, self.max_restarts, self.max_seconds)
+            if self.backoff is not None:
+                await trio.sleep(self.backoff.delay(len(self._restart_times)))
+            for child in list(pending):
+                child.restarts += 1
+                try:
+                    await self._start(child)
+                except Exception as exc:
+                    child.last_failure = describe(exc)
+                    child.status = "restarting"
+                    self._emit(child, "exited", describe(exc))
+                    break
+                pending.remove(child)
+                self._emit(child, "restarted")
+                if child.observer is not None:
+                    child.observer.on_restart(child.restarts)
+        return None
+
+    async def _stop(self, child: _Child) -> None:
+        if child.status not in ("running",) or child.done.is_set():
+            child.stopping = True
+            child.status = "stopped" if child.status == "running" else child.status
+            return
+        child.stopping = True
+        if child.graceful is not None:
+            child.graceful()
+        else:
+            child.scope.cancel()
+        with trio.move_on_after(child.spec.shutdown):
+            await child.done.wait()
+        if not child.done.is_set():
+            child.scope.cancel()
+            await child.done.wait()
+        child.status = "stopped"
+        self._emit(child, "exited", "shutdown")
+
+    async def _stop_all(self) -> None:
+        for child in reversed(self._children):
+            await self._stop(child)
+
+    def _finalize(self, child: _Child, reason: str) -> None:
+        if child.supervisor is not None:
+            for grandchild in list(child.supervisor._children):
+                child.supervisor._finalize(grandchild, reason)
+        if child.observer is not None:
+            child.observer.on_final(reason)
+
+    def finalize_all(self, reason: str) -> None:
+        """Tell every descendant that it is gone for good (the tree is closing)."""
+        for child in list(self._children):
+            self._finalize(child, reason)

@@ -1,0 +1,66 @@
+"""Process-wide hubs that let nodes in one process share local engines."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .._exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from ._coordination import LocalCoordination
+    from ._registry import LocalRegistry
+    from ._state import MemoryStateBackend
+    from ._transport import LocalTransport
+
+__all__ = ["LocalHub", "hub_name", "open_hub"]
+
+
+@attrs.define(eq=False)
+class LocalHub:
+    """Shared in-process engines for the nodes that join the same hub name."""
+
+    name: str
+    registry: LocalRegistry
+    coordination: LocalCoordination
+    state: MemoryStateBackend
+    endpoints: dict[str, LocalTransport] = attrs.field(factory=dict)
+    users: int = 0
+
+
+_hubs: dict[str, LocalHub] = {}
+
+
+def hub_name(options: Mapping[str, Any]) -> str | None:
+    """The hub named in a plugin's options, or ``None``."""
+    name = options.get("hub")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigError("plugin option 'hub' must be a non-empty string")
+    return name
+
+
+@asynccontextmanager
+async def open_hub(name: str) -> AsyncIterator[LocalHub]:
+    """Join the hub ``name`` (creating it) for the duration of the block."""
+    from ._coordination import LocalCoordination
+    from ._registry import LocalRegistry
+    from ._state import MemoryStateBackend
+
+    hub = _hubs.get(name)
+    if hub is None:
+        hub = _hubs[name] = LocalHub(
+            name=name,
+            registry=LocalRegistry(),
+            coordination=LocalCoordination(),
+            state=MemoryStateBackend(),
+        )
+    hub.users += 1
+    try:
+        yield hub
+    finally:
+        hub.users -= 1
+        if hub.users == 0 and _hubs.get(name) is hub:
+            del _hubs[name]

@@ -1,0 +1,77 @@
+"""In-memory state backend: versions, compare-and-set, append-only logs."""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from .._exceptions import StateConflict
+from ..abc import Consistency, LogEntry, StateBackend, Versioned
+
+__all__ = ["MemoryStateBackend"]
+
+
+@attrs.define(eq=False)
+class _Log:
+    entries: list[LogEntry] = attrs.field(factory=list)
+    last_seq: int = 0
+
+
+@attrs.define(eq=False)
+class MemoryStateBackend(StateBackend):
+    """State kept in this process only; lost when it exits.
+
+    All three consistency levels read the single copy, so every read is strong.
+    """
+
+    _data: dict[str, Versioned] = attrs.field(factory=dict, init=False)
+    _logs: dict[str, _Log] = attrs.field(factory=dict, init=False)
+
+    async def read(self, key: str, *, consistency: Consistency = "strong") -> Versioned | None:
+        await trio.lowlevel.checkpoint()
+        return self._data.get(key)
+
+    def _check(self, key: str, expected_version: int | None) -> int:
+        current = self._data.get(key)
+        actual = 0 if current is None else current.version
+        if expected_version is not None and expected_version != actual:
+            raise StateConflict(key, expected_version, actual or None)
+        return actual
+
+    async def write(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
+        await trio.lowlevel.checkpoint()
+        version = self._check(key, expected_version) + 1
+        self._data[key] = Versioned(value=bytes(value), version=version)
+        return version
+
+    async def delete(self, key: str, *, expected_version: int | None = None) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check(key, expected_version)
+        self._data.pop(key, None)
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return sorted(k for k in self._data if k.startswith(prefix))
+
+    async def append(self, stream: str, data: bytes) -> int:
+        await trio.lowlevel.checkpoint()
+        log = self._logs.setdefault(stream, _Log())
+        log.last_seq += 1
+        log.entries.append(LogEntry(seq=log.last_seq, data=bytes(data)))
+        return log.last_seq
+
+    async def read_log(
+        self, stream: str, *, after: int = 0, limit: int | None = None
+    ) -> list[LogEntry]:
+        await trio.lowlevel.checkpoint()
+        log = self._logs.get(stream)
+        if log is None:
+            return []
+        found = [e for e in log.entries if e.seq > after]
+        return found if limit is None else found[:limit]
+
+    async def trim_log(self, stream: str, *, upto: int) -> None:
+        await trio.lowlevel.checkpoint()
+        log = self._logs.get(stream)
+        if log is not None:
+            log.entries = [e for e in log.entries if e.seq > upto]

@@ -1,0 +1,31 @@
+"""Crash injection for fault-injection tests."""
+
+from __future__ import annotations
+
+from .._agent_server import InjectedCrash
+from .._exceptions import AgentNotFound, AgentUnavailable
+from .._node import Node
+from .._ref import AgentRef
+
+__all__ = ["InjectedCrash", "crash_agent"]
+
+
+async def crash_agent(node: Node, ref: AgentRef | str, error: BaseException | None = None) -> None:
+    """Make the agent's task fail as if its code raised ``error`` (an
+    :class:`InjectedCrash` by default); return once its supervisor has seen
+    the failure.
+
+    A message being handled at that moment fails (a caller gets
+    :class:`~jido_trio.ActionError`); queued messages wait for the restart.
+
+    :raises AgentNotFound: no such agent on ``node``.
+    :raises AgentUnavailable: the agent is stopped for good.
+    """
+    agent_id = ref if isinstance(ref, str) else ref.id
+    cell = node._comm.cells.get(agent_id)
+    if cell is None:
+        raise AgentNotFound(f"no agent {agent_id!r} on node {node.name!r}")
+    if not cell.alive:
+        raise AgentUnavailable(f"agent {agent_id!r} is stopped")
+    seen = cell.inject_crash(error or InjectedCrash(f"injected crash of agent {agent_id!r}"))
+    await seen.wait()

@@ -1,0 +1,50 @@
+"""Nox sessions for jido_trio.
+
+Sessions run under the interpreter nox itself runs under (no ``python=`` pin),
+so a machine with only Python 3.11 works.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite. pytest's exit code 5 (no tests collected) fails the session."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Lint and check formatting with ruff."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Type-check the package with mypy in strict mode."""
+    session.install("-e", ".[typecheck]")
+    session.run("mypy", "--strict", "jido_trio")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation; any warning fails the build."""
+    session.install("-e", ".[docs]")
+    # Silence Material for MkDocs' end-of-life/MkDocs 2 banner; it is not a build warning.
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Run the demo on local defaults."""
+    session.install(".")
+    session.run("python", "examples/demo.py", *session.posargs)
