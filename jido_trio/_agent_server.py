@@ -27,6 +27,7 @@ from ._exceptions import (
     AlreadyProcessed,
     InvalidMessage,
 )
+from ._health import Health
 from ._mailbox import Mailbox
 from ._persistence import AgentStore
 from ._ref import AgentRef
@@ -83,6 +84,7 @@ class AgentCell:
     last_restart_at: float = -math.inf
     last_failure: str | None = None
     state: Any = None
+    last_health: Health = Health.NOT_FOUND
     pending: set[str] = attrs.field(factory=set)
     _instance: Agent | None = None
     _scope: trio.CancelScope | None = None
@@ -134,6 +136,7 @@ class AgentCell:
         self.status = "running"
         task_status.started()
         self.comm.emit("jido_trio_agent_started", ref=self.ref)
+        self.comm.note_health(self)
         with trio.CancelScope() as scope:
             self._scope = scope
             await self._loop(ctx)
@@ -172,6 +175,7 @@ class AgentCell:
             self.last_failure = describe(error)
         reason = "normal" if error is None else f"crash: {describe(error)}"
         self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason=reason)
+        self.comm.note_health(self)
         if self._crash_seen is not None:
             self._crash_seen.set()
             self._crash_seen = None
@@ -180,6 +184,7 @@ class AgentCell:
         self.restarts = restarts
         self.last_restart_at = trio.current_time()
         self.comm.emit("jido_trio_agent_restarted", ref=self.ref, restarts=restarts)
+        self.comm.note_health(self)
 
     def on_final(self, reason: str) -> None:
         """The agent will not run again: refuse and fail whatever waits for it."""
@@ -199,6 +204,7 @@ class AgentCell:
         if self._crash_seen is not None:
             self._crash_seen.set()
             self._crash_seen = None
+        self.comm.note_health(self)
         self.comm.agent_gone(self)
 
     # ------------------------------------------------------------ the loop

@@ -13,7 +13,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import attrs
 import trio
@@ -113,16 +113,26 @@ class Communication:
             cell = self.cells.get(ref.id)
             if cell is not None:
                 return cell
-            if ref.id in self._tombstones:
-                raise AgentUnavailable(f"agent {ref.id!r} is stopped")
-            try:
-                entry = await self.registry.lookup(ref.id)
-            except AgentNotFound:
-                raise AgentNotFound(f"no agent {ref.id!r}") from None
-            if entry.node is None or entry.node == self.node_name:
-                raise AgentNotFound(f"no agent {ref.id!r} on node {self.node_name!r}")
-            return entry.node
+            elsewhere = await self._registered_elsewhere(ref.id)
+            if elsewhere is None:
+                self._raise_missing(ref.id)
+            return elsewhere
         return node
+
+    async def _registered_elsewhere(self, agent_id: str) -> str | None:
+        """The other node the registry names as owner of ``agent_id``, if any."""
+        try:
+            entry = await self.registry.lookup(agent_id)
+        except AgentNotFound:
+            return None
+        if entry.node is None or entry.node == self.node_name:
+            return None  # a stale entry of ours, about to be unregistered
+        return entry.node
+
+    def _raise_missing(self, agent_id: str) -> NoReturn:
+        if agent_id in self._tombstones:
+            raise AgentUnavailable(f"agent {agent_id!r} is stopped")
+        raise AgentNotFound(f"no agent {agent_id!r} on node {self.node_name!r}")
 
     # ------------------------------------------------------------ operations
 
@@ -308,6 +318,14 @@ class Communication:
         await trio.lowlevel.checkpoint()
         return self.local_health(target)
 
+    def note_health(self, cell: AgentCell) -> None:
+        """Fire ``jido_trio_health_changed`` if the agent's health moved."""
+        new = self.local_health(cell)
+        old = cell.last_health
+        if new is not old:
+            cell.last_health = new
+            self.emit("jido_trio_health_changed", ref=cell.ref, old=old, new=new)
+
     def local_health(self, cell: AgentCell) -> Health:
         if cell.status == "stopped":
             return Health.NOT_FOUND
@@ -327,9 +345,9 @@ class Communication:
         try:
             entry = await self.registry.lookup(agent_id)
         except AgentNotFound:
-            if agent_id in self._tombstones:
-                raise AgentUnavailable(f"agent {agent_id!r} is stopped") from None
-            raise
+            self._raise_missing(agent_id)
+        if entry.node is None or entry.node == self.node_name:
+            self._raise_missing(agent_id)
         return entry.ref
 
     # ------------------------------------------------------------ remote
@@ -403,11 +421,29 @@ class Communication:
     async def _local_cell(self, ref: AgentRef) -> AgentCell:
         await trio.lowlevel.checkpoint()
         cell = self.cells.get(ref.id)
-        if cell is not None:
-            return cell
-        if ref.id in self._tombstones:
-            raise AgentUnavailable(f"agent {ref.id!r} is stopped")
-        raise AgentNotFound(f"no agent {ref.id!r} on node {self.node_name!r}")
+        if cell is None:
+            self._raise_missing(ref.id)
+        return cell
+
+
+#: Errors that cross nodes as themselves (their constructor takes one message).
+_PORTABLE_ERRORS: dict[str, type[JidoError]] = {
+    cls.__name__: cls
+    for cls in (
+        errors.AgentNotFound,
+        errors.AgentUnavailable,
+        errors.AgentAlreadyExists,
+        errors.Unreachable,
+        errors.RemoteNotSupported,
+        errors.CallTimeout,
+        errors.MailboxFull,
+        errors.CircuitOpen,
+        errors.ActionNotFound,
+        errors.AlreadyProcessed,
+        errors.InvalidMessage,
+        errors.ConfigError,
+    )
+}
 
 
 class _RemoteActionError(JidoError):
@@ -429,12 +465,8 @@ def _unpack_reply(reply: Any, node: str) -> Any:
                 remote_type=None if remote_type is None else str(remote_type),
                 remote_message=None if remote_message is None else str(remote_message),
             )
-        cls = getattr(errors, str(type_name), None)
-        if (
-            isinstance(cls, type)
-            and issubclass(cls, JidoError)
-            and cls.__init__ is JidoError.__init__
-        ):
+        cls = _PORTABLE_ERRORS.get(str(type_name))
+        if cls is not None:
             raise cls(where)
         raise JidoError(f"{type_name}: {where}")
     raise InvalidMessage(f"malformed reply from node {node!r}")

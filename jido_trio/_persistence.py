@@ -76,11 +76,10 @@ class AgentStore:
     async def load(self, decode_state: Callable[[bytes], Any]) -> tuple[bool, Any]:
         """Read the record; return ``(found, state)``. Fills the dedupe window."""
         found = await self.backend.read(self.key, consistency="strong")
-        self.seen.clear()
-        self.recent = []
         if found is None:
             self.version = 0
             self.first_chunk = self.next_chunk = 0
+            self.seen, self.recent = {}, []
             return False, None
         try:
             fmt, state_bytes, recent, first, nxt = _decode_any(found.value)
@@ -88,14 +87,16 @@ class AgentStore:
             raise InvalidMessage(f"stored record {self.key!r} is malformed: {exc}") from exc
         if fmt != _RECORD_FORMAT:
             raise InvalidMessage(f"stored record {self.key!r} has unknown format {fmt}")
-        self.version = found.version
-        self.first_chunk, self.next_chunk = first, nxt
+        # Built aside and swapped in at once: senders consult `seen` while we await.
+        seen: dict[str, None] = {}
         for n in range(first, nxt):
             chunk = await self.backend.read(self._chunk_key(n))
             if chunk is not None:
-                self.seen.update(dict.fromkeys(_decode_ids(chunk.value)))
-        self.recent = list(recent)
-        self.seen.update(dict.fromkeys(self.recent))
+                seen.update(dict.fromkeys(_decode_ids(chunk.value)))
+        seen.update(dict.fromkeys(recent))
+        self.version = found.version
+        self.first_chunk, self.next_chunk = first, nxt
+        self.seen, self.recent = seen, list(recent)
         return True, decode_state(state_bytes)
 
     def mark(self, instruction_id: str) -> None:
