@@ -86,6 +86,9 @@ class AgentCell:
     state: Any = None
     last_health: Health = Health.NOT_FOUND
     pending: set[str] = attrs.field(factory=set)
+    #: At-least-once messages in the durable log not yet applied: seq -> instruction id.
+    unacked: dict[int, str] = attrs.field(factory=dict)
+    max_attempts: int = 3
     _instance: Agent | None = None
     _scope: trio.CancelScope | None = None
     _injected: BaseException | None = None
@@ -95,6 +98,16 @@ class AgentCell:
     @property
     def alive(self) -> bool:
         return self.status != "stopped"
+
+    @property
+    def log_stream(self) -> str:
+        """StateBackend log holding this agent's at-least-once messages."""
+        return f"mailbox/{self.ref.id}"
+
+    @property
+    def dead_letter_stream(self) -> str:
+        """StateBackend log of this agent's dead-lettered at-least-once messages."""
+        return f"deadletter/{self.ref.id}"
 
     def seen(self, instruction_id: str) -> bool:
         """Applied, or accepted and still queued."""
@@ -132,6 +145,7 @@ class AgentCell:
         await self.store.commit(state)
         self.state = state
         self._instance = instance
+        await self._replay_log()
         await self.comm.registry.register(self.ref, self.metadata)
         self.status = "running"
         task_status.started()
@@ -207,6 +221,54 @@ class AgentCell:
         self.comm.note_health(self)
         self.comm.agent_gone(self)
 
+    # ------------------------------------------------------------ durable mailbox
+
+    async def _replay_log(self) -> None:
+        """Queue the logged at-least-once messages not yet applied (after a crash
+        or in a new process), ahead of anything sent since."""
+        from ._message import Instruction, Message
+
+        replay: list[Delivery] = []
+        applied_upto = 0
+        for entry in await self.comm.state.read_log(self.log_stream):
+            if entry.seq in self.unacked:
+                continue  # still queued in this process's mailbox
+            try:
+                message = Message.from_bytes(entry.data)
+            except InvalidMessage as exc:
+                log.error("dropping unreadable logged message %s: %s", entry.seq, exc)
+                continue
+            instruction = message.payload
+            if not isinstance(instruction, Instruction) or instruction.id in self.store.seen:
+                if not self.unacked or entry.seq < min(self.unacked):
+                    applied_upto = entry.seq
+                continue
+            self.unacked[entry.seq] = instruction.id
+            self.pending.add(instruction.id)
+            replay.append(Delivery("instruction", message, instruction, None, log_seq=entry.seq))
+        if replay:
+            self.mailbox.requeue_front(replay)
+        if applied_upto:
+            await self.comm.state.trim_log(self.log_stream, upto=applied_upto)
+
+    async def _ack(self, deliveries: list[Delivery]) -> None:
+        """Drop applied at-least-once messages from the durable log."""
+        highest = 0
+        for delivery in deliveries:
+            if delivery.log_seq is not None:
+                self.unacked.pop(delivery.log_seq, None)
+                highest = max(highest, delivery.log_seq)
+        if highest:
+            upto = min(self.unacked) - 1 if self.unacked else highest
+            if upto > 0:
+                await self.comm.state.trim_log(self.log_stream, upto=upto)
+
+    async def _dead_letter_logged(self, delivery: Delivery, reason: str) -> None:
+        assert delivery.log_seq is not None
+        await self.comm.state.append(self.dead_letter_stream, delivery.message.to_bytes())
+        await self._ack([delivery])
+        self.comm.dead_letter(delivery.message, reason)
+
     # ------------------------------------------------------------ the loop
 
     async def _loop(self, ctx: Context) -> None:
@@ -235,35 +297,48 @@ class AgentCell:
                 applied.append(batch[index])
                 index += 1
         finally:
-            commit_error = await self._commit(dirty) if dirty else None
-            for delivery in applied:
-                if commit_error is None:
-                    delivery.resolve()
-                else:
-                    delivery.fail(
-                        AgentUnavailable(f"agent {self.ref.id!r} could not persist its state")
-                    )
-            if index < len(batch):
-                self._settle_unfinished(batch[index], crash or self._injected, batch[index + 1 :])
+            # Shielded: what was applied must be made durable and answered even
+            # while the agent is cancelled, but never for longer than its
+            # shutdown timeout.
+            with trio.move_on_after(self.shutdown_timeout) as scope:
+                scope.shield = True
+                commit_error = await self._settle(
+                    batch, applied, dirty, index, crash or self._injected
+                )
+            if scope.cancelled_caught and commit_error is None:
+                commit_error = TimeoutError(f"committing agent {self.ref.id!r} timed out")
         if commit_error is not None:
             raise commit_error
         if crash is not None:
             raise crash
 
-    async def _commit(self, _dirty: bool) -> Exception | None:
-        # Shielded: what was applied must be made durable even while the agent
-        # is being cancelled, but never for longer than its shutdown timeout.
-        with trio.move_on_after(self.shutdown_timeout) as scope:
-            scope.shield = True
-            try:
+    async def _settle(
+        self,
+        batch: list[Delivery],
+        applied: list[Delivery],
+        dirty: bool,
+        index: int,
+        cause: BaseException | None,
+    ) -> Exception | None:
+        commit_error: Exception | None = None
+        try:
+            if dirty:
                 await self.store.commit(self.state)
-            except Exception as exc:
-                return exc
-        if scope.cancelled_caught:
-            return TimeoutError(f"committing state of agent {self.ref.id!r} timed out")
-        return None
+            await self._ack(applied)
+        except Exception as exc:
+            commit_error = exc
+        for delivery in applied:
+            if commit_error is None:
+                delivery.resolve()
+            else:
+                delivery.fail(
+                    AgentUnavailable(f"agent {self.ref.id!r} could not persist its state")
+                )
+        if index < len(batch):
+            await self._settle_unfinished(batch[index], cause, batch[index + 1 :])
+        return commit_error
 
-    def _settle_unfinished(
+    async def _settle_unfinished(
         self, interrupted: Delivery, cause: BaseException | None, rest: list[Delivery]
     ) -> None:
         if cause is None:
@@ -271,14 +346,24 @@ class AgentCell:
             self.mailbox.requeue_front([interrupted, *rest])
             return
         instruction = interrupted.instruction
-        if instruction is not None:
+        if instruction is None:
+            interrupted.fail(AgentUnavailable(f"agent {self.ref.id!r} crashed"))
+        elif interrupted.log_seq is not None:
+            interrupted.attempts += 1
+            if interrupted.attempts < self.max_attempts:
+                rest = [interrupted, *rest]  # at-least-once: deliver it again after the restart
+            else:
+                self.pending.discard(instruction.id)
+                await self._dead_letter_logged(
+                    interrupted,
+                    f"action failed {interrupted.attempts} times, last: {describe(cause)}",
+                )
+        else:
             self.pending.discard(instruction.id)
             if interrupted.reply is None:
                 self.comm.dead_letter(interrupted.message, f"action failed: {describe(cause)}")
             else:
                 interrupted.fail(action_error(self.ref.id, instruction.action, cause))
-        else:
-            interrupted.fail(AgentUnavailable(f"agent {self.ref.id!r} crashed"))
         self.mailbox.requeue_front(rest)
 
     async def _apply(self, delivery: Delivery, ctx: Context) -> bool:

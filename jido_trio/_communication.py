@@ -161,12 +161,21 @@ class Communication:
             causation_id=causation_id,
         )
         if isinstance(target, str):
-            status = await self._remote(target, "tell", message, deadline)
+            kind = "tell" if delivery == "at_most_once" else "tell_alo"
+            status = await self._remote(target, kind, message, deadline)
             return Receipt(message_id=message.id, instruction_id=instruction.id, status=status)
-        return await self.deliver_tell(target, message, instruction, deadline)
+        return await self.deliver_tell(
+            target, message, instruction, deadline, durable=delivery == "at_least_once"
+        )
 
     async def deliver_tell(
-        self, cell: AgentCell, message: Message, instruction: Instruction, deadline: float
+        self,
+        cell: AgentCell,
+        message: Message,
+        instruction: Instruction,
+        deadline: float,
+        *,
+        durable: bool = False,
     ) -> Receipt:
         self._check_action(cell, instruction)
         if cell.seen(instruction.id):
@@ -175,20 +184,38 @@ class Communication:
                 message_id=message.id, instruction_id=instruction.id, status="already_processed"
             )
         cell.pending.add(instruction.id)
-        item = Delivery("instruction", message, instruction, None)
+        seq: int | None = None
+        if durable:
+            # Logged before the receipt: from here on the agent applies it even
+            # if it (or this process) crashes before handling it.
+            try:
+                seq = await self.state.append(cell.log_stream, message.to_bytes())
+            except BaseException:
+                cell.pending.discard(instruction.id)
+                raise
+            cell.unacked[seq] = instruction.id
+        item = Delivery("instruction", message, instruction, None, log_seq=seq)
         try:
             with trio.move_on_at(deadline) as scope:
                 await cell.mailbox.put(item)
         except MailboxClosed as closed:
-            cell.pending.discard(instruction.id)
+            self._unqueued(cell, instruction.id, seq)
             raise closed.error from None
         except BaseException:
-            cell.pending.discard(instruction.id)
+            self._unqueued(cell, instruction.id, seq)
             raise
         if scope.cancelled_caught:
-            cell.pending.discard(instruction.id)
+            self._unqueued(cell, instruction.id, seq)
             raise MailboxFull(f"mailbox of agent {cell.ref.id!r} stayed full until the deadline")
         return Receipt(message_id=message.id, instruction_id=instruction.id, status="accepted")
+
+    @staticmethod
+    def _unqueued(cell: AgentCell, instruction_id: str, seq: int | None) -> None:
+        # A logged message that missed the mailbox stays in the log: the
+        # agent's next start replays it (and a resend with the same id dedupes).
+        cell.pending.discard(instruction_id)
+        if seq is not None:
+            cell.unacked.pop(seq, None)
 
     async def call(
         self,
@@ -394,12 +421,14 @@ class Communication:
             await trio.lowlevel.checkpoint()
             return self.local_health(cell).value
         cell = await self._local_cell(ref)
-        if kind == "tell" or kind == "call":
+        if kind in ("tell", "tell_alo", "call"):
             instruction = message.payload
             if not isinstance(instruction, Instruction):
                 raise InvalidMessage("instruction message without an Instruction payload")
-            if kind == "tell":
-                receipt = await self.deliver_tell(cell, message, instruction, deadline)
+            if kind != "call":
+                receipt = await self.deliver_tell(
+                    cell, message, instruction, deadline, durable=kind == "tell_alo"
+                )
                 return receipt.status
             try:
                 return await self.deliver_call(cell, message, instruction, deadline)

@@ -83,6 +83,8 @@ class Config:
         reported ``DEGRADED``.
     :param dedupe_window: processed instruction ids remembered per agent
         (at least this many most recent ids are kept).
+    :param max_delivery_attempts: times an at-least-once message is delivered
+        to an agent that crashes on it before it is dead-lettered.
     :param max_restarts: restart intensity of the node's root supervisor ...
     :param max_seconds: ... within this many seconds.
     :param shutdown_timeout: seconds an agent gets to stop gracefully.
@@ -101,6 +103,7 @@ class Config:
     mailbox_size: int = attrs.field(default=1024, validator=_positive_int)
     mailbox_high_water: float = attrs.field(default=0.8, validator=_positive)
     dedupe_window: int = attrs.field(default=10_000, validator=_positive_int)
+    max_delivery_attempts: int = attrs.field(default=3, validator=_positive_int)
     max_restarts: int = attrs.field(default=3, validator=_positive_int)
     max_seconds: float = attrs.field(default=5.0, validator=_positive)
     shutdown_timeout: float = attrs.field(default=5.0, validator=_positive)

@@ -49,7 +49,16 @@ class Reply:
 class Delivery:
     """A message queued for an agent."""
 
-    __slots__ = ("instruction", "kind", "message", "replied", "reply", "reply_value")
+    __slots__ = (
+        "attempts",
+        "instruction",
+        "kind",
+        "log_seq",
+        "message",
+        "replied",
+        "reply",
+        "reply_value",
+    )
 
     def __init__(
         self,
@@ -57,6 +66,7 @@ class Delivery:
         message: Message,
         instruction: Instruction | None,
         reply: Reply | None,
+        log_seq: int | None = None,
     ) -> None:
         self.kind = kind
         self.message = message
@@ -64,6 +74,9 @@ class Delivery:
         self.reply = reply
         self.replied = False
         self.reply_value: Any = None
+        #: Sequence number in the agent's durable mailbox log (at-least-once only).
+        self.log_seq = log_seq
+        self.attempts = 0
 
     def resolve(self) -> None:
         if self.reply is not None:

@@ -174,6 +174,7 @@ class Node:
             mailbox=Mailbox[Delivery](self.config.mailbox_size),
             restart=restart,
             shutdown_timeout=self.config.shutdown_timeout,
+            max_attempts=self.config.max_delivery_attempts,
             initial_state=state,
             metadata=metadata,
             supervisor=parent,
@@ -226,6 +227,13 @@ class Node:
         timeout: float | None = None,
     ) -> Receipt:
         """Queue an instruction for the agent and return a receipt once it has it.
+
+        ``delivery="at_most_once"`` (default) queues it in the agent's mailbox.
+        ``delivery="at_least_once"`` first appends it to the agent's durable
+        log in the StateBackend (SQLite survives the process); it is replayed
+        after crashes and restarts until applied, deduplicated by instruction
+        id, so its effect happens exactly once. A message whose action keeps
+        crashing the agent is dead-lettered after ``max_delivery_attempts``.
 
         :raises AgentNotFound: unknown agent.
         :raises AgentUnavailable: the agent is stopped for good.
