@@ -11,6 +11,7 @@ from ..hookspecs import hookimpl
 from ._coordination import LocalCoordination
 from ._hub import hub_name, open_hub
 from ._registry import LocalRegistry
+from ._sqlite import sqlite_factory
 from ._state import MemoryStateBackend
 from ._transport import LocalTransport
 
@@ -61,8 +62,10 @@ async def _memory(config: Config, options: Mapping[str, Any]) -> AsyncIterator[M
 
 @hookimpl(trylast=True)
 def jido_trio_add_backends(backends: Any) -> None:
-    """Register ``local`` registry/transport/coordination and ``memory`` state."""
+    """Register ``local`` registry/transport/coordination, ``memory`` state and
+    ``sqlite`` state (``plugin_options={"sqlite": {"path": "state.db"}}``)."""
     backends.add_registry("local", _registry)
     backends.add_coordination("local", _coordination)
     backends.add_transport("local", _transport)
     backends.add_state("memory", _memory)
+    backends.add_state("sqlite", sqlite_factory)
