@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._agent import Agent as Agent
 from ._agent import Context as Context
 from ._agent import action as action
+from ._agent import upcaster as upcaster
 from ._config import Config as Config
 from ._exceptions import ActionError as ActionError
 from ._exceptions import ActionNotFound as ActionNotFound

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 
-from ._exceptions import InvalidMessage
+from ._exceptions import ActionNotFound, InvalidMessage
 
 if TYPE_CHECKING:
     from ._communication import Communication
@@ -22,24 +22,54 @@ __all__ = ["ActionSpec", "Agent", "Context", "action"]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _ACTION_ATTR = "__jido_action__"
+_UPCASTER_ATTR = "__jido_upcaster__"
+
+Upcaster = Callable[[dict[str, Any]], Mapping[str, Any]]
+U = TypeVar("U", bound=Upcaster)
 
 
-def action(name: str) -> Callable[[F], F]:
+def upcaster(action_name: str, from_version: int) -> Callable[[U], U]:
+    """Mark a function of an :class:`Agent` class as the upcaster of the params
+    of ``action_name`` from ``from_version`` to ``from_version + 1``.
+
+    It is called as ``fn(params)`` (a plain dict, no ``self``) and returns the
+    params of the next version; chains of upcasters bring any older version up
+    to the action's current one.
+    """
+    if type(from_version) is not int or from_version < 1:
+        raise TypeError("from_version must be a positive int")
+
+    def mark(fn: U) -> U:
+        target: Any = fn
+        if isinstance(target, staticmethod):
+            target = target.__func__
+        setattr(target, _UPCASTER_ATTR, (action_name, from_version))
+        return fn
+
+    return mark
+
+
+def action(name: str, *, version: int = 1) -> Callable[[F], F]:
     """Mark an ``async def`` method of an :class:`Agent` as the action ``name``.
 
     The method is called as ``await method(state, **params)`` and returns the
     new state, or ``None`` to keep the state unchanged. An exception raised by
     it crashes the agent (its supervisor decides what happens next); a caller
     waiting in ``call`` gets :class:`~jido_trio.ActionError`.
+
+    ``version`` is the schema version of the action's params (see
+    :func:`upcaster`).
     """
     if not isinstance(name, str) or not name:
         raise TypeError("action name must be a non-empty string")
+    if type(version) is not int or version < 1:
+        raise TypeError("action version must be a positive int")
 
     def mark(fn: F) -> F:
         candidate: Any = fn  # iscoroutinefunction would narrow fn's own type
         if not inspect.iscoroutinefunction(candidate):
             raise TypeError(f"action {name!r} must be an async def")
-        setattr(fn, _ACTION_ATTR, name)
+        setattr(fn, _ACTION_ATTR, (name, version))
         return fn
 
     return mark
@@ -51,12 +81,13 @@ class ActionSpec:
 
     name: str
     method: str
+    version: int
     required: frozenset[str]
     accepted: frozenset[str]
     any_keyword: bool
 
     @classmethod
-    def from_function(cls, name: str, fn: Callable[..., Any]) -> ActionSpec:
+    def from_function(cls, name: str, version: int, fn: Callable[..., Any]) -> ActionSpec:
         params = list(inspect.signature(fn).parameters.values())[2:]  # self, state
         required, accepted, any_kw = set(), set(), False
         for p in params:
@@ -69,6 +100,7 @@ class ActionSpec:
         return cls(
             name=name,
             method=fn.__name__,
+            version=version,
             required=frozenset(required),
             accepted=frozenset(accepted),
             any_keyword=any_kw,
@@ -111,6 +143,7 @@ class Agent:
     type: ClassVar[str]
     State: ClassVar[Callable[[], Any]] = _NoState
     actions: ClassVar[Mapping[str, ActionSpec]] = {}
+    upcasters: ClassVar[Mapping[tuple[str, int], Upcaster]] = {}
     #: Agent classes by type name (the last class defined with a name wins);
     #: used to decode the state of agents that live on other nodes.
     types: ClassVar[dict[str, builtins.type[Agent]]] = {}
@@ -120,17 +153,62 @@ class Agent:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         found: dict[str, ActionSpec] = {}
+        upcasters: dict[tuple[str, int], Upcaster] = {}
         for klass in reversed(cls.__mro__):
             for value in vars(klass).values():
-                name = getattr(value, _ACTION_ATTR, None)
-                if isinstance(name, str):
-                    found[name] = ActionSpec.from_function(name, value)
+                marked = getattr(value, _ACTION_ATTR, None)
+                if isinstance(marked, tuple):
+                    found[marked[0]] = ActionSpec.from_function(marked[0], marked[1], value)
+                fn = value.__func__ if isinstance(value, staticmethod) else value
+                key = getattr(fn, _UPCASTER_ATTR, None)
+                if isinstance(key, tuple):
+                    upcasters[key] = fn
         cls.actions = found
+        cls.upcasters = upcasters
         declared = cls.__dict__.get("type")
         if declared is not None:
             if not isinstance(declared, str) or not declared:
                 raise TypeError(f"{cls.__name__}.type must be a non-empty string")
             Agent.types[declared] = cls
+
+    @classmethod
+    def prepare(cls, instruction: Instruction) -> Instruction:
+        """Check an instruction against this class: the action exists, its
+        params version is known (older versions are upcast) and its params fit.
+
+        :raises ActionNotFound: no such action.
+        :raises InvalidMessage: newer version, missing upcaster, or bad params.
+        """
+        spec = cls.actions.get(instruction.action)
+        if spec is None:
+            raise ActionNotFound(
+                f"agent type {getattr(cls, 'type', cls.__name__)!r} has no action "
+                f"{instruction.action!r}; it has: {', '.join(sorted(cls.actions)) or 'none'}"
+            )
+        version = instruction.version
+        if version is not None and version != spec.version:
+            if version > spec.version:
+                raise InvalidMessage(
+                    f"action {spec.name!r} params version {version} is newer than "
+                    f"supported version {spec.version}"
+                )
+            params = dict(instruction.params)
+            while version < spec.version:
+                upcast = cls.upcasters.get((spec.name, version))
+                if upcast is None:
+                    raise InvalidMessage(
+                        f"no upcaster for action {spec.name!r} from version {version}"
+                    )
+                try:
+                    params = dict(upcast(params))
+                except Exception as exc:
+                    raise InvalidMessage(
+                        f"upcasting action {spec.name!r} from version {version} failed: {exc}"
+                    ) from exc
+                version += 1
+            instruction = attrs.evolve(instruction, params=params, version=version)
+        spec.check_params(instruction.params)
+        return instruction
 
     @property
     def ctx(self) -> Context:

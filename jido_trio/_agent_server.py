@@ -26,9 +26,11 @@ from ._exceptions import (
     AgentUnavailable,
     AlreadyProcessed,
     InvalidMessage,
+    JidoError,
 )
 from ._health import Health
 from ._mailbox import Mailbox
+from ._message import Instruction, Message
 from ._persistence import AgentStore
 from ._ref import AgentRef
 from ._supervisor import Supervisor, describe
@@ -226,7 +228,6 @@ class AgentCell:
     async def _replay_log(self) -> None:
         """Queue the logged at-least-once messages not yet applied (after a crash
         or in a new process), ahead of anything sent since."""
-        from ._message import Instruction, Message
 
         replay: list[Delivery] = []
         applied_upto = 0
@@ -240,6 +241,13 @@ class AgentCell:
                 continue
             instruction = message.payload
             if not isinstance(instruction, Instruction) or instruction.id in self.store.seen:
+                if not self.unacked or entry.seq < min(self.unacked):
+                    applied_upto = entry.seq
+                continue
+            try:
+                instruction = self.cls.prepare(instruction)
+            except JidoError as exc:
+                await self.store_dead_letter(message, str(exc))
                 if not self.unacked or entry.seq < min(self.unacked):
                     applied_upto = entry.seq
                 continue
@@ -263,11 +271,20 @@ class AgentCell:
             if upto > 0:
                 await self.comm.state.trim_log(self.log_stream, upto=upto)
 
+    async def store_dead_letter(self, message: Message, reason: str) -> None:
+        """Keep ``message`` in this agent's dead-letter log and tell the observers."""
+        try:
+            data = message.to_bytes()
+        except InvalidMessage:
+            log.error("dead letter %s cannot be encoded; only reported", message.id)
+        else:
+            await self.comm.state.append(self.dead_letter_stream, data)
+        self.comm.dead_letter(message, reason)
+
     async def _dead_letter_logged(self, delivery: Delivery, reason: str) -> None:
         assert delivery.log_seq is not None
-        await self.comm.state.append(self.dead_letter_stream, delivery.message.to_bytes())
         await self._ack([delivery])
-        self.comm.dead_letter(delivery.message, reason)
+        await self.store_dead_letter(delivery.message, reason)
 
     # ------------------------------------------------------------ the loop
 

@@ -23,7 +23,6 @@ from ._agent_server import AgentCell, state_decoder
 from ._delivery import Delivery, Reply
 from ._exceptions import (
     ActionError,
-    ActionNotFound,
     AgentNotFound,
     AgentUnavailable,
     AlreadyProcessed,
@@ -50,6 +49,11 @@ log = logging.getLogger("jido_trio.communication")
 Delivery_ = Literal["at_most_once", "at_least_once"]
 _DELIVERY_MODES = ("at_most_once", "at_least_once")
 _CONSISTENCY = ("strong", "eventual", "weak")
+
+#: Envelope metadata key carrying the seconds a remote caller still waits.
+TIMEOUT_KEY = "jido.timeout"
+#: Longest wait a remote request may ask for.
+MAX_REMOTE_TIMEOUT = 3600.0
 
 #: Stopped agents remembered (to answer AgentUnavailable rather than AgentNotFound).
 TOMBSTONE_LIMIT = 100_000
@@ -177,7 +181,7 @@ class Communication:
         *,
         durable: bool = False,
     ) -> Receipt:
-        self._check_action(cell, instruction)
+        instruction = await self._prepare(cell, message, instruction)
         if cell.seen(instruction.id):
             await trio.lowlevel.checkpoint()
             return Receipt(
@@ -245,7 +249,7 @@ class Communication:
     async def deliver_call(
         self, cell: AgentCell, message: Message, instruction: Instruction, deadline: float
     ) -> Any:
-        self._check_action(cell, instruction)
+        instruction = await self._prepare(cell, message, instruction)
         if cell.seen(instruction.id):
             await trio.lowlevel.checkpoint()
             raise AlreadyProcessed(f"instruction {instruction.id} was already applied")
@@ -276,14 +280,15 @@ class Communication:
             raise CallTimeout(f"no reply from agent {cell.ref.id!r} before the deadline")
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _check_action(self, cell: AgentCell, instruction: Instruction) -> None:
-        spec = cell.cls.actions.get(instruction.action)
-        if spec is None:
-            raise ActionNotFound(
-                f"agent type {cell.ref.type!r} has no action {instruction.action!r}; "
-                f"it has: {', '.join(sorted(cell.cls.actions)) or 'none'}"
-            )
-        spec.check_params(instruction.params)
+    async def _prepare(
+        self, cell: AgentCell, message: Message, instruction: Instruction
+    ) -> Instruction:
+        try:
+            return cell.cls.prepare(instruction)
+        except InvalidMessage as exc:
+            # Refused input is set aside where an operator can see it.
+            await cell.store_dead_letter(message, str(exc))
+            raise
 
     async def query(
         self,
@@ -380,8 +385,11 @@ class Communication:
     # ------------------------------------------------------------ remote
 
     async def _remote(self, node: str, kind: str, message: Message, deadline: float) -> Any:
-        frame = encode_value([kind, message.to_bytes(), deadline - trio.current_time()])
         timeout = max(0.0, deadline - trio.current_time())
+        # The time left travels in the envelope (relative: clocks differ between
+        # hosts) so the owner does not work for a caller that has given up.
+        message = attrs.evolve(message, metadata={**message.metadata, TIMEOUT_KEY: timeout})
+        frame = encode_value([kind, message.to_bytes()])
         data = await self.transport.request(node, frame, timeout=timeout)
         return _unpack_reply(decode_value(data), node)
 
@@ -404,15 +412,17 @@ class Communication:
         frame = decode_value(data)
         if (
             not isinstance(frame, list)
-            or len(frame) != 3
+            or len(frame) != 2
             or not isinstance(frame[0], str)
             or not isinstance(frame[1], bytes)
-            or not isinstance(frame[2], (int, float))
         ):
             raise InvalidMessage("malformed request frame")
-        kind, raw, remaining = frame
+        kind, raw = frame
         message = Message.from_bytes(raw)
-        deadline = trio.current_time() + max(0.0, min(float(remaining), 3600.0))
+        remaining = message.metadata.get(TIMEOUT_KEY)
+        if isinstance(remaining, bool) or not isinstance(remaining, (int, float)):
+            raise InvalidMessage(f"request without a numeric {TIMEOUT_KEY!r}")
+        deadline = trio.current_time() + max(0.0, min(float(remaining), MAX_REMOTE_TIMEOUT))
         ref = message.recipient
         if kind == "health":
             cell = self.cells.get(ref.id)

@@ -68,11 +68,21 @@ class Instruction:
     :param params: keyword arguments for the action (a read-only copy is kept).
     :param id: idempotency key; generated when omitted. An instruction id that
         reaches an agent twice is applied once.
+    :param version: schema version of ``params``; ``None`` means "the
+        receiving agent's current version". An older version is upcast by the
+        agent class's upcasters; a newer one is refused with
+        :class:`InvalidMessage`.
     """
 
     action: str = attrs.field(validator=attrs.validators.instance_of(str))
     params: Mapping[str, Any] = attrs.field(default=None, converter=_params, hash=False)
     id: str = attrs.field(default=None, converter=_id_or_new, kw_only=True)
+    version: int | None = attrs.field(default=None, kw_only=True)
+
+    @version.validator
+    def _check_version(self, _attribute: Any, value: Any) -> None:
+        if value is not None and (type(value) is not int or value < 1):
+            raise TypeError("instruction version must be a positive int or None")
 
 
 @attrs.frozen(kw_only=True)
@@ -271,7 +281,7 @@ def _to_wire(value: Any) -> Any:
     if kind is Instruction:
         return msgspec.msgpack.Ext(
             _EXT_INSTRUCTION,
-            _encoder.encode((value.action, _to_wire(dict(value.params)), value.id)),
+            _encoder.encode((value.action, _to_wire(dict(value.params)), value.id, value.version)),
         )
     if isinstance(value, Mapping):
         return {k: _to_wire(v) for k, v in value.items()}
@@ -301,14 +311,17 @@ def _ext_hook(code: int, data: memoryview) -> Any:
         fields = _decoder.decode(data)
         if (
             not isinstance(fields, list)
-            or len(fields) != 3
+            or len(fields) not in (3, 4)
             or not isinstance(fields[0], str)
             or not isinstance(fields[1], dict)
             or not isinstance(fields[2], str)
             or not fields[2]
         ):
             raise InvalidMessage("malformed instruction")
-        return Instruction(fields[0], fields[1], id=fields[2])
+        version = fields[3] if len(fields) == 4 else None
+        if version is not None and (type(version) is not int or version < 1):
+            raise InvalidMessage("malformed instruction version")
+        return Instruction(fields[0], fields[1], id=fields[2], version=version)
     raise InvalidMessage(f"unknown msgpack extension code {code}")
 
 

@@ -21,7 +21,7 @@ from ._delivery import Delivery
 from ._exceptions import AgentAlreadyExists, AgentNotFound, ConfigError
 from ._health import Health
 from ._mailbox import Mailbox
-from ._message import Instruction, Receipt
+from ._message import Instruction, Message, Receipt
 from ._persistence import AgentStore
 from ._plugins import collect_backends, make_plugin_manager
 from ._ref import AgentRef
@@ -290,6 +290,32 @@ class Node:
         :raises AgentUnavailable: it ran here and is stopped for good.
         """
         return await self._comm.lookup(agent_id)
+
+    async def dead_letters(self, ref: AgentRef | str) -> list[Message]:
+        """Messages set aside for an agent: at-least-once messages whose action
+        kept failing, and instructions refused as invalid (e.g. an unknown
+        newer params version). Oldest first."""
+        agent_id = ref if isinstance(ref, str) else ref.id
+        entries = await self.state.read_log(f"deadletter/{agent_id}")
+        return [Message.from_bytes(entry.data) for entry in entries]
+
+    async def redrive_dead_letters(self, ref: AgentRef) -> list[Receipt]:
+        """Send every dead letter of ``ref`` again (at-least-once, same
+        instruction ids) and clear them from the dead-letter log.
+
+        :returns: the receipts, in the order the letters were stored.
+        """
+        stream = f"deadletter/{ref.id}"
+        entries = await self.state.read_log(stream)
+        receipts = []
+        for entry in entries:
+            message = Message.from_bytes(entry.data)
+            if isinstance(message.payload, Instruction):
+                receipts.append(
+                    await self.send_instruction(ref, message.payload, delivery="at_least_once")
+                )
+            await self.state.trim_log(stream, upto=entry.seq)
+        return receipts
 
     def agents(self) -> list[AgentRef]:
         """Refs of the agents this node runs (including restarting ones)."""

@@ -42,6 +42,7 @@ instructions = st.builds(
     st.text(min_size=1, max_size=10),
     st.dictionaries(texts, plain, max_size=3),
     id=st.text(min_size=1, max_size=32),
+    version=st.none() | st.integers(1, 1000),
 )
 payloads = st.recursive(
     scalars | refs | instructions,
