@@ -19,25 +19,26 @@ _RANDOM_MAX = (1 << _RANDOM_BITS) - 1
 
 _last_ms = -1
 _last_rand = 0
+_last_prefix = ""
 
 
 def new_id() -> str:
     """Return a new 32-character id that sorts after every id made before it here."""
-    global _last_ms, _last_rand
+    global _last_ms, _last_rand, _last_prefix
     ms = time.time_ns() // 1_000_000
     if ms <= _last_ms:
-        ms = _last_ms
         rand = _last_rand + 1
-        if rand > _RANDOM_MAX:
-            ms += 1
-            rand = random.getrandbits(_RANDOM_BITS - 1)
-    else:
-        # One bit short of full width leaves room to increment within the ms;
-        # random reseeds itself in forked children, so processes do not collide.
-        rand = random.getrandbits(_RANDOM_BITS - 1)
+        if rand <= _RANDOM_MAX:
+            _last_rand = rand
+            return f"{_last_prefix}{rand:020x}"
+        ms = _last_ms + 1
+    # One bit short of full width leaves room to increment within the ms;
+    # random reseeds itself in forked children, so processes do not collide.
+    rand = random.getrandbits(_RANDOM_BITS - 1)
     _last_ms = ms
     _last_rand = rand
-    return f"{ms:012x}{rand:020x}"
+    _last_prefix = f"{ms:012x}"
+    return f"{_last_prefix}{rand:020x}"
 
 
 def id_time(identifier: str) -> float:

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 import jido_trio as jt
+from jido_trio._persistence import CHUNK_SIZE
 from jido_trio.testing import crash_agent
 
 from ._agents import Counter, CounterState
@@ -217,7 +218,7 @@ async def test_dedupe_window_is_bounded_and_survives_restart() -> None:
         cell = node._comm.cells["c"]
         assert 200 <= len(cell.store.seen) < 1000
         stored = await node.state.keys("agent/c/ids/")
-        assert len(stored) <= math.ceil(200 / 128) + 1
+        assert len(stored) <= math.ceil(200 / CHUNK_SIZE) + 1
 
 
 async def test_fifo_per_sender() -> None:
