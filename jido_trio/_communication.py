@@ -30,6 +30,7 @@ from ._exceptions import (
     InvalidMessage,
     JidoError,
     MailboxFull,
+    RemoteNotSupported,
     Unreachable,
 )
 from ._health import Health
@@ -37,6 +38,14 @@ from ._mailbox import MailboxClosed
 from ._message import Instruction, Message, Receipt, decode_value, encode_value
 from ._persistence import encode_state
 from ._ref import AgentRef
+from ._resilience import (
+    BreakerConfig,
+    BreakerRegistry,
+    FailureDetector,
+    LatencyTracker,
+    RetryPolicy,
+    retry_idempotent,
+)
 from .abc import Consistency, Registry, StateBackend, Transport
 
 if TYPE_CHECKING:
@@ -80,7 +89,24 @@ class Communication:
     emit: EmitFn
     spawn: Callable[[Callable[[], Awaitable[Any]]], None]
     cells: dict[str, AgentCell] = attrs.field(factory=dict)
+    detector: FailureDetector | None = None
     _tombstones: OrderedDict[str, None] = attrs.field(factory=OrderedDict)
+    breakers: BreakerRegistry = attrs.field(init=False)
+    latency: LatencyTracker = attrs.field(factory=LatencyTracker, init=False)
+    _retry: RetryPolicy = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.breakers = BreakerRegistry(
+            config=BreakerConfig(
+                failure_threshold=self.config.breaker_failure_threshold,
+                reset_timeout=self.config.breaker_reset_timeout,
+            )
+        )
+        self._retry = RetryPolicy(max_attempts=self.config.retry_attempts)
+
+    @staticmethod
+    def breaker_key(node: str | None, agent_id: str) -> str:
+        return f"{node}/{agent_id}"
 
     # ------------------------------------------------------------ cells
 
@@ -166,7 +192,8 @@ class Communication:
         )
         if isinstance(target, str):
             kind = "tell" if delivery == "at_most_once" else "tell_alo"
-            status = await self._remote(target, kind, message, deadline)
+            # Safe to repeat: the instruction id makes a second delivery a no-op.
+            status = await self._remote_idempotent(target, kind, message, deadline)
             return Receipt(message_id=message.id, instruction_id=instruction.id, status=status)
         return await self.deliver_tell(
             target, message, instruction, deadline, durable=delivery == "at_least_once"
@@ -260,10 +287,17 @@ class Communication:
             await trio.lowlevel.checkpoint()
             raise AlreadyProcessed(f"instruction {instruction.id} was already applied")
         cell.pending.add(instruction.id)
-        reply = Reply()
-        return await self._enqueue_and_wait(
-            cell, Delivery("instruction", message, instruction, reply), deadline
+        breaker = self.breakers.get(self.breaker_key(self.node_name, cell.ref.id))
+        started = trio.current_time()
+        value = await breaker.call(
+            self._enqueue_and_wait,
+            cell,
+            Delivery("instruction", message, instruction, Reply()),
+            deadline,
+            failure_types=(CallTimeout,),
         )
+        self.latency.record(cell.ref.id, trio.current_time() - started)
+        return value
 
     async def _enqueue_and_wait(self, cell: AgentCell, item: Delivery, deadline: float) -> Any:
         reply = item.reply
@@ -310,7 +344,10 @@ class Communication:
         target = await self._resolve(ref)
         if isinstance(target, str):
             message = Message.new(None, ref, {"query": query, "consistency": consistency})
-            raw = await self._remote(target, "query", message, deadline)
+            if query == "get_state":
+                raw = await self._remote_idempotent(target, "query", message, deadline)
+            else:
+                raw = await self._remote(target, "query", message, deadline)
             return _decode_remote_state(ref.type, raw)
         return await self.deliver_query(target, query, consistency, deadline)
 
@@ -345,6 +382,9 @@ class Communication:
         except (AgentNotFound, AgentUnavailable):
             return Health.NOT_FOUND
         if isinstance(target, str):
+            if self.detector is not None and not self.detector.is_reachable(target):
+                await trio.lowlevel.checkpoint()
+                return Health.UNREACHABLE
             message = Message.new(None, ref, None)
             try:
                 value = await self._remote(target, "health", message, deadline)
@@ -352,7 +392,13 @@ class Communication:
                 return Health.UNREACHABLE
             except (AgentNotFound, AgentUnavailable):
                 return Health.NOT_FOUND
-            return Health(value)
+            except JidoError:  # e.g. CircuitOpen: reachable in principle, but impaired
+                return Health.DEGRADED
+            health = Health(value)
+            breaker = self.breakers.peek(self.breaker_key(target, ref.id))
+            if health is Health.HEALTHY and breaker is not None and breaker.state != "closed":
+                return Health.DEGRADED
+            return health
         await trio.lowlevel.checkpoint()
         return self.local_health(target)
 
@@ -373,6 +419,11 @@ class Communication:
             return Health.DEGRADED
         if trio.current_time() - cell.last_restart_at < self.config.max_seconds:
             return Health.DEGRADED
+        if self.latency.is_slow(cell.ref.id, self.config.slow_call_threshold):
+            return Health.DEGRADED
+        breaker = self.breakers.peek(self.breaker_key(self.node_name, cell.ref.id))
+        if breaker is not None and breaker.state != "closed":
+            return Health.DEGRADED
         return Health.HEALTHY
 
     async def lookup(self, agent_id: str) -> AgentRef:
@@ -388,9 +439,41 @@ class Communication:
             self._raise_missing(agent_id)
         return entry.ref
 
+    # ------------------------------------------------------------ failure detection
+
+    async def ping(self, node: str) -> None:
+        """One heartbeat to ``node`` (raises if it does not answer in time)."""
+        message = Message.new(None, AgentRef(id="-", type="-", node=node), None)
+        timeout = self.config.health_check_interval
+        await self._request(node, "ping", message, trio.current_time() + timeout)
+
     # ------------------------------------------------------------ remote
 
+    async def _remote_idempotent(
+        self, node: str, kind: str, message: Message, deadline: float
+    ) -> Any:
+        async def attempt() -> Any:
+            return await self._remote(node, kind, message, deadline)
+
+        return await retry_idempotent(
+            attempt, deadline=deadline, policy=self._retry, retry_on=(Unreachable,)
+        )
+
     async def _remote(self, node: str, kind: str, message: Message, deadline: float) -> Any:
+        if not self.transport.supports_remote:
+            raise RemoteNotSupported(
+                f"agent {message.recipient.id!r} is on node {node!r} and the "
+                f"transport of node {self.node_name!r} is local-only"
+            )
+        if self.detector is not None and not self.detector.is_reachable(node):
+            await trio.lowlevel.checkpoint()
+            raise Unreachable(f"node {node!r} missed its heartbeats")
+        breaker = self.breakers.get(self.breaker_key(node, message.recipient.id))
+        return await breaker.call(
+            self._request, node, kind, message, deadline, failure_types=(Unreachable, CallTimeout)
+        )
+
+    async def _request(self, node: str, kind: str, message: Message, deadline: float) -> Any:
         timeout = max(0.0, deadline - trio.current_time())
         # The time left travels in the envelope (relative: clocks differ between
         # hosts) so the owner does not work for a caller that has given up.
@@ -430,6 +513,9 @@ class Communication:
             raise InvalidMessage(f"request without a numeric {TIMEOUT_KEY!r}")
         deadline = trio.current_time() + max(0.0, min(float(remaining), MAX_REMOTE_TIMEOUT))
         ref = message.recipient
+        if kind == "ping":
+            await trio.lowlevel.checkpoint()
+            return "pong"
         if kind == "health":
             cell = self.cells.get(ref.id)
             if cell is None:

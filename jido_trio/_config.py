@@ -75,7 +75,7 @@ class Config:
     :param state: state backend name: ``"memory"`` or ``"sqlite"``.
     :param coordination: coordination implementation name (default ``"local"``).
     :param operation_timeout: default deadline in seconds of every operation.
-    :param health_check_interval: seconds between node heartbeats.
+    :param health_check_interval: seconds between heartbeats to every other node.
     :param failure_detection_threshold: missed heartbeats before a node is
         considered unreachable.
     :param mailbox_size: capacity of each agent's bounded mailbox.
@@ -85,6 +85,15 @@ class Config:
         (at least this many most recent ids are kept).
     :param max_delivery_attempts: times an at-least-once message is delivered
         to an agent that crashes on it before it is dead-lettered.
+    :param retry_attempts: attempts (first included) of idempotent operations
+        on other nodes (``send_instruction``, ``query_agent``) that fail with
+        :class:`Unreachable`; ``call`` is never retried.
+    :param breaker_failure_threshold: consecutive failures (unreachable node,
+        call timeout) to one agent that open its circuit breaker.
+    :param breaker_reset_timeout: seconds an open breaker refuses calls before
+        it lets one trial call through (half-open).
+    :param slow_call_threshold: seconds; an agent whose average call latency
+        is above this is reported ``DEGRADED``.
     :param max_restarts: restart intensity of the node's root supervisor ...
     :param max_seconds: ... within this many seconds.
     :param shutdown_timeout: seconds an agent gets to stop gracefully.
@@ -104,6 +113,10 @@ class Config:
     mailbox_high_water: float = attrs.field(default=0.8, validator=_positive)
     dedupe_window: int = attrs.field(default=10_000, validator=_positive_int)
     max_delivery_attempts: int = attrs.field(default=3, validator=_positive_int)
+    retry_attempts: int = attrs.field(default=3, validator=_positive_int)
+    breaker_failure_threshold: int = attrs.field(default=5, validator=_positive_int)
+    breaker_reset_timeout: float = attrs.field(default=30.0, validator=_positive)
+    slow_call_threshold: float = attrs.field(default=1.0, validator=_positive)
     max_restarts: int = attrs.field(default=3, validator=_positive_int)
     max_seconds: float = attrs.field(default=5.0, validator=_positive)
     shutdown_timeout: float = attrs.field(default=5.0, validator=_positive)

@@ -25,6 +25,7 @@ from ._message import Instruction, Message, Receipt
 from ._persistence import AgentStore
 from ._plugins import collect_backends, make_plugin_manager
 from ._ref import AgentRef
+from ._resilience import FailureDetector
 from ._supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor, SupervisorInfo
 from .abc import Consistency, Coordination, Registry, StateBackend, Transport
 
@@ -386,6 +387,30 @@ class Node:
         finally:
             done.set()
 
+    def _on_reachability(self, peer: str, reachable: bool) -> None:
+        old, new = (
+            (Health.UNREACHABLE, Health.HEALTHY)
+            if reachable
+            else (Health.HEALTHY, Health.UNREACHABLE)
+        )
+        log.warning("node %r is %s", peer, "reachable again" if reachable else "unreachable")
+
+        async def announce() -> None:
+            for entry in await self.registry.select(node=peer):
+                self._emit("jido_trio_health_changed", ref=entry.ref, old=old, new=new)
+
+        self._background.send_nowait(announce)
+
+    async def _track_members(self, detector: FailureDetector) -> None:
+        """Keep the failure detector watching exactly the other live members."""
+        while True:
+            current = {m.name for m in await self.transport.members()} - {self.name}
+            for peer in current - detector.watched:
+                detector.watch(peer)
+            for peer in detector.watched - current:
+                detector.unwatch(peer)
+            await trio.sleep(self.config.health_check_interval)
+
     async def _shutdown(self) -> None:
         self._closing = True
         self._emit("jido_trio_node_stopping")
@@ -448,6 +473,16 @@ async def open_node(
                 background_done = trio.Event()
                 nursery.start_soon(node._run_background, background_done)
                 await nursery.start(transport.serve, node._comm.handle_remote)
+                if transport.supports_remote:
+                    detector = FailureDetector(
+                        config.health_check_interval,
+                        config.failure_detection_threshold,
+                        node._comm.ping,
+                        node._on_reachability,
+                    )
+                    node._comm.detector = detector
+                    nursery.start_soon(node._track_members, detector)
+                    await nursery.start(detector.run)
                 root_done = trio.Event()
 
                 async def run_root(task_status: trio.TaskStatus[Supervisor]) -> None:
