@@ -1,0 +1,112 @@
+"""Explicit failure modes through the public API: breakers, slow agents, deadlines."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import trio
+
+import jido_trio as jt
+
+from ._agents import Counter
+
+
+async def test_breaker_opens_after_repeated_timeouts_and_recovers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = jt.Config(
+        node_name="n", breaker_failure_threshold=3, breaker_reset_timeout=10.0, max_seconds=1.0
+    )
+    async with jt.open_node(config) as node:
+        ref = await node.start_agent(Counter, "c")
+        for _ in range(3):
+            with pytest.raises(jt.CallTimeout):
+                await node.call(ref, jt.Instruction("slow", {"seconds": 2}), timeout=0.5)
+        # Open: refused at once, without waiting for any deadline.
+        start = trio.current_time()
+        with pytest.raises(jt.CircuitOpen):
+            await node.call(ref, jt.Instruction("get"), timeout=5)
+        assert trio.current_time() == start
+        assert await node.check_agent_health(ref) is jt.Health.DEGRADED
+        # One-way sends are not calls: the agent still takes them.
+        await node.send_instruction(ref, jt.Instruction("increment"))
+        await trio.sleep(10)
+        # Half-open: one trial call goes through; its success closes the breaker.
+        assert await node.call(ref, jt.Instruction("get")) == 1
+        assert await node.call(ref, jt.Instruction("get")) == 1
+        assert await node.check_agent_health(ref) is jt.Health.HEALTHY
+
+
+async def test_failed_trial_call_reopens_the_breaker(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = jt.Config(node_name="n", breaker_failure_threshold=1, breaker_reset_timeout=5.0)
+    async with jt.open_node(config) as node:
+        ref = await node.start_agent(Counter, "c")
+        with pytest.raises(jt.CallTimeout):
+            await node.call(ref, jt.Instruction("slow", {"seconds": 3}), timeout=0.5)
+        await trio.sleep(5)
+        with pytest.raises(jt.CallTimeout):
+            await node.call(ref, jt.Instruction("slow", {"seconds": 3}), timeout=0.5)
+        with pytest.raises(jt.CircuitOpen):
+            await node.call(ref, jt.Instruction("get"))
+
+
+async def test_action_errors_do_not_trip_the_breaker() -> None:
+    config = jt.Config(node_name="n", breaker_failure_threshold=1, max_restarts=100)
+    async with jt.open_node(config) as node:
+        ref = await node.start_agent(Counter, "c")
+        for _ in range(3):
+            with pytest.raises(jt.ActionError):
+                await node.call(ref, jt.Instruction("boom"))
+        assert await node.call(ref, jt.Instruction("get")) == 0
+
+
+async def test_slow_responses_degrade_health(autojump_clock: trio.testing.MockClock) -> None:
+    config = jt.Config(node_name="n", slow_call_threshold=0.5, max_seconds=0.1)
+    async with jt.open_node(config) as node:
+        ref = await node.start_agent(Counter, "c")
+        assert await node.check_agent_health(ref) is jt.Health.HEALTHY
+        await node.call(ref, jt.Instruction("slow", {"seconds": 2}), timeout=5)
+        assert await node.check_agent_health(ref) is jt.Health.DEGRADED
+        for _ in range(20):
+            await node.call(ref, jt.Instruction("get"))
+        assert await node.check_agent_health(ref) is jt.Health.HEALTHY
+
+
+async def test_recent_restart_degrades_then_heals(autojump_clock: trio.testing.MockClock) -> None:
+    from jido_trio.testing import crash_agent
+
+    config = jt.Config(node_name="n", max_seconds=5.0)
+    async with jt.open_node(config) as node:
+        ref = await node.start_agent(Counter, "c")
+        await crash_agent(node, ref)
+        assert await node.call(ref, jt.Instruction("get")) == 0
+        assert await node.check_agent_health(ref) is jt.Health.DEGRADED
+        await trio.sleep(5.1)
+        assert await node.check_agent_health(ref) is jt.Health.HEALTHY
+
+
+async def test_every_operation_has_a_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    async with jt.open_node(
+        jt.Config(node_name="n", operation_timeout=2.0, mailbox_size=1)
+    ) as node:
+        ref = await node.start_agent(Counter, "c")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                functools.partial(
+                    node.call, ref, jt.Instruction("slow", {"seconds": 60}), timeout=99
+                )
+            )
+            await trio.sleep(0.01)
+            await node.send_instruction(ref, jt.Instruction("increment"))  # fills the mailbox
+            start = trio.current_time()
+            with pytest.raises(jt.MailboxFull):
+                await node.send_instruction(ref, jt.Instruction("increment"))
+            assert trio.current_time() - start == pytest.approx(2.0)
+            start = trio.current_time()
+            with pytest.raises(jt.CallTimeout):
+                await node.query_agent(ref)
+            assert trio.current_time() - start == pytest.approx(2.0)
+            nursery.cancel_scope.cancel()
