@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
@@ -61,6 +62,8 @@ _CONSISTENCY = ("strong", "eventual", "weak")
 
 #: Envelope metadata key carrying the seconds a remote caller still waits.
 TIMEOUT_KEY = "jido.timeout"
+#: Envelope metadata key carrying the caller's deadline as Unix time.
+DEADLINE_KEY = "jido.deadline"
 #: Longest wait a remote request may ask for.
 MAX_REMOTE_TIMEOUT = 3600.0
 
@@ -475,9 +478,17 @@ class Communication:
 
     async def _request(self, node: str, kind: str, message: Message, deadline: float) -> Any:
         timeout = max(0.0, deadline - trio.current_time())
-        # The time left travels in the envelope (relative: clocks differ between
-        # hosts) so the owner does not work for a caller that has given up.
-        message = attrs.evolve(message, metadata={**message.metadata, TIMEOUT_KEY: timeout})
+        # The time left travels in the envelope so the owner does not work for a
+        # caller that has given up: relative (immune to clock skew) and absolute
+        # (catches time spent in transit); the owner honours the earlier one.
+        message = attrs.evolve(
+            message,
+            metadata={
+                **message.metadata,
+                TIMEOUT_KEY: timeout,
+                DEADLINE_KEY: time.time() + timeout,
+            },
+        )
         frame = encode_value([kind, message.to_bytes()])
         data = await self.transport.request(node, frame, timeout=timeout)
         return _unpack_reply(decode_value(data), node)
@@ -511,7 +522,12 @@ class Communication:
         remaining = message.metadata.get(TIMEOUT_KEY)
         if isinstance(remaining, bool) or not isinstance(remaining, (int, float)):
             raise InvalidMessage(f"request without a numeric {TIMEOUT_KEY!r}")
-        deadline = trio.current_time() + max(0.0, min(float(remaining), MAX_REMOTE_TIMEOUT))
+        absolute = message.metadata.get(DEADLINE_KEY)
+        if isinstance(absolute, (int, float)) and not isinstance(absolute, bool):
+            remaining = min(remaining, absolute - time.time())
+        if remaining <= 0:
+            raise CallTimeout(f"the caller's deadline passed before node {self.node_name!r} got it")
+        deadline = trio.current_time() + min(float(remaining), MAX_REMOTE_TIMEOUT)
         ref = message.recipient
         if kind == "ping":
             await trio.lowlevel.checkpoint()

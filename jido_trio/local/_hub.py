@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -14,9 +14,28 @@ if TYPE_CHECKING:
     from ._coordination import LocalCoordination
     from ._registry import LocalRegistry
     from ._state import MemoryStateBackend
-    from ._transport import LocalTransport
+    from ._transport import LocalTransport, _Request
 
-__all__ = ["LocalHub", "hub_name", "open_hub"]
+__all__ = ["Interceptor", "LocalHub", "hub_name", "open_hub"]
+
+
+class Interceptor(Protocol):
+    """Takes over delivery of every message between the nodes of a hub while it
+    is installed as :attr:`LocalHub.interceptor` (fault injection does this).
+
+    ``request`` is called inside the requester's timeout scope and returns
+    once ``request`` has its outcome (``done`` is set). ``reply`` is called
+    for a request delivered before the interceptor was installed, once it is
+    done, and may raise or wait (the reply is then lost).
+    """
+
+    async def send(self, source: LocalTransport, node: str, request: _Request) -> None: ...
+
+    async def request(self, source: LocalTransport, node: str, request: _Request) -> None: ...
+
+    async def reply(self, source: LocalTransport, node: str, request: _Request) -> None: ...
+
+    def reachable(self, source: str, node: str) -> bool: ...
 
 
 @attrs.define(eq=False)
@@ -29,6 +48,12 @@ class LocalHub:
     state: MemoryStateBackend
     endpoints: dict[str, LocalTransport] = attrs.field(factory=dict)
     users: int = 0
+    #: Set only while messages between nodes must be intercepted (faults are
+    #: active): the transports' fast path is this one attribute being ``None``.
+    interceptor: Interceptor | None = None
+    #: Per-hub attachments of helpers that outlive a single call, by name (the
+    #: fault plan of :func:`jido_trio.testing.faults` lives under ``"faults"``).
+    extensions: dict[str, Any] = attrs.field(factory=dict)
 
 
 _hubs: dict[str, LocalHub] = {}

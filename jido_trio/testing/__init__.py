@@ -3,3 +3,7 @@
 from __future__ import annotations
 
 from ._crash import crash_agent as crash_agent
+from ._faults import FaultRule as FaultRule
+from ._faults import Faults as Faults
+from ._faults import faults as faults
+from ._faults import frame_kind as frame_kind
