@@ -15,8 +15,12 @@ nox.options.error_on_missing_interpreters = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite. pytest's exit code 5 (no tests collected) fails the session."""
-    session.install("-e", ".[test]")
+    """Run the test suite. pytest's exit code 5 (no tests collected) fails the session.
+
+    The example third-party plugin is installed too, so the tests can prove it
+    is found through its entry point.
+    """
+    session.install("-e", ".[test]", "-e", "plugins/jido-trio-example")
     session.run("pytest", *session.posargs)
 
 

@@ -455,11 +455,19 @@ class Communication:
     async def _remote_idempotent(
         self, node: str, kind: str, message: Message, deadline: float
     ) -> Any:
+        attempts = 0
+
         async def attempt() -> Any:
-            return await self._remote(node, kind, message, deadline)
+            # Each attempt gets an equal share of what is left, so a request lost
+            # on the way leaves time to try again; the last gets all the rest.
+            nonlocal attempts
+            attempts += 1
+            left = max(1, self._retry.max_attempts - attempts + 1)
+            now = trio.current_time()
+            return await self._remote(node, kind, message, now + (deadline - now) / left)
 
         return await retry_idempotent(
-            attempt, deadline=deadline, policy=self._retry, retry_on=(Unreachable,)
+            attempt, deadline=deadline, policy=self._retry, retry_on=(Unreachable, CallTimeout)
         )
 
     async def _remote(self, node: str, kind: str, message: Message, deadline: float) -> Any:

@@ -34,20 +34,21 @@ class LocalCoordination(Coordination):
     Times are ``trio.current_time()``, so tests drive TTLs with a MockClock.
     """
 
-    _locks: dict[str, _LockState] = attrs.field(factory=dict, init=False)
+    _locks: dict[tuple[str, str], _LockState] = attrs.field(factory=dict, init=False)
     _barriers: dict[str, _Barrier] = attrs.field(factory=dict, init=False)
     _tokens: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _holders: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
 
-    async def _acquire(self, name: str, ttl: float, holder: str) -> Lease:
+    async def _acquire(self, key: tuple[str, str], ttl: float, holder: str) -> Lease:
+        """Take the lease ``key`` (kind, name); locks and elections are separate."""
         if not ttl > 0:
             raise ValueError("ttl must be positive")
         while True:
-            state = self._locks.setdefault(name, _LockState())
+            state = self._locks.setdefault(key, _LockState())
             now = trio.current_time()
             if state.lease is None or state.lease.expires_at <= now:
                 state.lease = Lease(
-                    name=name, holder=holder, token=next(self._tokens), expires_at=now + ttl
+                    name=key[1], holder=holder, token=next(self._tokens), expires_at=now + ttl
                 )
                 state.released = trio.Event()
                 await trio.lowlevel.checkpoint()
@@ -56,31 +57,37 @@ class LocalCoordination(Coordination):
             with trio.move_on_at(state.lease.expires_at):
                 await state.released.wait()
 
-    def _release(self, lease: Lease) -> None:
-        state = self._locks.get(lease.name)
+    def _release(self, key: tuple[str, str], lease: Lease) -> None:
+        state = self._locks.get(key)
         if state is not None and state.lease is not None and state.lease.token == lease.token:
-            state.lease = None
+            # Forget the lock (waiters wake up and start afresh), so lock names
+            # used once do not accumulate.
+            del self._locks[key]
             state.released.set()
 
     @asynccontextmanager
     async def lock(
         self, name: str, *, ttl: float, holder: str | None = None
     ) -> AsyncIterator[Lease]:
-        lease = await self._acquire(name, ttl, holder or f"holder-{next(self._holders)}")
+        key = ("lock", name)
+        lease = await self._acquire(key, ttl, holder or f"holder-{next(self._holders)}")
         try:
             yield lease
         finally:
-            self._release(lease)
+            self._release(key, lease)
 
     @asynccontextmanager
     async def elect(self, group: str, *, candidate: str, ttl: float = 10.0) -> AsyncIterator[Lease]:
         # In one process a leader cannot vanish without leaving the block, so
         # its lease never needs renewing: hold it without expiry.
-        lease = await self._acquire(f"election:{group}", math.inf, candidate)
+        if not ttl > 0:
+            raise ValueError("ttl must be positive")
+        key = ("elect", group)
+        lease = await self._acquire(key, math.inf, candidate)
         try:
             yield lease
         finally:
-            self._release(lease)
+            self._release(key, lease)
 
     async def barrier(self, name: str, parties: int) -> None:
         if parties < 1:

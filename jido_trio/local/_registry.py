@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -25,7 +26,9 @@ class LocalRegistry(Registry):
     """A dict of entries; watchers get events through bounded channels."""
 
     _entries: dict[str, RegistryEntry] = attrs.field(factory=dict, init=False)
-    _epochs: dict[str, int] = attrs.field(factory=dict, init=False)
+    # One counter for every id: an id's epoch grows with each (re)registration,
+    # even across unregister, without remembering ids that are gone.
+    _epochs: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _watchers: set[trio.MemorySendChannel[RegistryEvent]] = attrs.field(factory=set, init=False)
 
     def _emit(self, kind: Any, entry: RegistryEntry) -> None:
@@ -47,8 +50,7 @@ class LocalRegistry(Registry):
         current = self._entries.get(ref.id)
         if current is not None and current.ref.node != ref.node:
             raise AgentAlreadyExists(f"agent {ref.id!r} is owned by node {current.ref.node!r}")
-        epoch = self._epochs.get(ref.id, 0) + 1
-        self._epochs[ref.id] = epoch
+        epoch = next(self._epochs)
         entry = RegistryEntry(
             ref=ref,
             epoch=epoch,

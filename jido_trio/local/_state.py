@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+
 import attrs
 import trio
 
@@ -9,6 +11,10 @@ from .._exceptions import StateConflict
 from ..abc import Consistency, LogEntry, StateBackend, Versioned
 
 __all__ = ["MemoryStateBackend"]
+
+
+def _seq(entry: LogEntry) -> int:
+    return entry.seq
 
 
 @attrs.define(eq=False)
@@ -67,11 +73,12 @@ class MemoryStateBackend(StateBackend):
         log = self._logs.get(stream)
         if log is None:
             return []
-        found = [e for e in log.entries if e.seq > after]
-        return found if limit is None else found[:limit]
+        start = bisect.bisect_right(log.entries, after, key=_seq)
+        end = len(log.entries) if limit is None else start + max(limit, 0)
+        return log.entries[start:end]
 
     async def trim_log(self, stream: str, *, upto: int) -> None:
         await trio.lowlevel.checkpoint()
         log = self._logs.get(stream)
         if log is not None:
-            log.entries = [e for e in log.entries if e.seq > upto]
+            del log.entries[: bisect.bisect_right(log.entries, upto, key=_seq)]

@@ -1,0 +1,90 @@
+"""Conformance suites for the four protocols, for plugin authors.
+
+Each ``check_*`` function runs a battery of behaviour checks against your
+implementation (a fresh instance per check, built by the factory you pass)
+and raises :class:`AssertionError` naming the first check that failed and
+why, like trio's ``check_two_way_stream``. With pytest and pytest-trio
+(``trio_mode = true``)::
+
+    from jido_trio.testing.conformance import (
+        check_coordination, check_registry, check_state_backend, check_transport,
+        plugin_factory,
+    )
+    from my_plugin import open_my_state          # async context manager factory
+
+
+    async def test_state_backend(tmp_path):
+        n = iter(range(1_000_000))
+        await check_state_backend(lambda: open_my_state(tmp_path / f"{next(n)}.db"))
+
+
+    async def test_registry():
+        # by name, exactly as open_node would build it (entry points included)
+        await check_registry(plugin_factory("registry", "mine", options={"url": "..."}))
+
+
+    async def test_transport():
+        # factory(node_name) -> an endpoint; all endpoints must reach each other
+        await check_transport(plugin_factory("transport", "mine", options={"hub": "t"}))
+
+
+    async def test_coordination(autojump_clock):   # lease expiry runs on virtual time
+        await check_coordination(plugin_factory("coordination", "mine"))
+
+What a factory may return: an async context manager yielding the
+implementation (for anything that owns resources), an awaitable of it, or the
+implementation itself. It must be a subclass of the matching
+:mod:`jido_trio.abc` class and start empty: no keys, no registrations.
+
+- :func:`check_state_backend` and :func:`check_registry` need no special
+  clock. (A backend that waits on threads or sockets must *not* run under an
+  autojump clock when it is given timeouts: the clock would jump while it
+  waits.)
+- :func:`check_coordination` waits for leases to expire with ``trio.sleep``:
+  run it under an autojump ``MockClock`` (pytest-trio's ``autojump_clock``
+  fixture) so it takes no real time. Every duration is a multiple of its
+  ``ttl`` argument.
+- :func:`check_transport` calls ``factory(node_name)`` for each endpoint,
+  with names unique to each check (so endpoints of a shared server do not
+  collide). In-process transports are fastest under an autojump clock; a
+  transport on a real network needs the real clock (``timeout``, ``settle``).
+  A transport whose ``supports_remote`` is false is only checked to raise
+  :class:`~jido_trio.RemoteNotSupported`.
+
+Every suite takes ``skip=`` (check names, listed in :data:`STATE_BACKEND_CHECKS`,
+:data:`REGISTRY_CHECKS`, :data:`TRANSPORT_CHECKS`, :data:`COORDINATION_CHECKS`)
+for a documented deviation; an unknown name is a :class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+from ._conformance_common import plugin_factory as plugin_factory
+from ._conformance_coordination import COORDINATION_SUITE
+from ._conformance_coordination import check_coordination as check_coordination
+from ._conformance_registry import REGISTRY_SUITE
+from ._conformance_registry import check_registry as check_registry
+from ._conformance_state import STATE_SUITE
+from ._conformance_state import check_state_backend as check_state_backend
+from ._conformance_transport import TRANSPORT_SUITE
+from ._conformance_transport import check_transport as check_transport
+
+__all__ = [
+    "COORDINATION_CHECKS",
+    "REGISTRY_CHECKS",
+    "STATE_BACKEND_CHECKS",
+    "TRANSPORT_CHECKS",
+    "check_coordination",
+    "check_registry",
+    "check_state_backend",
+    "check_transport",
+    "plugin_factory",
+]
+
+#: Names of the checks :func:`check_state_backend` runs, in order.
+STATE_BACKEND_CHECKS: tuple[str, ...] = STATE_SUITE.names
+#: Names of the checks :func:`check_registry` runs, in order.
+REGISTRY_CHECKS: tuple[str, ...] = REGISTRY_SUITE.names
+#: Names of the checks :func:`check_transport` runs, in order.
+TRANSPORT_CHECKS: tuple[str, ...] = TRANSPORT_SUITE.names
+#: Names of the checks :func:`check_coordination` runs, in order.
+COORDINATION_CHECKS: tuple[str, ...] = COORDINATION_SUITE.names
