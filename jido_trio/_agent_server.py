@@ -120,7 +120,8 @@ class AgentCell:
     async def serve(self, *, task_status: trio.TaskStatus[None]) -> None:
         """One incarnation of the agent (the supervisor's child function)."""
         self._stop_requested = False
-        self._injected = None
+        # A crash injected while the agent was restarting stays pending and
+        # hits this incarnation as soon as it runs.
         instance = self.cls()
         ctx = Context(self.comm, self.ref)
         instance._ctx = ctx
@@ -153,12 +154,21 @@ class AgentCell:
         task_status.started()
         self.comm.emit("jido_trio_agent_started", ref=self.ref)
         self.comm.note_health(self)
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            await self._loop(ctx)
-        self._scope = None
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                await self._loop(ctx)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                # Cancelled hard (shutdown timeout passed): the supervisor asked
+                # for this exit, so it reports nothing; say it here.
+                self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason="shutdown")
+            raise
+        finally:
+            self._scope = None
         if self._injected is not None:
-            raise self._injected
+            error, self._injected = self._injected, None
+            raise error
         reason = "shutdown" if self._stop_requested else "normal"
         with trio.move_on_after(self.shutdown_timeout) as cleanup:
             cleanup.shield = True
@@ -166,6 +176,9 @@ class AgentCell:
                 await instance.on_stop(self.state, reason)
             except Exception:
                 log.exception("on_stop of agent %r failed", self.ref.id)
+        if self._stop_requested:
+            # A stop the supervisor asked for is not reported by it (on_exit).
+            self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason=reason)
 
     def request_stop(self) -> None:
         """Graceful stop: finish the current batch, run ``on_stop``, exit."""

@@ -508,8 +508,11 @@ async def open_node(
                             await background_done.wait()
                     nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        if body_error is None and len(leaves) == 1:
+        # A body cancelled because the node failed (e.g. the root supervisor
+        # escalated) should see that failure itself, not a group around it.
+        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+        body_cancelled = body_error is None or isinstance(body_error, trio.Cancelled)
+        if body_cancelled and len(leaves) == 1:
             raise leaves[0] from None
         raise
     finally:
