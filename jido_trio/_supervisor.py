@@ -61,8 +61,12 @@ class ChildSpec:
     :param args: positional arguments for a function child.
     :param restart: ``"permanent"``, ``"transient"`` or ``"temporary"``.
     :param shutdown: seconds the child gets to stop gracefully before it is
-        cancelled (for a function child, cancellation is the stop signal, so
-        this bounds the clean-up it does in shielded ``finally`` blocks).
+        cancelled hard. An agent first finishes the message it is handling and
+        runs ``on_stop``; a function child is cancelled at once (cancellation
+        is its stop signal) and the supervisor waits this long for it to
+        finish. Trio cannot interrupt a *shielded* clean-up, so a function
+        child that shields its ``finally`` must bound it itself (e.g. with
+        ``trio.move_on_after``); the supervisor waits for it to end.
     :param state: initial state, for an agent class child.
     :param metadata: registry metadata, for an agent class child.
     """
@@ -210,7 +214,10 @@ class Supervisor:
         children: list[SupervisorInfo | ChildInfo] = []
         for c in self._children:
             if c.supervisor is not None:
-                children.append(c.supervisor.info(c.restarts, c.last_failure))
+                sub = c.supervisor.info(c.restarts, c.last_failure)
+                if c.status == "restarting":
+                    sub = attrs.evolve(sub, status="restarting")
+                children.append(sub)
             else:
                 kind: Literal["agent", "worker"] = "agent" if c.kind == "agent" else "worker"
                 children.append(
@@ -255,6 +262,17 @@ class Supervisor:
 
     # ------------------------------------------------------------ internals
 
+    def _check_accepting(self) -> None:
+        if self._nursery is None or self.status != "running" or self._shutdown_requested.is_set():
+            raise RuntimeError(f"supervisor {self.id!r} is not running")
+
+    def _notify(self, callback: Callable[..., None], *args: Any) -> None:
+        # An observer must not be able to break the supervisor's loop.
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("supervisor %r: child observer failed", self.id)
+
     def _find(self, child_id: str) -> _Child:
         for c in self._children:
             if c.id == child_id:
@@ -279,9 +297,9 @@ class Supervisor:
         supervisor: Supervisor | None = None,
     ) -> None:
         """Add and start a child; on failure to start, forget it and re-raise."""
-        if self._nursery is None or self.status not in ("running", "restarting"):
-            raise RuntimeError(f"supervisor {self.id!r} is not running")
+        self._check_accepting()
         async with self._lock:
+            self._check_accepting()
             if any(c.id == spec.id for c in self._children):
                 raise ValueError(f"supervisor {self.id!r} already has a child {spec.id!r}")
             child = _Child(
@@ -337,63 +355,91 @@ class Supervisor:
         self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the supervisor: start the children it holds (all of them again
-        after a restart of the supervisor itself), then watch them."""
+        after a restart of the supervisor itself), then watch them.
+
+        Temporary children do not survive a restart of their supervisor. If a
+        child fails to start, the children started before it are stopped in
+        reverse order and ``run`` raises that child's error (its parent counts
+        this as a failed restart).
+        """
         send, receive = trio.open_memory_channel[Any](math.inf)
         self._exits = (send, receive)
         self._shutdown_requested = trio.Event()
         self._restart_times.clear()
-        escalation: SupervisorEscalation | None = None
+        failure: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.status = "running"
                 async with self._lock:
-                    self._children = [
-                        c
-                        for c in self._children
-                        if c.spec.restart != "temporary" or c.status == "running"
-                    ]
-                    for child in self._children:
-                        await self._start(child)
-                task_status.started(self)
-                async for item in receive:
-                    if item is None:
-                        if self._shutdown_requested.is_set():
-                            async with self._lock:
-                                await self._stop_all()
-                            break
-                        continue
-                    child, incarnation, error = item
-                    async with self._lock:
-                        escalation = await self._on_exit(child, incarnation, error)
-                    if escalation is not None:
-                        break
+                    failure = await self._start_all()
+                if failure is None:
+                    task_status.started(self)
+                    failure = await self._watch(receive)
                 nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
             self._exits = None
-        if escalation is not None:
+        if failure is not None:
             self.status = "failed"
-            raise escalation
+            raise failure
         self.status = "stopped"
+
+    async def _start_all(self) -> Exception | None:
+        kept: list[_Child] = []
+        for child in self._children:
+            if child.spec.restart == "temporary":
+                self._finalize(child, "stopped")
+            else:
+                kept.append(child)
+        self._children = kept
+        for child in self._children:
+            try:
+                await self._start(child)
+            except Exception as exc:
+                child.last_failure = describe(exc)
+                self._emit(child, "exited", describe(exc))
+                await self._stop_all()
+                return exc
+        return None
+
+    async def _watch(self, receive: trio.MemoryReceiveChannel[Any]) -> BaseException | None:
+        async for item in receive:
+            if item is None:
+                if self._shutdown_requested.is_set():
+                    async with self._lock:
+                        await self._stop_all()
+                    return None
+                continue
+            child, incarnation, error = item
+            async with self._lock:
+                escalation = await self._on_exit(child, incarnation, error)
+            if escalation is not None:
+                return escalation
+        return None  # pragma: no cover - the channel is never closed while we read it
 
     async def _on_exit(
         self, child: _Child, incarnation: int, error: BaseException | None
     ) -> SupervisorEscalation | None:
         if child.stopping or child.incarnation != incarnation or child not in self._children:
             return None
-        restart = child.spec.restart == "permanent" or (
+        wanted = child.spec.restart == "permanent" or (
             child.spec.restart == "transient" and error is not None
         )
+        # No restarts once a shutdown was asked for: the child stays down.
+        restart = wanted and not self._shutdown_requested.is_set()
         if error is not None:
             child.last_failure = describe(error)
         self._emit(child, "exited", describe(error) or "normal")
         if child.observer is not None:
-            child.observer.on_exit(error, restart)
-        if not restart:
+            self._notify(child.observer.on_exit, error, restart)
+        if not wanted:
             child.status = "failed" if error is not None else "stopped"
             self._children.remove(child)
             self._finalize(child, "crash" if error is not None else "normal")
+            return None
+        if not restart:
+            child.status = "failed" if error is not None else "stopped"
             return None
         child.status = "restarting"
         if self.strategy == "one_for_one":
@@ -427,7 +473,12 @@ class Supervisor:
                 await self._stop_all()
                 return SupervisorEscalation(self.id, self.max_restarts, self.max_seconds)
             if self.backoff is not None:
-                await trio.sleep(self.backoff.delay(len(self._restart_times)))
+                # Wait out the delay, unless a shutdown comes first: then the
+                # pending children stay down and the watch loop stops the rest.
+                with trio.move_on_after(self.backoff.delay(len(self._restart_times))):
+                    await self._shutdown_requested.wait()
+                if self._shutdown_requested.is_set():
+                    return None
             for child in list(pending):
                 child.restarts += 1
                 try:
@@ -440,13 +491,16 @@ class Supervisor:
                 pending.remove(child)
                 self._emit(child, "restarted")
                 if child.observer is not None:
-                    child.observer.on_restart(child.restarts)
+                    self._notify(child.observer.on_restart, child.restarts)
         return None
 
     async def _stop(self, child: _Child) -> None:
-        if child.status not in ("running",) or child.done.is_set():
+        if child.status != "running" or child.done.is_set():
+            # Not running (already exited, or waiting for a restart that will
+            # not happen now): nothing to stop, but it must not come back.
             child.stopping = True
-            child.status = "stopped" if child.status == "running" else child.status
+            if child.status in ("running", "restarting"):
+                child.status = "stopped"
             return
         child.stopping = True
         if child.graceful is not None:
@@ -470,7 +524,7 @@ class Supervisor:
             for grandchild in list(child.supervisor._children):
                 child.supervisor._finalize(grandchild, reason)
         if child.observer is not None:
-            child.observer.on_final(reason)
+            self._notify(child.observer.on_final, reason)
 
     def finalize_all(self, reason: str) -> None:
         """Tell every descendant that it is gone for good (the tree is closing)."""

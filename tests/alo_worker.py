@@ -30,7 +30,7 @@ class LedgerAgent(jt.Agent):
 
     @jt.action("add")
     async def add(self, state: Ledger, n: int) -> Ledger:
-        await trio.sleep(0)  # let messages pile up in the durable log
+        await trio.lowlevel.checkpoint()  # let messages pile up in the durable log
         return Ledger(state.count + 1, state.total + n, max(state.highest, n))
 
     @jt.action("get")
