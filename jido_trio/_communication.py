@@ -455,6 +455,9 @@ class Communication:
     async def _remote_idempotent(
         self, node: str, kind: str, message: Message, deadline: float
     ) -> Any:
+        if not self.transport.supports_remote:
+            # RemoteNotSupported is permanent: retrying with backoff cannot help.
+            return await self._remote(node, kind, message, deadline)
         attempts = 0
 
         async def attempt() -> Any:

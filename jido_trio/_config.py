@@ -87,7 +87,7 @@ class Config:
         to an agent that crashes on it before it is dead-lettered.
     :param retry_attempts: attempts (first included) of idempotent operations
         on other nodes (``send_instruction``, ``query_agent``) that fail with
-        :class:`Unreachable`; ``call`` is never retried.
+        :class:`Unreachable` or :class:`CallTimeout`; ``call`` is never retried.
     :param breaker_failure_threshold: consecutive failures (unreachable node,
         call timeout) to one agent that open its circuit breaker.
     :param breaker_reset_timeout: seconds an open breaker refuses calls before

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 Consistency = Literal["strong", "eventual", "weak"]
+"""A read's consistency level; see :meth:`StateBackend.read`."""
 
 
 def _frozen_map(value: Mapping[str, Any] | None) -> Mapping[str, Any]:

@@ -16,16 +16,28 @@ if TYPE_CHECKING:
     from ._health import Health
     from ._message import Message
     from ._node import Node
-    from ._plugins import Backends
+    from ._plugins import Backends as Backends
     from ._ref import AgentRef
 
-__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
+__all__ = ["PROJECT_NAME", "Backends", "hookimpl", "hookspec"]
 
 PROJECT_NAME = "jido_trio"
 
+
+def __getattr__(name: str) -> object:
+    # ``Backends`` (what ``jido_trio_add_backends`` receives) is re-exported
+    # lazily: its module imports this one.
+    if name == "Backends":
+        from ._plugins import Backends
+
+        return Backends
+    raise AttributeError(name)
+
+
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-#: Marker for plugin hook implementations: ``@jido_trio.hookimpl``.
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marker for plugin hook implementations: ``@jido_trio.hookimpl``, or
+``@jido_trio.hookimpl(trylast=True)`` and the other pluggy options."""
 
 
 @hookspec

@@ -20,7 +20,7 @@ from jido_trio.local import MemoryStateBackend
 
 if TYPE_CHECKING:
     # The argument of jido_trio_add_backends; its class is not public API yet.
-    from jido_trio._plugins import Backends
+    from jido_trio.hookspecs import Backends
 
 __all__ = [
     "EVENTS",
