@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._cluster import Cluster as Cluster
+from ._cluster import open_cluster as open_cluster
 from ._crash import crash_agent as crash_agent
 from ._faults import FaultRule as FaultRule
 from ._faults import Faults as Faults
