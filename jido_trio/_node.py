@@ -352,7 +352,12 @@ class Node:
         self._supervisors[sup_id] = sup
         try:
             await parent.add_child(
-                spec, run=sup.run, kind="supervisor", graceful=sup.request_shutdown, supervisor=sup
+                spec,
+                run=sup.run,
+                kind="supervisor",
+                graceful=sup.request_shutdown,
+                observer=_SupervisorEntry(self._supervisors, sup),
+                supervisor=sup,
             )
         except BaseException:
             del self._supervisors[sup_id]
@@ -415,6 +420,24 @@ class Node:
         self._closing = True
         self._emit("jido_trio_node_stopping")
         self._root.request_shutdown()
+
+
+@attrs.define(eq=False)
+class _SupervisorEntry:
+    """Forgets a supervisor's id once it is gone for good (stopped, or not restarted)."""
+
+    supervisors: dict[str, Supervisor]
+    supervisor: Supervisor
+
+    def on_exit(self, error: BaseException | None, will_restart: bool) -> None:
+        return None
+
+    def on_restart(self, restarts: int) -> None:
+        return None
+
+    def on_final(self, reason: str) -> None:
+        if self.supervisors.get(self.supervisor.id) is self.supervisor:
+            del self.supervisors[self.supervisor.id]
 
 
 async def _enter(stack: AsyncExitStack, made: Any) -> Any:

@@ -162,6 +162,8 @@ class _Child:
     last_failure: str | None = None
     incarnation: int = 0
     stopping: bool = False
+    #: How the current incarnation ended (set before ``done``).
+    exit_error: BaseException | None = None
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     done: trio.Event = attrs.field(factory=trio.Event)
 
@@ -323,6 +325,7 @@ class Supervisor:
         child.stopping = False
         child.scope = trio.CancelScope()
         child.done = trio.Event()
+        child.exit_error = None
         await self._nursery.start(self._run_child, child, child.incarnation)
         child.status = "running"
         self._emit(child, "started")
@@ -347,6 +350,7 @@ class Supervisor:
             if not proxy.started_called:
                 # Stopped (or returned) before it was ready: report as a failed start.
                 raise RuntimeError(f"child {child.id!r} exited before it was started")
+            child.exit_error = error
         finally:
             done.set()
         self._exits[0].send_nowait((child, incarnation, error))
@@ -428,11 +432,7 @@ class Supervisor:
         )
         # No restarts once a shutdown was asked for: the child stays down.
         restart = wanted and not self._shutdown_requested.is_set()
-        if error is not None:
-            child.last_failure = describe(error)
-        self._emit(child, "exited", describe(error) or "normal")
-        if child.observer is not None:
-            self._notify(child.observer.on_exit, error, restart)
+        self._report_exit(child, error, restart)
         if not wanted:
             child.status = "failed" if error is not None else "stopped"
             self._children.remove(child)
@@ -450,7 +450,7 @@ class Supervisor:
             group = self._children[self._children.index(child) :]
         for other in reversed(group):
             if other is not child and other.status == "running":
-                await self._stop(other)
+                await self._stop(other, will_restart=other.spec.restart != "temporary")
                 other.status = "restarting"
         for member in list(group):
             if member is not child and member.spec.restart == "temporary":
@@ -494,10 +494,15 @@ class Supervisor:
                     self._notify(child.observer.on_restart, child.restarts)
         return None
 
-    async def _stop(self, child: _Child) -> None:
+    async def _stop(self, child: _Child, *, will_restart: bool = False) -> None:
         if child.status != "running" or child.done.is_set():
             # Not running (already exited, or waiting for a restart that will
             # not happen now): nothing to stop, but it must not come back.
+            if child.status == "running" and not child.stopping:
+                # It ended on its own and its exit report is still queued; that
+                # report will be ignored (the child is being stopped), so tell
+                # its observers now: a crash is never silently lost.
+                self._report_exit(child, child.exit_error, will_restart)
             child.stopping = True
             if child.status in ("running", "restarting"):
                 child.status = "stopped"
@@ -513,7 +518,17 @@ class Supervisor:
             child.scope.cancel()
             await child.done.wait()
         child.status = "stopped"
-        self._emit(child, "exited", "shutdown")
+        if child.exit_error is not None:
+            # It failed while stopping (e.g. the last message it handled raised).
+            child.last_failure = describe(child.exit_error)
+        self._emit(child, "exited", describe(child.exit_error) or "shutdown")
+
+    def _report_exit(self, child: _Child, error: BaseException | None, will_restart: bool) -> None:
+        if error is not None:
+            child.last_failure = describe(error)
+        self._emit(child, "exited", describe(error) or "normal")
+        if child.observer is not None:
+            self._notify(child.observer.on_exit, error, will_restart)
 
     async def _stop_all(self) -> None:
         for child in reversed(self._children):

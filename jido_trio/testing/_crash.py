@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import trio
+
 from .._agent_server import InjectedCrash
 from .._exceptions import AgentNotFound, AgentUnavailable
 from .._node import Node
@@ -21,9 +23,12 @@ async def crash_agent(node: Node, ref: AgentRef | str, error: BaseException | No
     :raises AgentNotFound: no such agent on ``node``.
     :raises AgentUnavailable: the agent is stopped for good.
     """
+    await trio.lowlevel.checkpoint()
     agent_id = ref if isinstance(ref, str) else ref.id
     cell = node._comm.cells.get(agent_id)
     if cell is None:
+        if agent_id in node._comm._tombstones:
+            raise AgentUnavailable(f"agent {agent_id!r} is stopped")
         raise AgentNotFound(f"no agent {agent_id!r} on node {node.name!r}")
     if not cell.alive:
         raise AgentUnavailable(f"agent {agent_id!r} is stopped")
