@@ -169,6 +169,29 @@ class Communication:
 
     # ------------------------------------------------------------ operations
 
+    async def _address(
+        self,
+        ref: AgentRef,
+        instruction: Instruction,
+        timeout: float | None,
+        sender: AgentRef | None,
+        trace_id: str | None,
+        causation_id: str | None,
+    ) -> tuple[AgentCell | str, Message, float]:
+        """Validate, fix the deadline, find the owner and wrap the envelope."""
+        if not isinstance(instruction, Instruction):
+            raise TypeError(f"expected an Instruction, got {type(instruction).__name__}")
+        deadline = _deadline(timeout, self.config.operation_timeout)
+        target = await self._resolve(ref)
+        message = Message.new(
+            sender,
+            ref if isinstance(target, str) else target.ref,
+            instruction,
+            trace_id=trace_id,
+            causation_id=causation_id,
+        )
+        return target, message, deadline
+
     async def send_instruction(
         self,
         ref: AgentRef,
@@ -182,16 +205,8 @@ class Communication:
     ) -> Receipt:
         if delivery not in _DELIVERY_MODES:
             raise ValueError(f"delivery must be one of {', '.join(_DELIVERY_MODES)}")
-        if not isinstance(instruction, Instruction):
-            raise TypeError(f"expected an Instruction, got {type(instruction).__name__}")
-        deadline = _deadline(timeout, self.config.operation_timeout)
-        target = await self._resolve(ref)
-        message = Message.new(
-            sender,
-            ref if isinstance(target, str) else target.ref,
-            instruction,
-            trace_id=trace_id,
-            causation_id=causation_id,
+        target, message, deadline = await self._address(
+            ref, instruction, timeout, sender, trace_id, causation_id
         )
         if isinstance(target, str):
             kind = "tell" if delivery == "at_most_once" else "tell_alo"
@@ -267,16 +282,8 @@ class Communication:
         trace_id: str | None = None,
         causation_id: str | None = None,
     ) -> Any:
-        if not isinstance(instruction, Instruction):
-            raise TypeError(f"expected an Instruction, got {type(instruction).__name__}")
-        deadline = _deadline(timeout, self.config.operation_timeout)
-        target = await self._resolve(ref)
-        message = Message.new(
-            sender,
-            ref if isinstance(target, str) else target.ref,
-            instruction,
-            trace_id=trace_id,
-            causation_id=causation_id,
+        target, message, deadline = await self._address(
+            ref, instruction, timeout, sender, trace_id, causation_id
         )
         if isinstance(target, str):
             return await self._remote(target, "call", message, deadline)
