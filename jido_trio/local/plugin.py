@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
 
 from .._config import Config
 from ..hookspecs import hookimpl
 from ._coordination import LocalCoordination
-from ._hub import hub_name, open_hub
+from ._hub import LocalHub, hub_name, open_hub
 from ._registry import LocalRegistry
 from ._sqlite import sqlite_factory
 from ._state import MemoryStateBackend
@@ -18,46 +18,36 @@ from ._transport import LocalTransport
 __all__ = ["jido_trio_add_backends"]
 
 
-@asynccontextmanager
-async def _registry(config: Config, options: Mapping[str, Any]) -> AsyncIterator[LocalRegistry]:
-    name = hub_name(options)
-    if name is None:
-        yield LocalRegistry()
-        return
-    async with open_hub(name) as hub:
-        yield hub.registry
+T = TypeVar("T")
 
 
-@asynccontextmanager
-async def _coordination(
-    config: Config, options: Mapping[str, Any]
-) -> AsyncIterator[LocalCoordination]:
-    name = hub_name(options)
-    if name is None:
-        yield LocalCoordination()
-        return
-    async with open_hub(name) as hub:
-        yield hub.coordination
+def _hub_or_private(
+    private: Callable[[Config], T], shared: Callable[[LocalHub, Config], T]
+) -> Callable[[Config, Mapping[str, Any]], AbstractAsyncContextManager[T]]:
+    """A factory that builds a private engine, or takes the one of the hub
+    named in the plugin options (``{"hub": NAME}``)."""
+
+    @asynccontextmanager
+    async def factory(config: Config, options: Mapping[str, Any]) -> AsyncIterator[T]:
+        name = hub_name(options)
+        if name is None:
+            yield private(config)
+            return
+        async with open_hub(name) as hub:
+            yield shared(hub, config)
+
+    return factory
 
 
-@asynccontextmanager
-async def _transport(config: Config, options: Mapping[str, Any]) -> AsyncIterator[LocalTransport]:
-    name = hub_name(options)
-    if name is None:
-        yield LocalTransport(node_name=config.node_name)
-        return
-    async with open_hub(name) as hub:
-        yield LocalTransport(node_name=config.node_name, hub=hub)
-
-
-@asynccontextmanager
-async def _memory(config: Config, options: Mapping[str, Any]) -> AsyncIterator[MemoryStateBackend]:
-    name = hub_name(options)
-    if name is None:
-        yield MemoryStateBackend()
-        return
-    async with open_hub(name) as hub:
-        yield hub.state
+_registry = _hub_or_private(lambda config: LocalRegistry(), lambda hub, config: hub.registry)
+_coordination = _hub_or_private(
+    lambda config: LocalCoordination(), lambda hub, config: hub.coordination
+)
+_transport = _hub_or_private(
+    lambda config: LocalTransport(node_name=config.node_name),
+    lambda hub, config: LocalTransport(node_name=config.node_name, hub=hub),
+)
+_memory = _hub_or_private(lambda config: MemoryStateBackend(), lambda hub, config: hub.state)
 
 
 @hookimpl(trylast=True)
