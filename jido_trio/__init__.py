@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._agent import Agent as Agent
 from ._agent import Context as Context
 from ._agent import action as action
+from ._agent import on_signal as on_signal
 from ._agent import upcaster as upcaster
 from ._config import Config as Config
 from ._exceptions import ActionError as ActionError
@@ -37,11 +38,21 @@ from ._message import register_envelope_upcaster as register_envelope_upcaster
 from ._node import Node as Node
 from ._node import open_node as open_node
 from ._ref import AgentRef as AgentRef
+from ._sensors import health_sensor as health_sensor
+from ._sensors import heartbeat_sensor as heartbeat_sensor
+from ._signal import Signal as Signal
+from ._signal_bus import SignalBus as SignalBus
+from ._signal_bus import Subscription as Subscription
+from ._signal_router import SignalRouter as SignalRouter
 from ._supervisor import Backoff as Backoff
 from ._supervisor import ChildInfo as ChildInfo
 from ._supervisor import ChildSpec as ChildSpec
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorInfo as SupervisorInfo
+from ._work_queue import DeadJob as DeadJob
+from ._work_queue import QueueStats as QueueStats
+from ._work_queue import WorkQueue as WorkQueue
+from ._work_queue import open_work_queue as open_work_queue
 from .hookspecs import hookimpl as hookimpl
 
 __version__ = "0.1.0"

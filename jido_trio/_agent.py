@@ -6,6 +6,7 @@ import builtins
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from urllib.parse import quote
 
 import attrs
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from ._delivery import Delivery
     from ._message import Instruction, Message, Receipt
     from ._ref import AgentRef
+    from ._signal import Signal
 
 __all__ = ["ActionSpec", "Agent", "Context", "action"]
 
@@ -23,6 +25,32 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _ACTION_ATTR = "__jido_action__"
 _UPCASTER_ATTR = "__jido_upcaster__"
+_SIGNAL_ATTR = "__jido_signal__"
+
+
+def on_signal(pattern: str, *, priority: int = 0) -> Callable[[F], F]:
+    """Subscribe an ``async def`` method of an :class:`Agent` to the signals whose
+    type matches ``pattern`` (``*`` one segment, ``**`` any number).
+
+    The method is called as ``await method(state, signal)`` like an action
+    (the action name is ``"signal:" + pattern``), so its return value is the new
+    state; every agent of the class is subscribed on the node it runs on, and
+    a signal delivered twice (same id) is applied once.
+    """
+    from ._signal_router import validate_pattern
+
+    validate_pattern(pattern)
+
+    def mark(fn: F) -> F:
+        candidate: Any = fn
+        if not inspect.iscoroutinefunction(candidate):
+            raise TypeError(f"signal handler for {pattern!r} must be an async def")
+        setattr(fn, _SIGNAL_ATTR, (pattern, priority))
+        setattr(fn, _ACTION_ATTR, (f"signal:{pattern}", 1))
+        return fn
+
+    return mark
+
 
 Upcaster = Callable[[dict[str, Any]], Mapping[str, Any]]
 U = TypeVar("U", bound=Upcaster)
@@ -144,6 +172,8 @@ class Agent:
     State: ClassVar[Callable[[], Any]] = _NoState
     actions: ClassVar[Mapping[str, ActionSpec]] = {}
     upcasters: ClassVar[Mapping[tuple[str, int], Upcaster]] = {}
+    #: Signal pattern -> (action name, priority), from ``@on_signal`` methods.
+    signal_routes: ClassVar[Mapping[str, tuple[str, int]]] = {}
     #: Agent classes by type name (the last class defined with a name wins);
     #: used to decode the state of agents that live on other nodes.
     types: ClassVar[dict[str, builtins.type[Agent]]] = {}
@@ -154,17 +184,22 @@ class Agent:
         super().__init_subclass__(**kwargs)
         found: dict[str, ActionSpec] = {}
         upcasters: dict[tuple[str, int], Upcaster] = {}
+        signals: dict[str, tuple[str, int]] = {}
         for klass in reversed(cls.__mro__):
             for value in vars(klass).values():
                 marked = getattr(value, _ACTION_ATTR, None)
                 if isinstance(marked, tuple):
                     found[marked[0]] = ActionSpec.from_function(marked[0], marked[1], value)
+                subscribed = getattr(value, _SIGNAL_ATTR, None)
+                if isinstance(subscribed, tuple):
+                    signals[subscribed[0]] = (f"signal:{subscribed[0]}", subscribed[1])
                 fn = value.__func__ if isinstance(value, staticmethod) else value
                 key = getattr(fn, _UPCASTER_ATTR, None)
                 if isinstance(key, tuple):
                     upcasters[key] = fn
         cls.actions = found
         cls.upcasters = upcasters
+        cls.signal_routes = signals
         declared = cls.__dict__.get("type")
         if declared is not None:
             if not isinstance(declared, str) or not declared:
@@ -269,6 +304,27 @@ class Context:
         if message is None:
             return {}
         return {"trace_id": message.trace_id, "causation_id": message.id}
+
+    async def emit(self, type: str, data: Any = None, **attributes: Any) -> Signal:
+        """Publish a signal from this agent and return it.
+
+        Its ``source`` is ``jido://NODE/AGENT``; the trace and causation
+        extensions link it to the message being handled, so the chain
+        instruction -> signal -> instruction stays visible.
+        """
+        from ._signal import Signal
+
+        message = self.message
+        signal = Signal.new(
+            type,
+            f"jido://{quote(self._comm.node_name, safe='')}/{quote(self.ref.id, safe='')}",
+            data,
+            trace_id=None if message is None else message.trace_id,
+            causation_id=None if message is None else message.id,
+            **attributes,
+        )
+        await self._comm.publish(signal)
+        return signal
 
     async def send(
         self, ref: AgentRef, instruction: Instruction, *, delivery: str = "at_most_once"

@@ -47,6 +47,7 @@ from ._resilience import (
     RetryPolicy,
     retry_idempotent,
 )
+from ._signal import Signal
 from .abc import Consistency, Registry, StateBackend, Transport
 
 if TYPE_CHECKING:
@@ -93,6 +94,9 @@ class Communication:
     spawn: Callable[[Callable[[], Awaitable[Any]]], None]
     cells: dict[str, AgentCell] = attrs.field(factory=dict)
     detector: FailureDetector | None = None
+    publish: Callable[[Signal], Awaitable[int]] = attrs.field(default=None)
+    on_agent_gone: Callable[[str], None] = attrs.field(default=lambda agent_id: None)
+    handle_signal: Callable[[Message], Awaitable[None]] = attrs.field(default=None)
     _tombstones: OrderedDict[str, None] = attrs.field(factory=OrderedDict)
     breakers: BreakerRegistry = attrs.field(init=False)
     latency: LatencyTracker = attrs.field(factory=LatencyTracker, init=False)
@@ -122,6 +126,7 @@ class Communication:
         if self.cells.get(cell.ref.id) is cell:
             del self.cells[cell.ref.id]
         self._tombstones[cell.ref.id] = None
+        self.on_agent_gone(cell.ref.id)
         while len(self._tombstones) > TOMBSTONE_LIMIT:
             self._tombstones.popitem(last=False)
         agent_id = cell.ref.id
@@ -537,6 +542,9 @@ class Communication:
             raise InvalidMessage("malformed request frame")
         kind, raw = frame
         message = Message.from_bytes(raw)
+        if kind == "signal":
+            await self.handle_signal(message)
+            return None
         remaining = message.metadata.get(TIMEOUT_KEY)
         if isinstance(remaining, bool) or not isinstance(remaining, (int, float)):
             raise InvalidMessage(f"request without a numeric {TIMEOUT_KEY!r}")

@@ -26,6 +26,8 @@ from ._persistence import AgentStore
 from ._plugins import collect_backends, make_plugin_manager
 from ._ref import AgentRef
 from ._resilience import FailureDetector
+from ._signal import Signal
+from ._signal_bus import SignalBus
 from ._supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor, SupervisorInfo
 from .abc import Consistency, Coordination, Registry, StateBackend, Transport
 
@@ -59,6 +61,8 @@ class Node:
         init=False
     )
     _closing: bool = attrs.field(default=False, init=False)
+    #: The node's signal bus: ``publish`` and ``subscribe`` (see :class:`SignalBus`).
+    signals: SignalBus = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._background, self._background_receive = trio.open_memory_channel[
@@ -73,6 +77,10 @@ class Node:
             emit=self._emit,
             spawn=self._background.send_nowait,
         )
+        self.signals = SignalBus(self._comm)
+        self._comm.publish = self.signals.publish
+        self._comm.handle_signal = self.signals.handle_forwarded
+        self._comm.on_agent_gone = self.signals.unsubscribe_agent
         self._root = self._new_supervisor(
             ROOT_SUPERVISOR, "one_for_one", self.config.max_restarts, self.config.max_seconds, None
         )
@@ -197,7 +205,31 @@ class Node:
             if self._comm.cells.get(agent_id) is cell:
                 del self._comm.cells[agent_id]
             raise
+        for pattern, (action_name, priority) in cls.signal_routes.items():
+            self.signals.subscribe_agent(ref, pattern, action_name, priority=priority)
         return ref
+
+    async def publish(self, signal: Signal) -> int:
+        """Publish a signal on this node's bus (and forward it to the other nodes);
+        see :meth:`SignalBus.publish`."""
+        return await self.signals.publish(signal)
+
+    async def start_sensor(
+        self,
+        sensor_id: str,
+        sensor: Callable[..., Awaitable[Any]],
+        *,
+        supervisor: Supervisor | str | None = None,
+        restart: Restart = "permanent",
+    ) -> None:
+        """Run a supervised signal source: ``await sensor(node, task_status=...)``
+        (see :func:`jido_trio.heartbeat_sensor` and :func:`jido_trio.health_sensor`)."""
+
+        async def run(*, task_status: trio.TaskStatus[None]) -> None:
+            await sensor(self, task_status=task_status)
+
+        spec = ChildSpec(id=sensor_id, start=run, restart=restart)
+        await self._supervisor(supervisor).add_child(spec, run=run, kind="worker")
 
     async def stop_agent(self, ref: AgentRef | str) -> None:
         """Stop an agent gracefully; it is not restarted and its id answers
@@ -515,6 +547,7 @@ async def open_node(
                         root_done.set()
 
                 await nursery.start(run_root)
+                await node.signals.load_durables()
                 node._emit("jido_trio_node_started")
                 try:
                     yield node
