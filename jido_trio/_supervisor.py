@@ -188,7 +188,8 @@ class Supervisor:
     backoff: Backoff | None = None
     on_event: EventCallback | None = None
     node_name: str | None = None
-    _children: list[_Child] = attrs.field(factory=list, init=False)
+    # By id, in start order (dicts keep insertion order): O(1) lookups at any size.
+    _children: dict[str, _Child] = attrs.field(factory=dict, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _restart_times: deque[float] = attrs.field(factory=deque, init=False)
@@ -209,12 +210,12 @@ class Supervisor:
     @property
     def child_ids(self) -> list[str]:
         """Ids of the current children, in start order."""
-        return [c.id for c in self._children]
+        return list(self._children)
 
     def info(self, restarts: int = 0, last_failure: str | None = None) -> SupervisorInfo:
         """A snapshot of this supervisor's subtree."""
         children: list[SupervisorInfo | ChildInfo] = []
-        for c in self._children:
+        for c in self._children.values():
             if c.supervisor is not None:
                 sub = c.supervisor.info(c.restarts, c.last_failure)
                 if c.status == "restarting":
@@ -253,7 +254,7 @@ class Supervisor:
         async with self._lock:
             child = self._find(child_id)
             await self._stop(child)
-            self._children.remove(child)
+            del self._children[child.id]
             self._finalize(child, "stopped")
 
     def request_shutdown(self) -> None:
@@ -276,9 +277,9 @@ class Supervisor:
             log.exception("supervisor %r: child observer failed", self.id)
 
     def _find(self, child_id: str) -> _Child:
-        for c in self._children:
-            if c.id == child_id:
-                return c
+        child = self._children.get(child_id)
+        if child is not None:
+            return child
         raise LookupError(f"supervisor {self.id!r} has no child {child_id!r}")
 
     def _emit(self, child: _Child, event: str, reason: str | None = None) -> None:
@@ -302,7 +303,7 @@ class Supervisor:
         self._check_accepting()
         async with self._lock:
             self._check_accepting()
-            if any(c.id == spec.id for c in self._children):
+            if spec.id in self._children:
                 raise ValueError(f"supervisor {self.id!r} already has a child {spec.id!r}")
             child = _Child(
                 spec=spec,
@@ -312,11 +313,11 @@ class Supervisor:
                 observer=observer,
                 supervisor=supervisor,
             )
-            self._children.append(child)
+            self._children[child.id] = child
             try:
                 await self._start(child)
             except BaseException:
-                self._children.remove(child)
+                del self._children[child.id]
                 raise
 
     async def _start(self, child: _Child) -> None:
@@ -390,14 +391,14 @@ class Supervisor:
         self.status = "stopped"
 
     async def _start_all(self) -> Exception | None:
-        kept: list[_Child] = []
-        for child in self._children:
+        kept: dict[str, _Child] = {}
+        for child in self._children.values():
             if child.spec.restart == "temporary":
                 self._finalize(child, "stopped")
             else:
-                kept.append(child)
+                kept[child.id] = child
         self._children = kept
-        for child in self._children:
+        for child in list(self._children.values()):
             try:
                 await self._start(child)
             except Exception as exc:
@@ -425,7 +426,11 @@ class Supervisor:
     async def _on_exit(
         self, child: _Child, incarnation: int, error: BaseException | None
     ) -> SupervisorEscalation | None:
-        if child.stopping or child.incarnation != incarnation or child not in self._children:
+        if (
+            child.stopping
+            or child.incarnation != incarnation
+            or self._children.get(child.id) is not child
+        ):
             return None
         wanted = child.spec.restart == "permanent" or (
             child.spec.restart == "transient" and error is not None
@@ -435,7 +440,7 @@ class Supervisor:
         self._report_exit(child, error, restart)
         if not wanted:
             child.status = "failed" if error is not None else "stopped"
-            self._children.remove(child)
+            del self._children[child.id]
             self._finalize(child, "crash" if error is not None else "normal")
             return None
         if not restart:
@@ -445,16 +450,17 @@ class Supervisor:
         if self.strategy == "one_for_one":
             group = [child]
         elif self.strategy == "one_for_all":
-            group = list(self._children)
+            group = list(self._children.values())
         else:
-            group = self._children[self._children.index(child) :]
+            members = list(self._children.values())
+            group = members[members.index(child) :]
         for other in reversed(group):
             if other is not child and other.status == "running":
                 await self._stop(other, will_restart=other.spec.restart != "temporary")
                 other.status = "restarting"
         for member in list(group):
             if member is not child and member.spec.restart == "temporary":
-                self._children.remove(member)
+                del self._children[member.id]
                 group.remove(member)
                 self._finalize(member, "stopped")
         return await self._restart_group(group)
@@ -531,17 +537,17 @@ class Supervisor:
             self._notify(child.observer.on_exit, error, will_restart)
 
     async def _stop_all(self) -> None:
-        for child in reversed(self._children):
+        for child in reversed(list(self._children.values())):
             await self._stop(child)
 
     def _finalize(self, child: _Child, reason: str) -> None:
         if child.supervisor is not None:
-            for grandchild in list(child.supervisor._children):
+            for grandchild in list(child.supervisor._children.values()):
                 child.supervisor._finalize(grandchild, reason)
         if child.observer is not None:
             self._notify(child.observer.on_final, reason)
 
     def finalize_all(self, reason: str) -> None:
         """Tell every descendant that it is gone for good (the tree is closing)."""
-        for child in list(self._children):
+        for child in list(self._children.values()):
             self._finalize(child, reason)
