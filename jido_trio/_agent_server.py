@@ -150,6 +150,10 @@ class AgentCell:
         self._instance = instance
         await self._replay_log()
         await self.comm.registry.register(self.ref, self.metadata)
+        if self.status == "restarting":
+            # Counted from now, not from when the supervisor reports the
+            # restart, so health does not flicker to HEALTHY in between.
+            self.last_restart_at = trio.current_time()
         self.status = "running"
         task_status.started()
         self.comm.emit("jido_trio_agent_started", ref=self.ref)
