@@ -35,13 +35,15 @@ class Mailbox(Generic[T]):
         if capacity < 1:
             raise ValueError("mailbox capacity must be at least 1")
         self.capacity = capacity
-        self._items: deque[T] = deque()
+        # Both allocated on first use: an idle agent's empty mailbox stays small
+        # (an empty deque alone is ~600 bytes).
+        self._items: deque[T] | None = None
         self._not_empty = trio.lowlevel.ParkingLot()
-        self._not_full = trio.lowlevel.ParkingLot()
+        self._not_full: trio.lowlevel.ParkingLot | None = None
         self._closed: BaseException | None = None
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items is not None else 0
 
     @property
     def closed(self) -> bool:
@@ -51,9 +53,12 @@ class Mailbox(Generic[T]):
         """Queue ``item`` if there is room; return whether it was queued."""
         if self._closed is not None:
             raise MailboxClosed(self._closed)
-        if len(self._items) >= self.capacity:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        elif len(items) >= self.capacity:
             return False
-        self._items.append(item)
+        items.append(item)
         if self._not_empty:
             self._not_empty.unpark()
         return True
@@ -62,12 +67,16 @@ class Mailbox(Generic[T]):
         """Queue ``item``, waiting for room (bound the wait with a cancel scope)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         while not self.put_nowait(item):
+            if self._not_full is None:
+                self._not_full = trio.lowlevel.ParkingLot()
             await self._not_full.park()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     def requeue_front(self, items: Iterable[T]) -> None:
         """Put items taken earlier back at the head, in their order (may exceed capacity
         briefly: they were already admitted)."""
+        if self._items is None:
+            self._items = deque()
         self._items.extendleft(reversed(list(items)))
         if self._items and self._not_empty:
             self._not_empty.unpark()
@@ -103,7 +112,8 @@ class Mailbox(Generic[T]):
         self._closed = error
         while self._items:
             on_item(self._items.popleft())
-        self._not_full.unpark_all()
+        if self._not_full is not None:
+            self._not_full.unpark_all()
         self._not_empty.unpark_all()
 
     def reopen(self) -> None:
