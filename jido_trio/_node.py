@@ -19,6 +19,7 @@ from ._config import Config
 from ._context import current_node_name
 from ._delivery import Delivery
 from ._exceptions import AgentAlreadyExists, AgentNotFound, ConfigError
+from ._groups import single_failure
 from ._health import Health
 from ._mailbox import Mailbox
 from ._message import Instruction, Message, Receipt
@@ -566,22 +567,11 @@ async def open_node(
     except BaseExceptionGroup as group:
         # A body cancelled because the node failed (e.g. the root supervisor
         # escalated) should see that failure itself, not a group around it.
-        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
-        body_cancelled = body_error is None or isinstance(body_error, trio.Cancelled)
-        if body_cancelled and len(leaves) == 1:
-            raise leaves[0] from None
+        failure = single_failure(group, body_error)
+        if failure is not None:
+            raise failure from None
         raise
     finally:
         current_node_name.reset(token)
     if body_error is not None:
         raise body_error
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            found.extend(_leaves(exc))
-        else:
-            found.append(exc)
-    return found

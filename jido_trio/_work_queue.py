@@ -50,6 +50,7 @@ from ._exceptions import (
     StateConflict,
     Unreachable,
 )
+from ._groups import single_failure
 from ._ids import new_id
 from ._message import Instruction, decode_value, encode_value
 from ._node import Node
@@ -777,22 +778,12 @@ async def open_work_queue(
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # A body cancelled because a dispatcher failed should see that failure.
-        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
-        if (body_error is None or isinstance(body_error, trio.Cancelled)) and len(leaves) == 1:
-            raise leaves[0] from None
+        failure = single_failure(group, body_error)
+        if failure is not None:
+            raise failure from None
         raise
     finally:
         queue._closed = True
         queue._idle.set()  # wake join() callers: nothing moves any more
     if body_error is not None:
         raise body_error
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            found.extend(_leaves(exc))
-        else:
-            found.append(exc)
-    return found
