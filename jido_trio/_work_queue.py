@@ -31,7 +31,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Literal
 
@@ -323,30 +323,16 @@ class WorkQueue:
         :returns: the ids redriven, oldest put first.
         :raises trio.ClosedResourceError: the queue is closed.
         """
-        if self._closed:
-            raise trio.ClosedResourceError(f"work queue {self.name!r} is closed")
-        await trio.lowlevel.checkpoint()
-        redriven: list[str] = []
-        for job in self._dead_selection(job_ids):
-            if self._dead.get(job.id) is not job:
-                continue  # taken by a concurrent redrive or purge
-            del self._dead[job.id]
-            self._moving.add(job.id)
-            try:
-                with self._settling():
-                    job.attempts = 0
-                    job.epoch += 1
-                    job.owner = job.affinity = job.error = None
-                    await self.node.state.write(self._job_key(job.id), job.to_bytes())
-                    await self.node.state.delete(self._dead_key(job.id))
-            except BaseException:
-                self._dead[job.id] = job
-                raise
-            finally:
-                self._moving.discard(job.id)
-            self._add(job)
-            redriven.append(job.id)
-        return redriven
+
+        async def revive(job: _Job) -> None:
+            with self._settling():
+                job.attempts = 0
+                job.epoch += 1
+                job.owner = job.affinity = job.error = None
+                await self.node.state.write(self._job_key(job.id), job.to_bytes())
+                await self.node.state.delete(self._dead_key(job.id))
+
+        return [job.id for job in await self._take_dead(job_ids, revive, then=self._add)]
 
     async def purge_dead_letters(self, job_ids: Iterable[str] | None = None) -> list[str]:
         """Delete dead-lettered jobs for good (all of them when ``job_ids`` is omitted).
@@ -354,24 +340,42 @@ class WorkQueue:
         :returns: the ids deleted, oldest put first.
         :raises trio.ClosedResourceError: the queue is closed.
         """
+
+        async def forget(job: _Job) -> None:
+            await self.node.state.delete(self._dead_key(job.id))
+
+        return [job.id for job in await self._take_dead(job_ids, forget)]
+
+    async def _take_dead(
+        self,
+        job_ids: Iterable[str] | None,
+        store: Callable[[_Job], Awaitable[None]],
+        *,
+        then: Callable[[_Job], None] | None = None,
+    ) -> list[_Job]:
+        """Take dead letters out one by one, running ``store`` for each (then
+        ``then``, before the next one); a job whose ``store`` fails goes back
+        among the dead letters and the error propagates."""
         if self._closed:
             raise trio.ClosedResourceError(f"work queue {self.name!r} is closed")
         await trio.lowlevel.checkpoint()
-        purged: list[str] = []
+        taken: list[_Job] = []
         for job in self._dead_selection(job_ids):
             if self._dead.get(job.id) is not job:
                 continue  # taken by a concurrent redrive or purge
             del self._dead[job.id]
             self._moving.add(job.id)
             try:
-                await self.node.state.delete(self._dead_key(job.id))
+                await store(job)
             except BaseException:
                 self._dead[job.id] = job
                 raise
             finally:
                 self._moving.discard(job.id)
-            purged.append(job.id)
-        return purged
+            if then is not None:
+                then(job)
+            taken.append(job)
+        return taken
 
     # ------------------------------------------------------------ bookkeeping
 
