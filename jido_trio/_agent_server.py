@@ -38,7 +38,10 @@ from ._supervisor import Supervisor, describe
 if TYPE_CHECKING:
     from ._communication import Communication
 
-__all__ = ["AgentCell", "InjectedCrash"]
+__all__ = ["RESTART_KEY", "AgentCell", "InjectedCrash"]
+
+#: Registry metadata key holding the agent's restart type ("permanent", ...).
+RESTART_KEY = "jido.restart"
 
 log = logging.getLogger("jido_trio.agent")
 
@@ -149,7 +152,11 @@ class AgentCell:
         self.state = state
         self._instance = instance
         await self._replay_log()
-        await self.comm.registry.register(self.ref, self.metadata)
+        # The restart type travels with the entry: failover restarts the agent
+        # on another node the same way.
+        await self.comm.registry.register(
+            self.ref, {**(self.metadata or {}), RESTART_KEY: self.restart}
+        )
         if self.status == "restarting":
             # Counted from now, not from when the supervisor reports the
             # restart, so health does not flicker to HEALTHY in between.

@@ -167,6 +167,19 @@ class Communication:
             return None  # a stale entry of ours, about to be unregistered
         return entry.node
 
+    async def _reresolve(self, agent_id: str, old: str) -> AgentCell | str | None:
+        """Where ``agent_id`` lives now if the registry no longer names ``old``
+        (it failed over): the local cell or the new node; ``None`` if unchanged."""
+        try:
+            entry = await self.registry.lookup(agent_id)
+        except (AgentNotFound, Unreachable, CallTimeout):
+            return None
+        if entry.node is None or entry.node == old:
+            return None
+        if entry.node == self.node_name:
+            return self.cells.get(agent_id)
+        return entry.node
+
     def _raise_missing(self, agent_id: str) -> NoReturn:
         if agent_id in self._tombstones:
             raise AgentUnavailable(f"agent {agent_id!r} is stopped")
@@ -216,8 +229,13 @@ class Communication:
         if isinstance(target, str):
             kind = "tell" if delivery == "at_most_once" else "tell_alo"
             # Safe to repeat: the instruction id makes a second delivery a no-op.
-            status = await self._remote_idempotent(target, kind, message, deadline)
-            return Receipt(message_id=message.id, instruction_id=instruction.id, status=status)
+            try:
+                status = await self._remote_idempotent(target, kind, message, deadline)
+            except _MovedHere as moved:
+                target = moved.cell
+                message = attrs.evolve(message, recipient=target.ref)
+            else:
+                return Receipt(message_id=message.id, instruction_id=instruction.id, status=status)
         return await self.deliver_tell(
             target, message, instruction, deadline, durable=delivery == "at_least_once"
         )
@@ -291,7 +309,22 @@ class Communication:
             ref, instruction, timeout, sender, trace_id, causation_id
         )
         if isinstance(target, str):
-            return await self._remote(target, "call", message, deadline)
+            try:
+                return await self._remote(target, "call", message, deadline)
+            except (Unreachable, AgentNotFound) as exc:
+                # Both mean the request reached no agent (no responder, a node
+                # known dead, or a node without it), so redirecting cannot run
+                # the action twice; a timeout might have, and is not redirected.
+                if isinstance(exc, RemoteNotSupported):
+                    raise
+                moved = await self._reresolve(ref.id, target)
+                if moved is None:
+                    raise
+                if isinstance(moved, str):
+                    message = attrs.evolve(message, recipient=attrs.evolve(ref, node=moved))
+                    return await self._remote(moved, "call", message, deadline)
+                message = attrs.evolve(message, recipient=moved.ref)
+                target = moved
         return await self.deliver_call(target, message, instruction, deadline)
 
     async def deliver_call(
@@ -359,11 +392,15 @@ class Communication:
         target = await self._resolve(ref)
         if isinstance(target, str):
             message = Message.new(None, ref, {"query": query, "consistency": consistency})
-            if query == "get_state":
-                raw = await self._remote_idempotent(target, "query", message, deadline)
+            try:
+                if query == "get_state":
+                    raw = await self._remote_idempotent(target, "query", message, deadline)
+                else:
+                    raw = await self._remote(target, "query", message, deadline)
+            except _MovedHere as moved:
+                target = moved.cell
             else:
-                raw = await self._remote(target, "query", message, deadline)
-            return _decode_remote_state(ref.type, raw)
+                return _decode_remote_state(ref.type, raw)
         return await self.deliver_query(target, query, consistency, deadline)
 
     async def deliver_query(
@@ -475,11 +512,27 @@ class Communication:
         async def attempt() -> Any:
             # Each attempt gets an equal share of what is left, so a request lost
             # on the way leaves time to try again; the last gets all the rest.
-            nonlocal attempts
+            nonlocal attempts, node, message
             attempts += 1
             left = max(1, self._retry.max_attempts - attempts + 1)
             now = trio.current_time()
-            return await self._remote(node, kind, message, now + (deadline - now) / left)
+            try:
+                return await self._remote(node, kind, message, now + (deadline - now) / left)
+            except (Unreachable, AgentNotFound, AgentUnavailable) as exc:
+                # The agent may have moved (failover): ask the registry, and
+                # send the next attempt to the new owner.
+                moved = await self._reresolve(message.recipient.id, node)
+                if moved is None:
+                    raise
+                if isinstance(moved, AgentCell):
+                    raise _MovedHere(moved) from None
+                node = moved
+                message = attrs.evolve(
+                    message, recipient=attrs.evolve(message.recipient, node=moved)
+                )
+                raise Unreachable(
+                    f"agent {message.recipient.id!r} moved to node {moved!r}"
+                ) from exc
 
         return await retry_idempotent(
             attempt, deadline=deadline, policy=self._retry, retry_on=(Unreachable, CallTimeout)
@@ -617,6 +670,14 @@ _PORTABLE_ERRORS: dict[str, type[JidoError]] = {
         errors.ConfigError,
     )
 }
+
+
+class _MovedHere(Exception):
+    """The agent a remote operation was for now runs on this node."""
+
+    def __init__(self, cell: AgentCell) -> None:
+        super().__init__(cell.ref.id)
+        self.cell = cell
 
 
 class _RemoteActionError(JidoError):

@@ -99,6 +99,22 @@ class Registry(abc.ABC):
         :raises ValueError: ``ref.node`` is ``None``.
         """
 
+    async def take_over(self, ref: AgentRef, *, epoch: int) -> RegistryEntry:
+        """Move the entry of ``ref.id`` to ``ref.node`` if it is still at ``epoch``.
+
+        Failover calls this for agents of a node that left the cluster. It is
+        a compare-and-set on the stored entry: of several nodes trying at
+        once, exactly one wins, and an owner that registered again meanwhile
+        (a new epoch) keeps its agent. The entry keeps its metadata; the new
+        epoch is larger.
+
+        :raises AgentAlreadyExists: the entry is no longer at ``epoch``.
+        :raises AgentNotFound: no such entry.
+        :raises NotImplementedError: this registry cannot fail agents over
+            (the default).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support take_over")
+
     @abc.abstractmethod
     async def unregister(self, agent_id: str, *, node: str | None = None) -> None:
         """Remove the entry; with ``node``, only if that node still owns it.
@@ -203,6 +219,16 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def members(self) -> Sequence[NodeInfo]:
         """The nodes this transport knows of, this one included."""
+
+    async def wait_fenced(self) -> None:
+        """Return once this node has lost its cluster membership: its lease
+        lapsed (it could not renew it in time) or another process holds it now.
+
+        Other nodes may then own this node's agents, so the node stops them
+        at once (see :class:`jido_trio.NodeFenced`). Transports without
+        membership leases never return (the default).
+        """
+        await trio.sleep_forever()
 
 
 # ---------------------------------------------------------------- StateBackend
