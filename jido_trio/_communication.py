@@ -28,6 +28,7 @@ from ._exceptions import (
     AgentUnavailable,
     AlreadyProcessed,
     CallTimeout,
+    CircuitOpen,
     InvalidMessage,
     JidoError,
     MailboxFull,
@@ -311,10 +312,11 @@ class Communication:
         if isinstance(target, str):
             try:
                 return await self._remote(target, "call", message, deadline)
-            except (Unreachable, AgentNotFound) as exc:
-                # Both mean the request reached no agent (no responder, a node
-                # known dead, or a node without it), so redirecting cannot run
-                # the action twice; a timeout might have, and is not redirected.
+            except (Unreachable, AgentNotFound, CircuitOpen) as exc:
+                # Each means the request reached no agent (no responder, a node
+                # known dead, a node without it, a breaker refusing), so
+                # redirecting cannot run the action twice; a timeout might
+                # have, and is not redirected.
                 if isinstance(exc, RemoteNotSupported):
                     raise
                 moved = await self._reresolve(ref.id, target)
@@ -518,7 +520,7 @@ class Communication:
             now = trio.current_time()
             try:
                 return await self._remote(node, kind, message, now + (deadline - now) / left)
-            except (Unreachable, AgentNotFound, AgentUnavailable) as exc:
+            except (Unreachable, AgentNotFound, AgentUnavailable, CircuitOpen) as exc:
                 # The agent may have moved (failover): ask the registry, and
                 # send the next attempt to the new owner.
                 moved = await self._reresolve(message.recipient.id, node)

@@ -18,7 +18,7 @@ from ._communication import Communication
 from ._config import Config
 from ._context import current_node_name
 from ._delivery import Delivery
-from ._exceptions import AgentAlreadyExists, AgentNotFound, ConfigError, NodeFenced
+from ._exceptions import AgentAlreadyExists, AgentNotFound, ConfigError, JidoError, NodeFenced
 from ._failover import Failover
 from ._groups import single_failure
 from ._health import Health
@@ -443,7 +443,14 @@ class Node:
     async def _track_members(self, detector: FailureDetector) -> None:
         """Keep the failure detector watching exactly the other live members."""
         while True:
-            current = {m.name for m in await self.transport.members()} - {self.name}
+            try:
+                current = {m.name for m in await self.transport.members()} - {self.name}
+            except JidoError as exc:
+                # The membership service is briefly away (a NATS server
+                # restarting): keep watching the peers we know.
+                log.warning("cannot list cluster members: %s", exc)
+                await trio.sleep(self.config.health_check_interval)
+                continue
             for peer in current - detector.watched:
                 detector.watch(peer)
             for peer in detector.watched - current:

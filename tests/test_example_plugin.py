@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib.metadata
 
 import attrs
-import jido_trio_example
 import pytest
 
 import jido_trio as jt
+import jido_trio_example
 from jido_trio.testing import crash_agent
 from jido_trio.testing.conformance import check_state_backend, plugin_factory
 
