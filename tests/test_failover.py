@@ -107,6 +107,7 @@ async def test_temporary_agents_are_forgotten_not_restarted(
         assert all("t" not in node._comm.cells for node in cluster)
 
 
+@pytest.mark.local_only
 async def test_a_partitioned_member_keeps_its_agents(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -19,6 +19,8 @@ import attrs
 import trio
 import trio_asyncio
 
+from jido_trio import Unreachable
+
 __all__ = ["Bridge", "open_bridge"]
 
 log = logging.getLogger("jido_trio_nats.bridge")
@@ -38,7 +40,12 @@ class Bridge:
         """Run ``await fn(*args, **kwargs)`` on the asyncio side and return its result.
 
         Cancelling the trio caller cancels the asyncio task.
+
+        :raises Unreachable: the node's NATS connection is closed already.
         """
+        if self.loop.is_closed():
+            await trio.lowlevel.checkpoint()
+            raise Unreachable("this node's NATS connection is closed")
         task: asyncio.Task[T] = self.loop.create_task(_call(fn, args, kwargs))
         done = trio.Event()
         task.add_done_callback(lambda _task: done.set())
@@ -72,9 +79,27 @@ async def _call(fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
 @asynccontextmanager
 async def open_bridge() -> AsyncIterator[Bridge]:
     """Open a trio-asyncio loop for the duration of the block."""
-    async with trio_asyncio.open_loop() as loop:
-        bridge = Bridge(loop=loop)
-        try:
-            yield bridge
-        finally:
-            bridge.cancel_background()
+    try:
+        async with trio_asyncio.open_loop() as loop:
+            bridge = Bridge(loop=loop)
+            try:
+                yield bridge
+            finally:
+                bridge.cancel_background()
+    except BaseExceptionGroup as group:
+        # The loop's nursery wraps whatever passes through it (the node's own
+        # errors included); callers must see them as they would without NATS.
+        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+        if len(leaves) == 1:
+            raise leaves[0]  # noqa: B904 - the group is only a wrapper
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found

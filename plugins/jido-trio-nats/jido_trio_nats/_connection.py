@@ -184,7 +184,7 @@ async def _connect(options: NatsOptions, client_name: str) -> Client:
         log.warning("NATS client %s: %r", client_name, exc)
 
     async def disconnected_cb() -> None:
-        log.warning("NATS client %s disconnected", client_name)
+        log.info("NATS client %s disconnected", client_name)
 
     async def reconnected_cb() -> None:
         log.warning("NATS client %s reconnected", client_name)
