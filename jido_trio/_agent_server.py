@@ -99,6 +99,8 @@ class AgentCell:
     _injected: BaseException | None = None
     _crash_seen: trio.Event | None = None
     _stop_requested: bool = False
+    #: Messages still to handle before a requested stop: those queued before it.
+    _drain_before_stop: int = 0
 
     @property
     def alive(self) -> bool:
@@ -123,6 +125,7 @@ class AgentCell:
     async def serve(self, *, task_status: trio.TaskStatus[None]) -> None:
         """One incarnation of the agent (the supervisor's child function)."""
         self._stop_requested = False
+        self._drain_before_stop = 0
         # A crash injected while the agent was restarting stays pending and
         # hits this incarnation as soon as it runs.
         instance = self.cls()
@@ -192,8 +195,13 @@ class AgentCell:
             self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason=reason)
 
     def request_stop(self) -> None:
-        """Graceful stop: finish the current batch, run ``on_stop``, exit."""
-        self._stop_requested = True
+        """Graceful stop: finish the current batch and the messages queued
+        before this request (so a send followed by a stop from the same task
+        is handled, as per-pair FIFO promises), run ``on_stop``, exit. Anything
+        queued later is refused once the agent is gone."""
+        if not self._stop_requested:
+            self._stop_requested = True
+            self._drain_before_stop = len(self.mailbox)
         self.mailbox.wake()
 
     def inject_crash(self, error: BaseException) -> trio.Event:
@@ -316,17 +324,28 @@ class AgentCell:
         mailbox = self.mailbox
         while self._injected is None:
             if self._stop_requested:
-                return
-            batch = mailbox.take_batch(BATCH_LIMIT)
-            if batch:
-                await self._run_batch(batch, ctx)
+                if self._drain_before_stop <= 0:
+                    return
+                batch = mailbox.take_batch(min(BATCH_LIMIT, self._drain_before_stop))
+                self._drain_before_stop -= len(batch)
+                if not batch:
+                    return
             else:
+                batch = mailbox.take_batch(BATCH_LIMIT)
+            if not batch:
                 await mailbox.wait()
+                continue
+            await self._run_batch(batch, ctx)
+            if len(mailbox):
+                # A batch may run without ever yielding (synchronous commit):
+                # let the rest of the program run before the next one.
+                await trio.lowlevel.checkpoint()
 
     async def _run_batch(self, batch: list[Delivery], ctx: Context) -> None:
         applied: list[Delivery] = []
         dirty = False
         crash: Exception | None = None
+        commit_error: Exception | None = None
         index = 0
         try:
             while index < len(batch):
@@ -338,20 +357,48 @@ class AgentCell:
                 applied.append(batch[index])
                 index += 1
         finally:
-            # Shielded: what was applied must be made durable and answered even
-            # while the agent is cancelled, but never for longer than its
-            # shutdown timeout.
-            with trio.move_on_after(self.shutdown_timeout) as scope:
-                scope.shield = True
-                commit_error = await self._settle(
-                    batch, applied, dirty, index, crash or self._injected
-                )
-            if scope.cancelled_caught and commit_error is None:
-                commit_error = TimeoutError(f"committing agent {self.ref.id!r} timed out")
+            if crash is None and index == len(batch) and self._can_settle_nowait(applied):
+                # Everything applied, nothing logged, state in memory: commit
+                # and answer synchronously (no shielded scope needed).
+                commit_error = self._settle_nowait(applied, dirty)
+            else:
+                # Shielded: what was applied must be made durable and answered
+                # even while the agent is cancelled, but never for longer than
+                # its shutdown timeout.
+                with trio.move_on_after(self.shutdown_timeout) as scope:
+                    scope.shield = True
+                    commit_error = await self._settle(
+                        batch, applied, dirty, index, crash or self._injected
+                    )
+                if scope.cancelled_caught and commit_error is None:
+                    commit_error = TimeoutError(f"committing agent {self.ref.id!r} timed out")
         if commit_error is not None:
             raise commit_error
         if crash is not None:
             raise crash
+
+    def _can_settle_nowait(self, applied: list[Delivery]) -> bool:
+        if not self.store.synchronous:
+            return False
+        return all(delivery.log_seq is None for delivery in applied)
+
+    def _settle_nowait(self, applied: list[Delivery], dirty: bool) -> Exception | None:
+        """:meth:`_settle` for a fully applied batch of unlogged messages, with
+        a synchronous store: commit, then release the replies."""
+        commit_error: Exception | None = None
+        if dirty:
+            try:
+                self.store.commit_nowait(self.state)
+            except Exception as exc:
+                commit_error = exc
+        if commit_error is None:
+            for delivery in applied:
+                delivery.resolve()
+        else:
+            error = AgentUnavailable(f"agent {self.ref.id!r} could not persist its state")
+            for delivery in applied:
+                delivery.fail(error)
+        return commit_error
 
     async def _settle(
         self,

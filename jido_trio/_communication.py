@@ -14,6 +14,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import attrs
@@ -21,7 +22,7 @@ import trio
 
 from . import _exceptions as errors
 from ._agent_server import AgentCell, state_decoder
-from ._delivery import Delivery, Reply
+from ._delivery import Delivery, Reply, ReplyDeadlines
 from ._exceptions import (
     ActionError,
     AgentNotFound,
@@ -82,6 +83,26 @@ def _deadline(timeout: float | None, default: float) -> float:
     return trio.current_time() + t
 
 
+#: A local ``send_instruction`` that finds room in the mailbox is a cancel
+#: point on every call but a schedule point only once per this many such calls
+#: in the same task (like Erlang reductions); see docs/performance.md.
+TELL_SCHEDULE_EVERY = 64
+
+_tell_budget: ContextVar[int] = ContextVar("jido_trio_tell_budget", default=TELL_SCHEDULE_EVERY)
+
+
+async def _tell_schedule_point() -> None:
+    """Yield to the scheduler on every :data:`TELL_SCHEDULE_EVERY`-th call per
+    task (per contextvars context: trio gives each task its own). The caller
+    has passed a cancel point already."""
+    left = _tell_budget.get() - 1
+    if left > 0:
+        _tell_budget.set(left)
+    else:
+        _tell_budget.set(TELL_SCHEDULE_EVERY)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+
 @attrs.define(eq=False)
 class Communication:
     """Routes operations on refs to local cells or to other nodes."""
@@ -102,6 +123,8 @@ class Communication:
     breakers: BreakerRegistry = attrs.field(init=False)
     latency: LatencyTracker = attrs.field(factory=LatencyTracker, init=False)
     _retry: RetryPolicy = attrs.field(init=False)
+    #: Deadlines of local calls waiting for a reply (no cancel scope per call).
+    deadlines: ReplyDeadlines = attrs.field(factory=ReplyDeadlines, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.breakers = BreakerRegistry(
@@ -250,12 +273,21 @@ class Communication:
         *,
         durable: bool = False,
     ) -> Receipt:
-        instruction = await self._prepare(cell, message, instruction)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        instruction = self._prepare_nowait(cell, instruction) or await self._prepare(
+            cell, message, instruction
+        )
         if cell.seen(instruction.id):
             await trio.lowlevel.checkpoint()
             return Receipt(
                 message_id=message.id, instruction_id=instruction.id, status="already_processed"
             )
+        if not durable and cell.mailbox.has_room():
+            # The hot path: no log, room in the mailbox, no cancel scope.
+            cell.pending.add(instruction.id)
+            cell.mailbox.put_nowait(Delivery("instruction", message, instruction, None))
+            await _tell_schedule_point()
+            return Receipt(message_id=message.id, instruction_id=instruction.id, status="accepted")
         cell.pending.add(instruction.id)
         seq: int | None = None
         if durable:
@@ -332,20 +364,33 @@ class Communication:
     async def deliver_call(
         self, cell: AgentCell, message: Message, instruction: Instruction, deadline: float
     ) -> Any:
-        instruction = await self._prepare(cell, message, instruction)
+        instruction = self._prepare_nowait(cell, instruction) or await self._prepare(
+            cell, message, instruction
+        )
         if cell.seen(instruction.id):
             await trio.lowlevel.checkpoint()
             raise AlreadyProcessed(f"instruction {instruction.id} was already applied")
-        cell.pending.add(instruction.id)
         breaker = self.breakers.get(self.breaker_key(self.node_name, cell.ref.id))
+        # breaker.call() inlined: one coroutine less per call.
+        epoch = breaker.admit()
+        if epoch is None:
+            error = breaker.open_error()
+            await trio.lowlevel.checkpoint()
+            raise error
+        cell.pending.add(instruction.id)
         started = trio.current_time()
-        value = await breaker.call(
-            self._enqueue_and_wait,
-            cell,
-            Delivery("instruction", message, instruction, Reply()),
-            deadline,
-            failure_types=(CallTimeout,),
-        )
+        outcome: Literal["success", "failure", "release"] = "release"
+        try:
+            value = await self._enqueue_and_wait(
+                cell, Delivery("instruction", message, instruction, Reply()), deadline
+            )
+        except CallTimeout:
+            outcome = "failure"
+            raise
+        else:
+            outcome = "success"
+        finally:
+            breaker.report(epoch, outcome)
         self.latency.record(cell.ref.id, trio.current_time() - started)
         return value
 
@@ -353,6 +398,25 @@ class Communication:
         reply = item.reply
         assert reply is not None
         instruction_id = None if item.instruction is None else item.instruction.id
+        if cell.mailbox.has_room() and trio.current_time() < deadline:
+            # The hot path: queue at once, and let the node's deadline heap
+            # (not a cancel scope of this call) expire the reply.
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                if instruction_id is not None:
+                    cell.pending.discard(instruction_id)
+                raise
+            cell.mailbox.put_nowait(item)
+            self.deadlines.add(deadline, reply)
+            try:
+                value = await reply.wait()
+            finally:
+                if not reply.done:
+                    reply.abandoned = True
+            if reply.expired:
+                raise CallTimeout(f"no reply from agent {cell.ref.id!r} before the deadline")
+            return value
         queued = False
         try:
             with trio.move_on_at(deadline) as scope:
@@ -369,6 +433,15 @@ class Communication:
         if scope.cancelled_caught:
             raise CallTimeout(f"no reply from agent {cell.ref.id!r} before the deadline")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _prepare_nowait(cell: AgentCell, instruction: Instruction) -> Instruction | None:
+        """:meth:`_prepare` without awaiting; ``None`` when the instruction is
+        refused (then :meth:`_prepare` sets it aside and raises)."""
+        try:
+            return cell.cls.prepare(instruction)
+        except InvalidMessage:
+            return None
 
     async def _prepare(
         self, cell: AgentCell, message: Message, instruction: Instruction

@@ -1,15 +1,16 @@
 """Bounded per-agent mailbox with batch draining.
 
-A deque plus two parking lots instead of a memory channel: the agent drains
-everything queued in one go (one wake-up per batch, not per message), and the
-mailbox outlives the agent task so messages wait through a restart.
+A deque plus the single consumer task (and a parking lot for senders waiting
+for room) instead of a memory channel: the agent drains everything queued in
+one go (one wake-up per batch, not per message), and the mailbox outlives the
+agent task so messages wait through a restart.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -27,18 +28,22 @@ class MailboxClosed(Exception):
 
 
 class Mailbox(Generic[T]):
-    """FIFO of at most ``capacity`` items; senders wait while it is full."""
+    """FIFO of at most ``capacity`` items; senders wait while it is full.
 
-    __slots__ = ("_closed", "_items", "_not_empty", "_not_full", "capacity")
+    One consumer at a time (the agent's current incarnation) waits in
+    :meth:`wait`; it is rescheduled directly, without a parking lot.
+    """
+
+    __slots__ = ("_closed", "_items", "_not_full", "_waiter", "capacity")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("mailbox capacity must be at least 1")
         self.capacity = capacity
-        # Both allocated on first use: an idle agent's empty mailbox stays small
-        # (an empty deque alone is ~600 bytes).
+        # Allocated on first use: an idle agent's empty mailbox stays small
+        # (an empty deque alone is ~600 bytes, a parking lot ~300).
         self._items: deque[T] | None = None
-        self._not_empty = trio.lowlevel.ParkingLot()
+        self._waiter: trio.lowlevel.Task | None = None
         self._not_full: trio.lowlevel.ParkingLot | None = None
         self._closed: BaseException | None = None
 
@@ -48,6 +53,11 @@ class Mailbox(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed is not None
+
+    def has_room(self) -> bool:
+        """Whether :meth:`put_nowait` would queue an item now."""
+        items = self._items
+        return self._closed is None and (items is None or len(items) < self.capacity)
 
     def put_nowait(self, item: T) -> bool:
         """Queue ``item`` if there is room; return whether it was queued."""
@@ -59,8 +69,8 @@ class Mailbox(Generic[T]):
         elif len(items) >= self.capacity:
             return False
         items.append(item)
-        if self._not_empty:
-            self._not_empty.unpark()
+        if self._waiter is not None:
+            self._wake()
         return True
 
     async def put(self, item: T) -> None:
@@ -78,8 +88,8 @@ class Mailbox(Generic[T]):
         if self._items is None:
             self._items = deque()
         self._items.extendleft(reversed(list(items)))
-        if self._items and self._not_empty:
-            self._not_empty.unpark()
+        if self._items:
+            self._wake()
 
     def take_batch(self, limit: int) -> list[T]:
         """Remove and return up to ``limit`` queued items without waiting."""
@@ -100,11 +110,24 @@ class Mailbox(Generic[T]):
         if self._items or self._closed is not None:
             await trio.lowlevel.checkpoint()
             return
-        await self._not_empty.park()
+        if self._waiter is not None:
+            raise RuntimeError("a mailbox has one consumer at a time")
+        self._waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _wake(self) -> None:
+        task = self._waiter
+        if task is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
 
     def wake(self) -> None:
         """Wake the consumer (to notice a stop or crash request)."""
-        self._not_empty.unpark_all()
+        self._wake()
 
     def close(self, error: BaseException, on_item: Callable[[T], None]) -> None:
         """Refuse new items with ``error``, hand each queued item to ``on_item``,
@@ -114,7 +137,7 @@ class Mailbox(Generic[T]):
             on_item(self._items.popleft())
         if self._not_full is not None:
             self._not_full.unpark_all()
-        self._not_empty.unpark_all()
+        self._wake()
 
     def reopen(self) -> None:
         """Accept items again (an agent id started anew after it was stopped)."""

@@ -10,10 +10,15 @@ Layout in the StateBackend, per agent:
   a record no longer refers to it, so a crash between writes loses nothing.
 
 At least ``window`` most recent ids are remembered (chunks are dropped whole).
+
+With the built-in in-memory backend (not subclassed), :meth:`AgentStore.load_nowait`
+and :meth:`AgentStore.commit_nowait` do the same work synchronously: a commit
+then costs no scheduler round and needs no shielded cancel scope around it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +28,7 @@ import msgspec
 
 from ._exceptions import InvalidMessage
 from .abc import StateBackend
+from .local._state import MemoryStateBackend
 
 __all__ = ["CHUNK_SIZE", "AgentStore"]
 
@@ -62,6 +68,18 @@ class AgentStore:
     recent: list[str] = attrs.field(factory=list)
     first_chunk: int = 0
     next_chunk: int = 0
+    #: The backend when it can be used synchronously (see the module docstring).
+    _sync: MemoryStateBackend | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        backend = self.backend
+        if isinstance(backend, MemoryStateBackend) and backend._nowait_ok():
+            self._sync = backend
+
+    @property
+    def synchronous(self) -> bool:
+        """Whether :meth:`load_nowait` and :meth:`commit_nowait` work."""
+        return self._sync is not None
 
     @property
     def key(self) -> str:
@@ -82,12 +100,7 @@ class AgentStore:
             self.first_chunk = self.next_chunk = 0
             self.seen, self.recent = {}, []
             return False, None
-        try:
-            fmt, state_bytes, recent, first, nxt = _decode_any(found.value)
-        except (msgspec.DecodeError, ValueError, TypeError) as exc:
-            raise InvalidMessage(f"stored record {self.key!r} is malformed: {exc}") from exc
-        if fmt != _RECORD_FORMAT:
-            raise InvalidMessage(f"stored record {self.key!r} has unknown format {fmt}")
+        _, state_bytes, recent, first, nxt = self._decode_record(found.value)
         # Built aside and swapped in at once: senders consult `seen` while we await.
         seen: dict[str, None] = {}
         for n in range(first, nxt):
@@ -99,6 +112,37 @@ class AgentStore:
         self.first_chunk, self.next_chunk = first, nxt
         self.seen, self.recent = seen, list(recent)
         return True, decode_state(state_bytes)
+
+    def load_nowait(self, decode_state: Callable[[bytes], Any]) -> tuple[bool, Any]:
+        """:meth:`load` without awaiting; only when :attr:`synchronous`."""
+        sync = self._sync
+        assert sync is not None
+        found = sync._read_nowait(self.key)
+        if found is None:
+            self.version = 0
+            self.first_chunk = self.next_chunk = 0
+            self.seen, self.recent = {}, []
+            return False, None
+        _, state_bytes, recent, first, nxt = self._decode_record(found.value)
+        seen: dict[str, None] = {}
+        for n in range(first, nxt):
+            chunk = sync._read_nowait(self._chunk_key(n))
+            if chunk is not None:
+                seen.update(dict.fromkeys(_decode_ids(chunk.value)))
+        seen.update(dict.fromkeys(recent))
+        self.version = found.version
+        self.first_chunk, self.next_chunk = first, nxt
+        self.seen, self.recent = seen, list(recent)
+        return True, decode_state(state_bytes)
+
+    def _decode_record(self, value: bytes) -> list[Any]:
+        try:
+            fmt, state_bytes, recent, first, nxt = _decode_any(value)
+        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            raise InvalidMessage(f"stored record {self.key!r} is malformed: {exc}") from exc
+        if fmt != _RECORD_FORMAT:
+            raise InvalidMessage(f"stored record {self.key!r} has unknown format {fmt}")
+        return [fmt, state_bytes, recent, first, nxt]
 
     def mark(self, instruction_id: str) -> None:
         """Record an applied instruction id (persisted by the next :meth:`commit`)."""
@@ -129,11 +173,40 @@ class AgentStore:
         if expired:
             self._trim_seen()
 
+    def commit_nowait(self, state: Any) -> None:
+        """:meth:`commit` without awaiting; only when :attr:`synchronous`.
+
+        :raises StateConflict: another writer changed the record.
+        """
+        sync = self._sync
+        assert sync is not None
+        state_bytes = encode_state(state)
+        expired: list[int] = []
+        if len(self.recent) >= CHUNK_SIZE:
+            sync._write_nowait(self._chunk_key(self.next_chunk), _encode(self.recent))
+            self.next_chunk += 1
+            self.recent = []
+            while self.next_chunk - self.first_chunk > self._max_chunks:
+                expired.append(self.first_chunk)
+                self.first_chunk += 1
+        record = _encode(
+            [_RECORD_FORMAT, state_bytes, self.recent, self.first_chunk, self.next_chunk]
+        )
+        self.version = sync._write_nowait(self.key, record, expected_version=self.version)
+        for n in expired:
+            sync._delete_nowait(self._chunk_key(n))
+        if expired:
+            self._trim_seen()
+
     def _trim_seen(self) -> None:
         keep = (self.next_chunk - self.first_chunk) * CHUNK_SIZE + len(self.recent)
         seen = self.seen
-        for _ in range(len(seen) - keep):
-            del seen[next(iter(seen))]  # oldest first: dicts keep insertion order
+        excess = len(seen) - keep
+        if excess > 0:
+            # Oldest first (dicts keep insertion order), collected in one pass:
+            # a fresh iter() per key would rescan the deleted slots each time.
+            for key in list(itertools.islice(seen, excess)):
+                del seen[key]
 
     async def read_state(self, decode_state: Callable[[bytes], Any], consistency: Any) -> Any:
         """Read the last committed state without touching this store's fields."""

@@ -216,6 +216,21 @@ class CircuitBreaker:
         finally:
             self._settle(epoch, outcome)
 
+    def admit(self) -> int | None:
+        """The synchronous half of :meth:`call`: admit one call and return the
+        epoch it is admitted under, or ``None`` when the breaker refuses it.
+        Report the outcome with exactly one :meth:`report` for that epoch."""
+        return self._admit()
+
+    def report(self, epoch: int, outcome: Literal["success", "failure", "release"]) -> None:
+        """The outcome of a call admitted by :meth:`admit` under ``epoch``
+        (ignored if the breaker has moved on since, as in :meth:`call`)."""
+        self._settle(epoch, outcome)
+
+    def open_error(self) -> CircuitOpen:
+        """The :class:`~jido_trio.CircuitOpen` a refused call raises."""
+        return self._open_error()
+
     # -- internals ----------------------------------------------------------------------
 
     def _transition(self, state: BreakerState) -> None:

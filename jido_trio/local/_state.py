@@ -28,6 +28,12 @@ class MemoryStateBackend(StateBackend):
     """State kept in this process only; lost when it exits.
 
     All three consistency levels read the single copy, so every read is strong.
+
+    The ``_*_nowait`` methods are the same operations done synchronously; the
+    agent server uses them (through :class:`~jido_trio._persistence.AgentStore`)
+    to commit a batch without a scheduler round, and only while the class's
+    async methods are not overridden, so a subclass that customises them sees
+    every operation.
     """
 
     _data: dict[str, Versioned] = attrs.field(factory=dict, init=False)
@@ -54,6 +60,33 @@ class MemoryStateBackend(StateBackend):
         await trio.lowlevel.checkpoint()
         self._check(key, expected_version)
         self._data.pop(key, None)
+
+    # ------------------------------------------------------------ synchronous fast path
+
+    def _nowait_ok(self) -> bool:
+        """Whether the ``_*_nowait`` methods may stand in for the async ones."""
+        cls = type(self)
+        return (
+            cls.read is MemoryStateBackend.read
+            and cls.write is MemoryStateBackend.write
+            and cls.delete is MemoryStateBackend.delete
+            and cls.read_log is MemoryStateBackend.read_log
+        )
+
+    def _read_nowait(self, key: str) -> Versioned | None:
+        return self._data.get(key)
+
+    def _write_nowait(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
+        version = self._check(key, expected_version) + 1
+        self._data[key] = Versioned(value=bytes(value), version=version)
+        return version
+
+    def _delete_nowait(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    def _has_log(self, stream: str) -> bool:
+        log = self._logs.get(stream)
+        return log is not None and bool(log.entries)
 
     async def keys(self, prefix: str = "") -> list[str]:
         await trio.lowlevel.checkpoint()
