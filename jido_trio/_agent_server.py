@@ -93,6 +93,12 @@ class AgentCell:
     pending: set[str] = attrs.field(factory=set)
     #: At-least-once messages in the durable log not yet applied: seq -> instruction id.
     unacked: dict[int, str] = attrs.field(factory=dict)
+    #: Appends to the durable log still waiting for their sequence number, each
+    #: with the highest seq this cell had seen when it started: its own seq
+    #: will be larger, so trimming never goes past that floor while it is out.
+    appending: dict[object, int] = attrs.field(factory=dict)
+    #: Highest log seq this cell has seen (appended or replayed).
+    log_seen: int = 0
     max_attempts: int = 3
     _instance: Agent | None = None
     _scope: trio.CancelScope | None = None
@@ -264,6 +270,7 @@ class AgentCell:
         replay: list[Delivery] = []
         applied_upto = 0
         for entry in await self.comm.state.read_log(self.log_stream):
+            self.log_seen = max(self.log_seen, entry.seq)
             if entry.seq in self.unacked:
                 continue  # still queued in this process's mailbox
             try:
@@ -288,7 +295,8 @@ class AgentCell:
             replay.append(Delivery("instruction", message, instruction, None, log_seq=entry.seq))
         if replay:
             self.mailbox.requeue_front(replay)
-        if applied_upto:
+        applied_upto = self.trim_bound(applied_upto)
+        if applied_upto > 0:
             await self.comm.state.trim_log(self.log_stream, upto=applied_upto)
 
     async def _ack(self, deliveries: list[Delivery]) -> None:
@@ -299,9 +307,16 @@ class AgentCell:
                 self.unacked.pop(delivery.log_seq, None)
                 highest = max(highest, delivery.log_seq)
         if highest:
-            upto = min(self.unacked) - 1 if self.unacked else highest
+            upto = self.trim_bound(min(self.unacked) - 1 if self.unacked else highest)
             if upto > 0:
                 await self.comm.state.trim_log(self.log_stream, upto=upto)
+
+    def trim_bound(self, upto: int) -> int:
+        """``upto`` lowered so that no logged message still on its way into
+        the mailbox is trimmed (appends can complete out of order)."""
+        if self.appending:
+            return min(upto, min(self.appending.values()))
+        return upto
 
     async def store_dead_letter(self, message: Message, reason: str) -> None:
         """Keep ``message`` in this agent's dead-letter log and tell the observers."""

@@ -277,7 +277,10 @@ class Communication:
         instruction = self._prepare_nowait(cell, instruction) or await self._prepare(
             cell, message, instruction
         )
-        if cell.seen(instruction.id):
+        # A durable send is only a duplicate of an applied instruction: one
+        # merely queued (or whose log append is still out) may yet be lost,
+        # so it is logged again and the agent skips the second copy.
+        if instruction.id in cell.store.seen if durable else cell.seen(instruction.id):
             await trio.lowlevel.checkpoint()
             return Receipt(
                 message_id=message.id, instruction_id=instruction.id, status="already_processed"
@@ -293,11 +296,16 @@ class Communication:
         if durable:
             # Logged before the receipt: from here on the agent applies it even
             # if it (or this process) crashes before handling it.
+            token = object()
+            cell.appending[token] = cell.log_seen
             try:
                 seq = await self.state.append(cell.log_stream, message.to_bytes())
             except BaseException:
                 cell.pending.discard(instruction.id)
                 raise
+            finally:
+                del cell.appending[token]
+            cell.log_seen = max(cell.log_seen, seq)
             cell.unacked[seq] = instruction.id
         item = Delivery("instruction", message, instruction, None, log_seq=seq)
         if cell.mailbox.put_nowait(item) if not cell.mailbox.closed else False:

@@ -57,7 +57,7 @@ def config(name: str, namespace: str, urls: list[str], **nats: object) -> jt.Con
                 "namespace": namespace,
                 "storage": "memory",
                 "replicas": min(3, len(urls)),
-                "lease_ttl": 8.0,
+                "lease_ttl": 20.0,
                 **nats,
             }
         },

@@ -9,13 +9,26 @@ Install ``jido-trio-nats`` and select ``"nats"`` for any of the four engines::
     )
 
 See :class:`NatsOptions` for every option and the "Going distributed" guide.
+nats-py and trio-asyncio are imported only when a node uses an engine.
 """
 
 from __future__ import annotations
 
-from ._connection import NatsConnection as NatsConnection
-from ._connection import open_connection as open_connection
+from typing import TYPE_CHECKING, Any
+
 from ._options import NatsOptions as NatsOptions
 from ._options import TlsOptions as TlsOptions
 
+if TYPE_CHECKING:
+    from ._connection import NatsConnection as NatsConnection
+    from ._connection import open_connection as open_connection
+
 __all__ = ["NatsConnection", "NatsOptions", "TlsOptions", "open_connection"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("NatsConnection", "open_connection"):
+        from . import _connection
+
+        return getattr(_connection, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -108,7 +108,11 @@ class NatsConnection:
                     # Made by an older version with another config: use it as it is.
                     bucket = await self.bridge.run(self.js.key_value, self.name(kind))
                 except (*CONNECTION_ERRORS, *TIMEOUT_ERRORS) as exc:
-                    raise_unreachable(exc, f"creating bucket {self.name(kind)!r}")
+                    raise_unreachable(
+                        exc,
+                        f"creating bucket {self.name(kind)!r} (is JetStream enabled? "
+                        "nats-server needs -js)",
+                    )
                 await self._wait_for_leader(f"KV_{self.name(kind)}")
                 self._buckets[kind] = bucket
             return bucket

@@ -92,7 +92,7 @@ class NatsOptions:
     namespace: str = "jido"
     storage: Literal["file", "memory"] = "file"
     replicas: int = 1
-    lease_ttl: float = 10.0
+    lease_ttl: float = 20.0
     request_timeout: float = 5.0
 
     @property
