@@ -307,7 +307,11 @@ class AgentCell:
                 self.unacked.pop(delivery.log_seq, None)
                 highest = max(highest, delivery.log_seq)
         if highest:
-            upto = self.trim_bound(min(self.unacked) - 1 if self.unacked else highest)
+            # With nothing unacked, everything this cell has seen is applied
+            # (trim_bound holds back for appends still out).
+            upto = self.trim_bound(
+                min(self.unacked) - 1 if self.unacked else max(highest, self.log_seen)
+            )
             if upto > 0:
                 await self.comm.state.trim_log(self.log_stream, upto=upto)
 
