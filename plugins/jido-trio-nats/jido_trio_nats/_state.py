@@ -703,6 +703,23 @@ class NatsStateBackend(StateBackend):
         logs = await self.conn.js.stream_info(self.log_stream)
         return kv.config, logs.config
 
+    # ------------------------------------------------------------ work queues
+
+    #: The work-queue backing this engine offers to :func:`jido_trio.open_work_queue`.
+    work_queue_backing = "jetstream"
+
+    def open_work_queue_backing(self, spec: Any) -> Any:
+        """The ``jetstream`` backing of a work queue: a JetStream work-queue
+        stream on this node's connection, shared with every node that opens
+        the queue (see :mod:`jido_trio_nats._work_queue`).
+
+        :param spec: the queue's ``jido_trio._work_queue.WorkQueueSpec``.
+        :returns: an async context manager yielding the backing.
+        """
+        from ._work_queue import open_jetstream_queue
+
+        return open_jetstream_queue(self.conn, spec)
+
 
 @asynccontextmanager
 async def open_state(config: Config, options: Mapping[str, Any]) -> AsyncIterator[NatsStateBackend]:
