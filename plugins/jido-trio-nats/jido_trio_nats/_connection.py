@@ -183,8 +183,12 @@ class _Shared:
 _shared: dict[tuple[str, NatsOptions], _Shared] = {}
 
 
-async def _connect(options: NatsOptions, client_name: str) -> Client:
+async def _connect(
+    options: NatsOptions, client_name: str, seen: list[Exception] | None = None
+) -> Client:
     async def error_cb(exc: Exception) -> None:
+        if seen is not None:
+            seen.append(exc)
         log.warning("NATS client %s: %r", client_name, exc)
 
     async def disconnected_cb() -> None:
@@ -199,6 +203,10 @@ async def _connect(options: NatsOptions, client_name: str) -> Client:
         disconnected_cb=disconnected_cb,
         reconnected_cb=reconnected_cb,
     )
+
+
+def _last(seen: list[Exception]) -> str:
+    return f" (last error: {seen[-1]})" if seen else ""
 
 
 @asynccontextmanager
@@ -225,15 +233,17 @@ async def open_connection(
         # The client's own retry loop runs forever with max_reconnect_attempts=-1;
         # the first connection gets a bounded number of rounds instead.
         first = attrs.evolve(opts, max_reconnect_attempts=2)
+        seen: list[Exception] = []
+        where = ", ".join(opts.servers)
         try:
             with trio.fail_after(opts.connect_timeout * 3 * len(opts.servers) + 1):
-                nc = await bridge.run(_connect, first, config.node_name)
+                nc = await bridge.run(_connect, first, config.node_name, seen)
         except trio.TooSlowError:
-            raise Unreachable(f"cannot connect to NATS at {', '.join(opts.servers)}") from None
+            raise Unreachable(f"cannot connect to NATS at {where}{_last(seen)}") from None
         except (nats.errors.Error, OSError) as exc:
-            raise Unreachable(
-                f"cannot connect to NATS at {', '.join(opts.servers)}: {exc!r}"
-            ) from exc
+            # The server's reason (e.g. 'Authorization Violation') reached only
+            # the error callback; the exception itself just says "no servers".
+            raise Unreachable(f"cannot connect to NATS at {where}: {exc!r}{_last(seen)}") from exc
         nc.options["max_reconnect_attempts"] = opts.max_reconnect_attempts
         js = nc.jetstream(timeout=opts.request_timeout)
         connection = NatsConnection(
