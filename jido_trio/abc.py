@@ -15,7 +15,7 @@ not raise anything else for the outcomes described there.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import MappingProxyType
 from typing import Any, Literal
@@ -36,6 +36,7 @@ __all__ = [
     "RegistryEvent",
     "RequestHandler",
     "StateBackend",
+    "TopicHandler",
     "Transport",
     "Versioned",
 ]
@@ -168,6 +169,10 @@ class Registry(abc.ABC):
 #: (``None`` for one-way messages).
 RequestHandler = Callable[[bytes], Awaitable[bytes | None]]
 
+#: Handles one message received through :meth:`Transport.subscribe_topics`:
+#: called with the topic it was published on and its data.
+TopicHandler = Callable[[str, bytes], Awaitable[None]]
+
 
 @attrs.frozen(kw_only=True)
 class NodeInfo:
@@ -229,6 +234,64 @@ class Transport(abc.ABC):
         membership leases never return (the default).
         """
         await trio.sleep_forever()
+
+    # -- optional capability: topics (publish/subscribe) ----------------------
+
+    #: True when the transport implements :meth:`publish_topic` and
+    #: :meth:`subscribe_topics`; the signal bus then publishes each signal once
+    #: on a topic instead of sending it to every member.
+    supports_topics: bool = False
+
+    #: Longest topic (and topic pattern) every topic-capable transport accepts.
+    max_topic_length: int = 1024
+
+    async def publish_topic(self, topic: str, data: bytes) -> None:
+        """Publish ``data`` one-way on ``topic``.
+
+        A topic is one or more tokens joined by ``"."``, each token made of
+        ``A-Z a-z 0-9 - _ = /``. A topic *pattern* may also have ``*`` tokens
+        (exactly one token) and, as its last token only, ``>`` (one or more
+        tokens): ``"signal.orders.*"``, ``"signal.>"``. Topics are scoped to
+        the transport's cluster (on NATS, under its namespace).
+
+        Every *other* node subscribed (:meth:`subscribe_topics`) to a pattern
+        matching ``topic`` gets it once, even when several of its patterns
+        match; the publishing node never gets its own messages back. Like
+        :meth:`send`, delivery is at most once and may be lost silently.
+
+        :param topic: where to publish.
+        :param data: the message, opaque to the transport.
+        :raises ValueError: ``topic`` is not a valid topic or is longer than
+            :attr:`max_topic_length`.
+        :raises InvalidMessage: ``data`` is larger than the transport carries.
+        :raises Unreachable: the transport cannot publish right now.
+        :raises NotImplementedError: the transport has no topics (the default;
+            see :attr:`supports_topics`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support topics")
+
+    async def subscribe_topics(self, patterns: Collection[str], handler: TopicHandler) -> None:
+        """Make ``patterns`` this node's topic subscriptions, replacing the
+        previous set, and pass every message they receive to ``handler``.
+
+        Declarative: patterns in both sets stay subscribed without a gap,
+        new ones are added before old ones go, and an empty collection ends
+        every subscription. Returns once the change is in effect: a message
+        published anywhere after that, on a topic matching a new pattern,
+        reaches ``handler``. The transport calls ``handler`` from a task of its
+        own, one message at a time in arrival order, until it closes; an
+        exception from ``handler`` is logged and the message dropped.
+
+        :param patterns: topic patterns (syntax in :meth:`publish_topic`).
+        :param handler: called as ``await handler(topic, data)``; the latest
+            call's handler receives every message from then on.
+        :raises ValueError: a pattern is not valid or is longer than
+            :attr:`max_topic_length`.
+        :raises Unreachable: the change could not be confirmed (it may still
+            take effect once the transport reconnects).
+        :raises NotImplementedError: the transport has no topics (the default).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support topics")
 
 
 # ---------------------------------------------------------------- StateBackend

@@ -40,8 +40,8 @@ deletes the key, so peers see the node go at once.
 Topics (:meth:`NatsTransport.publish_topic`, :meth:`NatsTransport.subscribe_topics`).
 Topic ``T`` is the subject ``<namespace>.T``; topic patterns use NATS' own
 wildcards ``*`` and ``>``, one subscription per pattern. Each message starts
-with a 17-byte header (version, the publisher's incarnation, a sequence
-number): a node drops its own messages (no echo) and a message it already
+with a 17-byte header (version, a random id of the publishing transport, a
+sequence number): a node drops its own messages (no echo) and a message it already
 got through another of its overlapping subscriptions. Received messages go
 to trio like the serve loop's, without a hop each: the callback puts them in
 a bounded channel (waiting while it is full, which holds back that nats-py
@@ -281,10 +281,9 @@ class _Topics:
     closed: bool = False
 
     @classmethod
-    def new(cls, incarnation: str) -> _Topics:
+    def new(cls) -> _Topics:
         send, receive = trio.open_memory_channel[tuple[str, bytes]](TOPIC_BUFFER)
-        origin = bytes.fromhex(incarnation)[:8].ljust(8, b"\0")
-        return cls(origin=origin, send=send, receive=receive)
+        return cls(origin=secrets.token_bytes(8), send=send, receive=receive)
 
     def first_time(self, key: tuple[bytes, int]) -> bool:
         """Whether the message ``key`` is new (and remember it)."""
@@ -337,10 +336,7 @@ class NatsTransport(Transport):
     fence_reason: str | None = attrs.field(default=None, init=False)
     _closed: bool = attrs.field(default=False, init=False)
     _serving: bool = attrs.field(default=False, init=False)
-    _topics: _Topics = attrs.field(
-        init=False,
-        default=attrs.Factory(lambda self: _Topics.new(self.incarnation), takes_self=True),
-    )
+    _topics: _Topics = attrs.field(init=False, factory=_Topics.new)
 
     def __attrs_post_init__(self) -> None:
         self._outbox = _Outbox(self.conn)
