@@ -4,7 +4,7 @@ without stopping them (a crash) restart on a survivor.
 A crashed node is simulated by what it leaves behind: registry entries that
 name a node which is not a member any more, its committed state and its
 durable at-least-once log in the shared StateBackend. (The same scenario with
-real processes and real NATS servers is in tests/nats/test_nats_failover.py.)
+real processes and real NATS servers is in tests/distributed/test_nats_failover.py.)
 """
 
 from __future__ import annotations

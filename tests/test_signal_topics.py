@@ -3,7 +3,7 @@
 A fake transport adds topics to the in-process hub's transport: it delivers a
 topic message in the publisher's task to every other node with a matching
 pattern, once, so these tests are deterministic. The same logic runs on NATS
-in tests/nats/test_nats_signals.py.
+in tests/distributed/test_nats_signals.py.
 """
 
 from __future__ import annotations

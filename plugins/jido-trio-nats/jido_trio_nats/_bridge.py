@@ -21,7 +21,7 @@ import trio_asyncio
 
 from jido_trio import Unreachable
 
-__all__ = ["Bridge", "open_bridge"]
+__all__ = ["Bridge", "open_bridge", "single_failure"]
 
 log = logging.getLogger("jido_trio_nats.bridge")
 
@@ -89,17 +89,21 @@ async def open_bridge() -> AsyncIterator[Bridge]:
     except BaseExceptionGroup as group:
         # The loop's nursery wraps whatever passes through it (the node's own
         # errors included); callers must see them as they would without NATS.
-        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
-        if len(leaves) == 1:
-            raise leaves[0]  # noqa: B904 - the group is only a wrapper
-        raise
+        failure = single_failure(group)
+        if failure is None:
+            raise
+        raise failure  # noqa: B904 - the group is only a wrapper
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
+def single_failure(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception other than ``trio.Cancelled`` inside ``group``
+    (nested groups flattened), or ``None`` if there is not exactly one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
         if isinstance(exc, BaseExceptionGroup):
-            found.extend(_leaves(exc))
-        else:
-            found.append(exc)
-    return found
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import attrs
 import nats
@@ -29,7 +29,10 @@ from jido_trio import CallTimeout, Config, Unreachable
 from ._bridge import Bridge, open_bridge
 from ._options import NatsOptions
 
-__all__ = ["NatsConnection", "open_connection", "raise_unreachable"]
+__all__ = ["NATS_ERRORS", "NatsConnection", "open_connection", "raise_unreachable"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 log = logging.getLogger("jido_trio_nats")
 
@@ -46,6 +49,14 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 #: nats-py errors that mean "no answer in time".
 TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (nats.errors.TimeoutError, TimeoutError)
+
+
+#: Everything a bridged nats-py call may raise that means "NATS failed us".
+NATS_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.Error,
+    *CONNECTION_ERRORS,
+    *TIMEOUT_ERRORS,
+)
 
 
 def raise_unreachable(exc: BaseException, what: str) -> NoReturn:
@@ -67,6 +78,33 @@ class NatsConnection:
     _buckets: dict[str, KeyValue] = attrs.field(factory=dict)
     _streams: set[str] = attrs.field(factory=set)
     _setup_lock: trio.Lock = attrs.field(factory=trio.Lock)
+
+    async def run(
+        self,
+        what: str,
+        fn: Callable[P, Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``fn`` on the asyncio side; nats-py failures become
+        :class:`Unreachable` / :class:`CallTimeout` naming ``what``."""
+        try:
+            return await self.bridge.run(fn, *args, **kwargs)
+        except asyncio.CancelledError as exc:
+            # Cancelled by its loop (the connection is closing), not by the
+            # caller: a trio cancellation arrives as trio.Cancelled.
+            raise Unreachable(f"{what}: the NATS connection closed") from exc
+        except NATS_ERRORS as exc:
+            raise_unreachable(exc, what)
+
+    def check_connected(self, what: str) -> None:
+        """Fail fast while disconnected (nats-py would buffer the request and
+        time out only after ``request_timeout``).
+
+        :raises Unreachable: not connected right now.
+        """
+        if not self.connected:
+            raise Unreachable(f"{what}: not connected to NATS")
 
     @property
     def namespace(self) -> str:

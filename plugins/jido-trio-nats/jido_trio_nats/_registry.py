@@ -47,7 +47,7 @@ from jido_trio import (
 )
 from jido_trio.abc import Registry, RegistryEntry, RegistryEvent
 
-from ._connection import NatsConnection, open_connection, raise_unreachable
+from ._connection import NatsConnection, open_connection
 from ._keys import decode_token, encode_token
 
 __all__ = ["NatsRegistry", "kv_list", "kv_read", "kv_write", "open_registry"]
@@ -323,10 +323,7 @@ class NatsRegistry(Registry):
     async def _run(
         self, what: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
     ) -> T:
-        try:
-            return await self.conn.bridge.run(fn, *args, **kwargs)
-        except NATS_ERRORS as exc:
-            raise_unreachable(exc, what)
+        return await self.conn.run(what, fn, *args, **kwargs)
 
     # ------------------------------------------------------------ asyncio side
 

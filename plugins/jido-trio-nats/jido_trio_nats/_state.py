@@ -33,10 +33,11 @@ import trio
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from jido_trio import Config, ConfigError, InvalidMessage, StateConflict, Unreachable
+from jido_trio import Config, ConfigError, InvalidMessage, StateConflict
 from jido_trio.abc import Consistency, LogEntry, StateBackend, Versioned
 
-from ._connection import NatsConnection, open_connection, raise_unreachable
+from ._bridge import single_failure
+from ._connection import NatsConnection, open_connection
 from ._keys import decode_token, encode_token
 
 __all__ = ["NatsStateBackend", "open_state"]
@@ -247,18 +248,8 @@ class NatsStateBackend(StateBackend):
         self, what: str, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run ``fn`` on the asyncio side; nats-py failures become jido_trio errors."""
-        if not self.conn.connected:
-            # nats-py would buffer the request and time out after
-            # request_timeout; the caller is better served knowing now.
-            raise Unreachable(f"{what}: not connected to NATS")
-        try:
-            return await self.conn.bridge.run(fn, *args, **kwargs)
-        except asyncio.CancelledError as exc:
-            # The asyncio task was cancelled by its loop (the connection is
-            # closing), not by us: a trio cancellation raises trio.Cancelled.
-            raise Unreachable(f"{what}: the NATS connection closed") from exc
-        except _NATS_ERRORS as exc:
-            raise_unreachable(exc, what)
+        self.conn.check_connected(what)
+        return await self.conn.run(what, fn, *args, **kwargs)
 
     def _subject(self, prefix: str, name: str, what: str) -> str:
         _check_name(name, what)
@@ -737,20 +728,7 @@ async def open_state(config: Config, options: Mapping[str, Any]) -> AsyncIterato
         # The trio-asyncio loop under the connection runs nurseries, which wrap
         # whatever crosses them (our Unreachable, the body's own exception) in
         # exception groups: hand the one real exception on as it is.
-        leaf = _single_leaf(group)
+        leaf = single_failure(group)
         if leaf is None:
             raise
         raise leaf from None
-
-
-def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The only exception inside ``group`` (nested groups flattened), else ``None``."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else None

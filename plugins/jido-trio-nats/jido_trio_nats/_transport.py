@@ -74,7 +74,8 @@ from nats.js.kv import KeyValue
 from jido_trio import CallTimeout, Config, ConfigError, InvalidMessage, Unreachable
 from jido_trio.abc import NodeInfo, RequestHandler, TopicHandler, Transport
 
-from ._connection import NatsConnection, open_connection, raise_unreachable
+from ._bridge import single_failure
+from ._connection import NatsConnection, open_connection
 from ._keys import decode_token, encode_token
 from ._registry import NATS_ERRORS, kv_list, kv_read, kv_write
 
@@ -362,10 +363,7 @@ class NatsTransport(Transport):
     async def _run(
         self, what: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
     ) -> T:
-        try:
-            return await self.conn.bridge.run(fn, *args, **kwargs)
-        except NATS_ERRORS as exc:
-            raise_unreachable(exc, what)
+        return await self.conn.run(what, fn, *args, **kwargs)
 
     def _check_connected(self, node: str) -> None:
         if self._closed:
@@ -946,14 +944,7 @@ async def open_transport(
     except BaseExceptionGroup as group:
         # The background nursery wraps whatever crosses it, the body's own
         # exception included: callers see the one real exception as it is.
-        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
-        if len(leaves) == 1:
-            raise leaves[0]  # noqa: B904 - the group is only a wrapper
-        raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
+        failure = single_failure(group)
+        if failure is None:
+            raise
+        raise failure  # noqa: B904 - the group is only a wrapper

@@ -71,7 +71,7 @@ from jido_trio import (
     Unreachable,
 )
 
-from ._connection import NatsConnection, raise_unreachable
+from ._connection import NatsConnection
 from ._keys import decode_token, encode_token
 
 if TYPE_CHECKING:
@@ -268,15 +268,11 @@ class JetStreamQueue:
         self, what: str, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run ``fn`` on the asyncio side; nats-py failures become jido_trio errors."""
+        what = f"work queue {self.name!r}: {what}"
         if not self.conn.connected:
             await trio.lowlevel.checkpoint()
-            raise Unreachable(f"work queue {self.name!r}: {what}: not connected to NATS")
-        try:
-            return await self.conn.bridge.run(fn, *args, **kwargs)
-        except asyncio.CancelledError as exc:
-            raise Unreachable(f"work queue {self.name!r}: {what}: the connection closed") from exc
-        except _NATS_ERRORS as exc:
-            raise_unreachable(exc, f"work queue {self.name!r}: {what}")
+        self.conn.check_connected(what)
+        return await self.conn.run(what, fn, *args, **kwargs)
 
     def _settling(self) -> trio.CancelScope:
         scope = trio.move_on_after(self.spec.node.config.shutdown_timeout)

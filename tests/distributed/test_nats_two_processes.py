@@ -1,6 +1,6 @@
 """The DESIGN.md §4 API between two node processes over one NATS server.
 
-A node process (tests/nats/nats_node.py) owns a ledger agent; this process
+A node process (tests/distributed/nats_node.py) owns a ledger agent; this process
 opens a second node on the same server and namespace and uses every public
 operation on the agent through NATS.
 """

@@ -1,6 +1,6 @@
 """A jido_trio node process on NATS, for the multi-process tests (run as a script).
 
-``python tests/nats/nats_node.py NAME NAMESPACE URLS [AGENT_ID ...]``: open
+``python tests/distributed/nats_node.py NAME NAMESPACE URLS [AGENT_ID ...]``: open
 node NAME with all four engines on NATS (URLS comma-separated, namespace
 NAMESPACE), start a ledger agent per AGENT_ID, print ``READY`` and serve
 until SIGTERM (exit 0) or until the node is fenced (exit 3).
