@@ -438,6 +438,10 @@ class AgentCell:
             if commit_error is None:
                 delivery.resolve()
             else:
+                if delivery.log_seq is not None:
+                    # Applied but not durable: no longer queued anywhere, so
+                    # the restarted agent must take it from the log again.
+                    self.unacked.pop(delivery.log_seq, None)
                 delivery.fail(
                     AgentUnavailable(f"agent {self.ref.id!r} could not persist its state")
                 )

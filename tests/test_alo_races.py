@@ -126,3 +126,41 @@ async def test_a_resend_while_the_first_append_is_out_is_logged_again(
             assert receipt.status == "accepted"
         await trio.sleep(1)
         assert await node.call(ref, jt.Instruction("get")) == ["slow-C"]  # once
+
+
+class FailingCommitBackend(MemoryStateBackend):
+    """Fails the next write of an agent's state record once :attr:`fail_next` is set."""
+
+    fail_next = False
+
+    async def write(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
+        if self.fail_next and key == "agent/list":
+            self.fail_next = False
+            await trio.lowlevel.checkpoint()
+            raise jt.Unreachable("state store briefly away")
+        return await super().write(key, value, expected_version=expected_version)
+
+
+async def test_a_logged_message_whose_commit_failed_is_applied_after_the_restart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = FailingCommitBackend()
+
+    class Plugin:
+        @jt.hookimpl
+        def jido_trio_add_backends(self, backends: Any) -> None:
+            backends.add_state("failing-commit", lambda config, options: backend)
+
+    config = jt.Config(node_name="n", state="failing-commit", max_restarts=10)
+    async with jt.open_node(config, plugins=[Plugin()]) as node:
+        ref = await node.start_agent(FlakyList, "list")
+        backend.fail_next = True
+        receipt = await node.send_instruction(
+            ref, jt.Instruction("add", {"item": "D"}), delivery="at_least_once"
+        )
+        assert receipt.status == "accepted"
+        # The commit after applying D fails: the agent restarts, reloads the
+        # state without D, and must apply D again from its durable log.
+        await trio.sleep(5)
+        assert await node.call(ref, jt.Instruction("get")) == ["D"]
+        assert await node.state.read_log("mailbox/list") == []
