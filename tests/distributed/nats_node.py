@@ -51,6 +51,11 @@ def config(name: str, namespace: str, urls: list[str], **nats: object) -> jt.Con
         coordination="nats",
         health_check_interval=0.5,
         operation_timeout=10.0,
+        # Agents whose state writes fail while JetStream elects a new leader
+        # crash and restart; the root's intensity must ride that out (see
+        # docs/distributed.md) rather than end the node.
+        max_restarts=100,
+        max_seconds=10.0,
         plugin_options={
             "nats": {
                 "servers": urls,

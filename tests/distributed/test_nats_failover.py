@@ -139,9 +139,10 @@ async def test_sigkill_a_node_then_a_nats_server_under_load(
         driver_config = attrs.evolve(config("driver", namespace, urls), failover=False)
         async with jt.open_node(driver_config) as driver:
             # Cross-node calls: every agent answers the driver from its own node.
-            for owner, agents in PLACEMENT.items():
-                for agent_id in agents:
-                    assert (await _ledger(driver, agent_id))["node"] == owner
+            with trio.fail_after(60):
+                for owner, agents in PLACEMENT.items():
+                    for agent_id in agents:
+                        assert (await _ledger(driver, agent_id))["node"] == owner
 
             progress_send, progress = trio.open_memory_channel[int](10_000)
 
@@ -158,11 +159,12 @@ async def test_sigkill_a_node_then_a_nats_server_under_load(
             assert workers["n1"].process.returncode is not None
 
             expected_total = sum(range(PER_AGENT))
-            for agents in PLACEMENT.values():
-                for agent_id in agents:
-                    ledger = await _ledger(driver, agent_id)
-                    assert ledger["count"] == PER_AGENT, (agent_id, ledger)
-                    assert ledger["total"] == expected_total, (agent_id, ledger)
+            with trio.fail_after(60):
+                for agents in PLACEMENT.values():
+                    for agent_id in agents:
+                        ledger = await _ledger(driver, agent_id)
+                        assert ledger["count"] == PER_AGENT, (agent_id, ledger)
+                        assert ledger["total"] == expected_total, (agent_id, ledger)
             for agent_id in PLACEMENT["n1"]:
                 assert (await driver.lookup(agent_id)).node in ("n2", "n3")
 
@@ -174,11 +176,12 @@ async def test_sigkill_a_node_then_a_nats_server_under_load(
             victim.kill()
             with trio.fail_after(120):
                 await _load(driver, "r2")
-            for agents in PLACEMENT.values():
-                for agent_id in agents:
-                    ledger = await _ledger(driver, agent_id)
-                    assert ledger["count"] == 2 * PER_AGENT, (agent_id, ledger)
-                    assert ledger["total"] == 2 * expected_total, (agent_id, ledger)
+            with trio.fail_after(60):
+                for agents in PLACEMENT.values():
+                    for agent_id in agents:
+                        ledger = await _ledger(driver, agent_id)
+                        assert ledger["count"] == 2 * PER_AGENT, (agent_id, ledger)
+                        assert ledger["total"] == 2 * expected_total, (agent_id, ledger)
     finally:
         for worker in workers.values():
             worker.stop()
