@@ -94,8 +94,11 @@ class Node:
     # ------------------------------------------------------------ hooks
 
     def _emit(self, hook: str, **kwargs: Any) -> None:
+        caller = getattr(self.plugin_manager.hook, hook)
+        if not caller.get_hookimpls():
+            return  # nobody listens: skip pluggy's call machinery
         try:
-            getattr(self.plugin_manager.hook, hook)(node=self, **kwargs)
+            caller(node=self, **kwargs)
         except Exception:
             log.exception("plugin hook %s failed", hook)
 
