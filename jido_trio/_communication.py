@@ -455,7 +455,9 @@ class Communication:
         if consistency == "eventual":
             decoder = state_decoder(cell.cls.State)
             with trio.move_on_at(deadline) as scope:
-                return await cell.store.read_state(decoder.decode, "eventual")
+                state = await cell.store.read_state(decoder.decode, "eventual")
+                # No record yet: a new agent that has applied nothing holds State().
+                return cell.cls.State() if state is None else state
             if scope.cancelled_caught:
                 raise CallTimeout(f"state read of agent {cell.ref.id!r} timed out")
         message = Message.new(None, cell.ref, {"query": query})

@@ -138,6 +138,14 @@ class ReplyDeadlines:
         elif self._scope is not None and deadline < self._scope.deadline:
             self._scope.deadline = deadline
 
+    def flush(self) -> None:
+        """Drop every settled slot now; if none is left unsettled, the watcher
+        task ends at once instead of sleeping until the earliest deadline."""
+        self._lane = deque(entry for entry in self._lane if not entry[1].done)
+        self._compact()
+        if not self._lane and not self._heap and self._scope is not None:
+            self._scope.cancel()
+
     def _compact(self) -> None:
         heap = [entry for entry in self._heap if not entry[2].done]
         heapq.heapify(heap)
