@@ -149,14 +149,26 @@ class AgentCell:
         :meth:`inject_crash` cancels to interrupt it (one scope per agent).
         """
         scope = trio.CancelScope() if cancel_scope is None else cancel_scope
+        ctx = self._ready
+        if ctx is not None:
+            # Started (and announced) by start_now(). Until something wakes it,
+            # the agent runs no code of its own, so it waits outside its scope:
+            # an agent that stays idle never pays for entering one. Whatever
+            # the supervisor does to it wakes it first (a stop request, a
+            # crash injection, or a cancellation from outside).
+            self._ready = None
+            if not len(self.mailbox) and not self._stop_requested and self._injected is None:
+                try:
+                    await self.mailbox.wait()
+                except BaseException as exc:
+                    if not isinstance(exc, Exception):  # cancelled from outside
+                        self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason="shutdown")
+                    raise
         with scope:
-            ctx = self._ready
             if ctx is None:
                 ctx = await self._start_up()
                 task_status.started()
                 self.announce_started()
-            else:
-                self._ready = None  # started by start_now(); announced there
             self._scope = scope
             try:
                 await self._loop(ctx)

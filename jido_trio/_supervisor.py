@@ -150,6 +150,9 @@ class _AlreadyStarted:
 
 
 _ALREADY_STARTED: Any = _AlreadyStarted()
+#: The (shared, never reset) proxy of every child spawned already started.
+_PRESTARTED = _StartedProxy(_ALREADY_STARTED)
+_PRESTARTED.started_called = True
 
 
 def _task_name(child: _Child) -> str:
@@ -432,11 +435,7 @@ class Supervisor:
         if self.node_name is not None and current_node_name.get() != self.node_name:
             # A child started from another node's task still belongs to this node.
             current_node_name.set(self.node_name)
-        if task_status is _ALREADY_STARTED:
-            proxy = _StartedProxy(trio.TASK_STATUS_IGNORED)
-            proxy.started_called = True
-        else:
-            proxy = _StartedProxy(task_status)
+        proxy = _PRESTARTED if task_status is _ALREADY_STARTED else _StartedProxy(task_status)
         error: BaseException | None = None
         try:
             try:
