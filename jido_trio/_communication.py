@@ -14,7 +14,6 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import attrs
@@ -48,6 +47,7 @@ from ._resilience import (
     RetryPolicy,
     retry_idempotent,
 )
+from ._scheduling import ScheduleBudget
 from ._signal import Signal
 from .abc import Consistency, Registry, StateBackend, Transport
 
@@ -87,19 +87,7 @@ def _deadline(timeout: float | None, default: float) -> float:
 #: in the same task (like Erlang reductions); see docs/performance.md.
 TELL_SCHEDULE_EVERY = 64
 
-_tell_budget: ContextVar[int] = ContextVar("jido_trio_tell_budget", default=TELL_SCHEDULE_EVERY)
-
-
-async def _tell_schedule_point() -> None:
-    """Yield to the scheduler on every :data:`TELL_SCHEDULE_EVERY`-th call per
-    task (per contextvars context: trio gives each task its own). The caller
-    has passed a cancel point already."""
-    left = _tell_budget.get() - 1
-    if left > 0:
-        _tell_budget.set(left)
-    else:
-        _tell_budget.set(TELL_SCHEDULE_EVERY)
-        await trio.lowlevel.cancel_shielded_checkpoint()
+_tell_schedule_point = ScheduleBudget("jido_trio_tell", TELL_SCHEDULE_EVERY).schedule_point
 
 
 @attrs.define(eq=False)

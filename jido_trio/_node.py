@@ -27,6 +27,7 @@ from ._persistence import AgentStore
 from ._plugins import collect_backends, make_plugin_manager
 from ._ref import AgentRef
 from ._resilience import FailureDetector
+from ._scheduling import ScheduleBudget
 from ._signal import Signal
 from ._signal_bus import SignalBus
 from ._supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor, SupervisorInfo
@@ -38,8 +39,12 @@ log = logging.getLogger("jido_trio.node")
 
 ROOT_SUPERVISOR = "root"
 
-#: :meth:`Node.start_agents` gives the scheduler a turn once per this many agents.
+#: ``start_agent``/``start_agents`` on the synchronous start path are a cancel
+#: point for every agent but a schedule point only once per this many agents
+#: started by the same task (see docs/performance.md).
 START_SCHEDULE_EVERY = 64
+
+_start_schedule_point = ScheduleBudget("jido_trio_start", START_SCHEDULE_EVERY).schedule_point
 
 
 @attrs.define(eq=False)
@@ -162,8 +167,15 @@ class Node:
         default) and return its ref once it has loaded its state.
 
         The agent resumes the state persisted for ``agent_id`` unless ``state``
-        is given. To start many agents of one class, :meth:`start_agents` is
-        faster.
+        is given.
+
+        With the built-in in-memory state backend and local registry, an agent
+        class without ``on_start`` and nothing in the agent's durable log, the
+        start-up runs synchronously and the agent's task is spawned without
+        waiting for it; the call is then a cancel point, and a schedule point
+        only once every :data:`START_SCHEDULE_EVERY` such starts by the same
+        task (docs/performance.md). Otherwise it awaits the agent's start-up
+        in its task. To start many agents of one class, :meth:`start_agents`.
 
         :raises AgentAlreadyExists: ``agent_id`` names a live agent.
         :raises TypeError: ``cls`` is not an :class:`Agent` subclass with a ``type``.
@@ -175,7 +187,7 @@ class Node:
         cell, spec = self._new_cell(cls, agent_id, parent, state, restart, metadata)
         if self._can_start_now(cell, parent):
             self._start_now(cell, spec, parent)
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await _start_schedule_point()
         else:
             await self._start_awaiting(cell, spec, parent)
         return cell.ref
@@ -193,14 +205,10 @@ class Node:
         ``supervisor``; return their refs once all of them run.
 
         The same as awaiting :meth:`start_agent` for each id (each agent
-        resumes its persisted state, the same hooks fire), but faster for many
-        agents: with the built-in in-memory state backend and local registry
-        and an agent class without ``on_start``, each agent is made ready
-        synchronously and its task spawned without waiting for it, and the
-        call gives the scheduler a turn only once every
-        :data:`START_SCHEDULE_EVERY` agents (it is a cancel point before each
-        agent). Otherwise it starts them one after another like
-        :meth:`start_agent`.
+        resumes its persisted state, the same hooks fire, the same schedule
+        points: a cancel point before each agent, a schedule point once every
+        :data:`START_SCHEDULE_EVERY` agents on the synchronous start path),
+        minus the per-call overhead.
 
         The ids are checked before any agent is started: duplicates, or an id
         of a live agent, raise at once and start nothing. If starting one
@@ -219,21 +227,17 @@ class Node:
             self._check_new_agent_id(agent_id)
         parent = self._supervisor(supervisor)
         refs: list[AgentRef] = []
-        budget = START_SCHEDULE_EVERY
+        if not ids:
+            await trio.lowlevel.checkpoint()
         for agent_id in ids:
             await trio.lowlevel.checkpoint_if_cancelled()
             cell, spec = self._new_cell(cls, agent_id, parent, None, restart, metadata)
             if self._can_start_now(cell, parent):
                 self._start_now(cell, spec, parent)
-                budget -= 1
-                if budget == 0:
-                    budget = START_SCHEDULE_EVERY
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                await _start_schedule_point()
             else:
                 await self._start_awaiting(cell, spec, parent)
-                budget = START_SCHEDULE_EVERY
             refs.append(cell.ref)
-        await trio.lowlevel.cancel_shielded_checkpoint()
         return refs
 
     @staticmethod

@@ -103,7 +103,8 @@ async def test_start_agents_checks_every_id_first() -> None:
         assert await node.start_agents(Counter, []) == []
 
 
-async def test_start_agents_yields_once_every_n_agents() -> None:
+@pytest.mark.parametrize("bulk", [True, False], ids=["start_agents", "start_agent"])
+async def test_start_yields_once_every_n_agents(bulk: bool) -> None:
     async with jt.open_node(name="n") as node:
         rounds = 3
         task: list[trio.lowlevel.Task] = []
@@ -117,9 +118,12 @@ async def test_start_agents_yields_once_every_n_agents() -> None:
 
         async def starter() -> None:
             task.append(trio.lowlevel.current_task())
-            await node.start_agents(
-                Counter, [f"a{i}" for i in range(rounds * START_SCHEDULE_EVERY)]
-            )
+            ids = [f"a{i}" for i in range(rounds * START_SCHEDULE_EVERY)]
+            if bulk:
+                await node.start_agents(Counter, ids)
+            else:
+                for agent_id in ids:
+                    await node.start_agent(Counter, agent_id)
 
         instrument = Steps()
         trio.lowlevel.add_instrument(instrument)
@@ -128,8 +132,8 @@ async def test_start_agents_yields_once_every_n_agents() -> None:
                 nursery.start_soon(starter)
         finally:
             trio.lowlevel.remove_instrument(instrument)
-        # After its first step: one per START_SCHEDULE_EVERY agents, one at the end.
-        assert steps == rounds + 1
+        # After its first step: one per START_SCHEDULE_EVERY agents.
+        assert steps == rounds
         assert len(node.agents()) == rounds * START_SCHEDULE_EVERY
 
 
