@@ -91,6 +91,8 @@ class AgentCell:
     last_health: Health = Health.NOT_FOUND
     #: Ids accepted and still queued (see :attr:`pending`); made on first use.
     _pending: set[str] | None = None
+    #: Key of this agent's circuit breaker (set by the first local call).
+    breaker_key: str | None = None
     #: At-least-once messages in the durable log not yet applied: seq -> instruction id.
     unacked: dict[int, str] = attrs.field(factory=dict)
     max_attempts: int = 3

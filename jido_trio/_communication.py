@@ -323,7 +323,10 @@ class Communication:
         if cell.seen(instruction.id):
             await trio.lowlevel.checkpoint()
             raise AlreadyProcessed(f"instruction {instruction.id} was already applied")
-        breaker = self.breakers.get(self.breaker_key(self.node_name, cell.ref.id))
+        key = cell.breaker_key
+        if key is None:
+            key = cell.breaker_key = self.breaker_key(self.node_name, cell.ref.id)
+        breaker = self.breakers.get(key)
         # breaker.call() inlined: one coroutine less per call.
         epoch = breaker.admit()
         if epoch is None:
@@ -335,7 +338,7 @@ class Communication:
         outcome: Literal["success", "failure", "release"] = "release"
         try:
             value = await self._enqueue_and_wait(
-                cell, Delivery("instruction", message, instruction, Reply()), deadline
+                cell, Delivery("instruction", message, instruction, Reply()), deadline, started
             )
         except CallTimeout:
             outcome = "failure"
@@ -347,11 +350,15 @@ class Communication:
         self.latency.record(cell.ref.id, trio.current_time() - started)
         return value
 
-    async def _enqueue_and_wait(self, cell: AgentCell, item: Delivery, deadline: float) -> Any:
+    async def _enqueue_and_wait(
+        self, cell: AgentCell, item: Delivery, deadline: float, now: float | None = None
+    ) -> Any:
         reply = item.reply
         assert reply is not None
         instruction_id = None if item.instruction is None else item.instruction.id
-        if cell.mailbox.has_room() and trio.current_time() < deadline:
+        if now is None:
+            now = trio.current_time()
+        if now < deadline and cell.mailbox.has_room():
             # The hot path: queue at once, and let the node's deadline heap
             # (not a cancel scope of this call) expire the reply.
             try:
