@@ -159,9 +159,10 @@ class AgentCell:
             # the supervisor does to it wakes it first (a stop request, a
             # crash injection, or a cancellation from outside).
             self._ready = None
-            if not len(self.mailbox) and not self._stop_requested and self._injected is None:
+            mailbox = self.mailbox
+            if not self._stop_requested and self._injected is None and mailbox.prepare_wait():
                 try:
-                    await self.mailbox.wait()
+                    await trio.lowlevel.wait_task_rescheduled(mailbox.abort_wait)
                 except BaseException as exc:
                     if not isinstance(exc, Exception):  # cancelled from outside
                         self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason="shutdown")
@@ -199,6 +200,10 @@ class AgentCell:
         if self._stop_requested:
             # A stop the supervisor asked for is not reported by it (on_exit).
             self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason=reason)
+
+    #: The supervisor's child function is the cell itself (no bound method kept
+    #: per agent): ``cell(task_status=..., cancel_scope=...)`` is :meth:`serve`.
+    __call__ = serve
 
     def _begin(self) -> tuple[Agent, Context, Callable[[bytes], Any]]:
         self._stop_requested = False
@@ -438,7 +443,10 @@ class AgentCell:
             if not batch:
                 if self._pending is not None and not self._pending:
                     self._pending = None
-                await mailbox.wait()
+                if mailbox.prepare_wait():
+                    await trio.lowlevel.wait_task_rescheduled(mailbox.abort_wait)
+                else:
+                    await trio.lowlevel.checkpoint()
                 continue
             await self._run_batch(batch, ctx)
             if len(mailbox):

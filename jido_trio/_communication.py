@@ -84,10 +84,10 @@ def _deadline(timeout: float | None, default: float) -> float:
 
 #: A local ``send_instruction`` that finds room in the mailbox is a cancel
 #: point on every call but a schedule point only once per this many such calls
-#: in the same task (like Erlang reductions); see docs/performance.md.
+#: (no task makes more in a row; like Erlang reductions); see docs/performance.md.
 TELL_SCHEDULE_EVERY = 64
 
-_tell_schedule_point = ScheduleBudget("jido_trio_tell", TELL_SCHEDULE_EVERY).schedule_point
+_tell_schedule_point = ScheduleBudget(TELL_SCHEDULE_EVERY).schedule_point
 
 
 @attrs.define(eq=False)

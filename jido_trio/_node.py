@@ -41,10 +41,10 @@ ROOT_SUPERVISOR = "root"
 
 #: ``start_agent``/``start_agents`` on the synchronous start path are a cancel
 #: point for every agent but a schedule point only once per this many agents
-#: started by the same task (see docs/performance.md).
+#: started (no task starts more in a row; see docs/performance.md).
 START_SCHEDULE_EVERY = 64
 
-_start_schedule_point = ScheduleBudget("jido_trio_start", START_SCHEDULE_EVERY).schedule_point
+_start_schedule_point = ScheduleBudget(START_SCHEDULE_EVERY).schedule_point
 
 
 @attrs.define(eq=False)
@@ -173,8 +173,8 @@ class Node:
         class without ``on_start`` and nothing in the agent's durable log, the
         start-up runs synchronously and the agent's task is spawned without
         waiting for it; the call is then a cancel point, and a schedule point
-        only once every :data:`START_SCHEDULE_EVERY` such starts by the same
-        task (docs/performance.md). Otherwise it awaits the agent's start-up
+        only once every :data:`START_SCHEDULE_EVERY` such starts (no task makes
+        more in a row; docs/performance.md). Otherwise it awaits the agent's start-up
         in its task. To start many agents of one class, :meth:`start_agents`.
 
         :raises AgentAlreadyExists: ``agent_id`` names a live agent.
@@ -312,7 +312,7 @@ class Node:
         cell.announce_started()
         parent.add_started_child(
             spec,
-            run=cell.serve,
+            run=cell,
             kind="agent",
             graceful=cell.request_stop,
             observer=cell,
@@ -326,7 +326,7 @@ class Node:
         try:
             await parent.add_child(
                 spec,
-                run=cell.serve,
+                run=cell,
                 kind="agent",
                 graceful=cell.request_stop,
                 observer=cell,
