@@ -600,5 +600,7 @@ class AgentCell:
         if result is not None:
             self.state = result
         self.store.mark(instruction.id)
-        self.pending.discard(instruction.id)
+        pending = self._pending
+        if pending is not None:
+            pending.discard(instruction.id)
         return True

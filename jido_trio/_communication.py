@@ -370,13 +370,19 @@ class Communication:
             cell.mailbox.put_nowait(item)
             self.deadlines.add(deadline, reply)
             try:
-                value = await reply.wait()
+                # reply.wait() inlined: one coroutine frame less to pass on
+                # suspend and resume (the agent cannot have answered yet).
+                if reply.done:  # pragma: no cover - defensive
+                    await trio.lowlevel.checkpoint()
+                else:
+                    reply.prepare_wait()
+                    await trio.lowlevel.wait_task_rescheduled(reply.abort_wait)
             finally:
                 if not reply.done:
                     reply.abandoned = True
             if reply.expired:
                 raise CallTimeout(f"no reply from agent {cell.ref.id!r} before the deadline")
-            return value
+            return reply.result()
         queued = False
         try:
             with trio.move_on_at(deadline) as scope:

@@ -68,9 +68,23 @@ class Reply:
             self._task = None
             trio.lowlevel.reschedule(task)
 
-    def _abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+    def abort_wait(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
         self._task = None
         return trio.lowlevel.Abort.SUCCEEDED
+
+    def prepare_wait(self) -> None:
+        """Make the current task the waiter of an unsettled slot; it must then
+        ``await trio.lowlevel.wait_task_rescheduled(reply.abort_wait)`` at once
+        and read :meth:`result` (the synchronous halves of :meth:`wait`)."""
+        if self._task is not None:
+            raise RuntimeError("a reply has a single waiter")
+        self._task = trio.lowlevel.current_task()
+
+    def result(self) -> Any:
+        """The value of a settled slot, or raise its error (``None`` if expired)."""
+        if self._error is not None:
+            raise self._error
+        return None if self._value is _UNSET else self._value
 
     async def wait(self) -> Any:
         """Wait until the slot is settled; return the value or raise the error.
@@ -81,13 +95,9 @@ class Reply:
         if self.done:
             await trio.lowlevel.checkpoint()
         else:
-            if self._task is not None:
-                raise RuntimeError("a reply has a single waiter")
-            self._task = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort)
-        if self._error is not None:
-            raise self._error
-        return None if self._value is _UNSET else self._value
+            self.prepare_wait()
+            await trio.lowlevel.wait_task_rescheduled(self.abort_wait)
+        return self.result()
 
 
 class ReplyDeadlines:
