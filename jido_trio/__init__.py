@@ -26,6 +26,7 @@ from ._exceptions import ConfigError as ConfigError
 from ._exceptions import InvalidMessage as InvalidMessage
 from ._exceptions import JidoError as JidoError
 from ._exceptions import MailboxFull as MailboxFull
+from ._exceptions import NodeFenced as NodeFenced
 from ._exceptions import RemoteNotSupported as RemoteNotSupported
 from ._exceptions import StateConflict as StateConflict
 from ._exceptions import SupervisorEscalation as SupervisorEscalation

@@ -40,7 +40,10 @@ from .local._registry import register_nowait
 if TYPE_CHECKING:
     from ._communication import Communication
 
-__all__ = ["AgentCell", "InjectedCrash"]
+__all__ = ["RESTART_KEY", "AgentCell", "InjectedCrash"]
+
+#: Registry metadata key holding the agent's restart type ("permanent", ...).
+RESTART_KEY = "jido.restart"
 
 log = logging.getLogger("jido_trio.agent")
 
@@ -95,6 +98,12 @@ class AgentCell:
     breaker_key: str | None = None
     #: At-least-once messages in the durable log not yet applied: seq -> instruction id.
     unacked: dict[int, str] = attrs.field(factory=dict)
+    #: Appends to the durable log still waiting for their sequence number, each
+    #: with the highest seq this cell had seen when it started: its own seq
+    #: will be larger, so trimming never goes past that floor while it is out.
+    appending: dict[object, int] = attrs.field(factory=dict)
+    #: Highest log seq this cell has seen (appended or replayed).
+    log_seen: int = 0
     max_attempts: int = 3
     _instance: Agent | None = None
     _scope: trio.CancelScope | None = None
@@ -257,9 +266,14 @@ class AgentCell:
         self.state = state
         self._instance = instance
         await self._replay_log()
-        await self.comm.registry.register(self.ref, self.metadata)
+        await self.comm.registry.register(self.ref, self.registry_metadata())
         self._ready_to_run(instance, state)
         return ctx
+
+    def registry_metadata(self) -> dict[str, Any]:
+        """The registry entry's metadata: the agent's own, plus its restart
+        type, so failover restarts the agent on another node the same way."""
+        return {**(self.metadata or {}), RESTART_KEY: self.restart}
 
     def can_start_now(self) -> bool:
         """Whether :meth:`start_now` can do the start-up synchronously: state
@@ -291,7 +305,7 @@ class AgentCell:
             encode_state(state)
         self.state = state
         self._instance = instance
-        register(self.ref, self.metadata)
+        register(self.ref, self.registry_metadata())
         self._ready_to_run(instance, state)
         self._ready = ctx
 
@@ -372,6 +386,7 @@ class AgentCell:
         replay: list[Delivery] = []
         applied_upto = 0
         for entry in await self.comm.state.read_log(self.log_stream):
+            self.log_seen = max(self.log_seen, entry.seq)
             if entry.seq in self.unacked:
                 continue  # still queued in this process's mailbox
             try:
@@ -396,7 +411,8 @@ class AgentCell:
             replay.append(Delivery("instruction", message, instruction, None, log_seq=entry.seq))
         if replay:
             self.mailbox.requeue_front(replay)
-        if applied_upto:
+        applied_upto = self.trim_bound(applied_upto)
+        if applied_upto > 0:
             await self.comm.state.trim_log(self.log_stream, upto=applied_upto)
 
     async def _ack(self, deliveries: list[Delivery]) -> None:
@@ -407,9 +423,20 @@ class AgentCell:
                 self.unacked.pop(delivery.log_seq, None)
                 highest = max(highest, delivery.log_seq)
         if highest:
-            upto = min(self.unacked) - 1 if self.unacked else highest
+            # With nothing unacked, everything this cell has seen is applied
+            # (trim_bound holds back for appends still out).
+            upto = self.trim_bound(
+                min(self.unacked) - 1 if self.unacked else max(highest, self.log_seen)
+            )
             if upto > 0:
                 await self.comm.state.trim_log(self.log_stream, upto=upto)
+
+    def trim_bound(self, upto: int) -> int:
+        """``upto`` lowered so that no logged message still on its way into
+        the mailbox is trimmed (appends can complete out of order)."""
+        if self.appending:
+            return min(upto, min(self.appending.values()))
+        return upto
 
     async def store_dead_letter(self, message: Message, reason: str) -> None:
         """Keep ``message`` in this agent's dead-letter log and tell the observers."""

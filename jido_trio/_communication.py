@@ -28,6 +28,7 @@ from ._exceptions import (
     AgentUnavailable,
     AlreadyProcessed,
     CallTimeout,
+    CircuitOpen,
     InvalidMessage,
     JidoError,
     MailboxFull,
@@ -178,6 +179,19 @@ class Communication:
             return None  # a stale entry of ours, about to be unregistered
         return entry.node
 
+    async def _reresolve(self, agent_id: str, old: str) -> AgentCell | str | None:
+        """Where ``agent_id`` lives now if the registry no longer names ``old``
+        (it failed over): the local cell or the new node; ``None`` if unchanged."""
+        try:
+            entry = await self.registry.lookup(agent_id)
+        except (AgentNotFound, Unreachable, CallTimeout):
+            return None
+        if entry.node is None or entry.node == old:
+            return None
+        if entry.node == self.node_name:
+            return self.cells.get(agent_id)
+        return entry.node
+
     def _raise_missing(self, agent_id: str) -> NoReturn:
         if agent_id in self._tombstones:
             raise AgentUnavailable(f"agent {agent_id!r} is stopped")
@@ -227,8 +241,13 @@ class Communication:
         if isinstance(target, str):
             kind = "tell" if delivery == "at_most_once" else "tell_alo"
             # Safe to repeat: the instruction id makes a second delivery a no-op.
-            status = await self._remote_idempotent(target, kind, message, deadline)
-            return Receipt(message_id=message.id, instruction_id=instruction.id, status=status)
+            try:
+                status = await self._remote_idempotent(target, kind, message, deadline)
+            except _MovedHere as moved:
+                target = moved.cell
+                message = attrs.evolve(message, recipient=target.ref)
+            else:
+                return Receipt(message_id=message.id, instruction_id=instruction.id, status=status)
         return await self.deliver_tell(
             target, message, instruction, deadline, durable=delivery == "at_least_once"
         )
@@ -246,7 +265,10 @@ class Communication:
         instruction = self._prepare_nowait(cell, instruction) or await self._prepare(
             cell, message, instruction
         )
-        if cell.seen(instruction.id):
+        # A durable send is only a duplicate of an applied instruction: one
+        # merely queued (or whose log append is still out) may yet be lost,
+        # so it is logged again and the agent skips the second copy.
+        if instruction.id in cell.store.seen if durable else cell.seen(instruction.id):
             await trio.lowlevel.checkpoint()
             return Receipt(
                 message_id=message.id, instruction_id=instruction.id, status="already_processed"
@@ -262,11 +284,16 @@ class Communication:
         if durable:
             # Logged before the receipt: from here on the agent applies it even
             # if it (or this process) crashes before handling it.
+            token = object()
+            cell.appending[token] = cell.log_seen
             try:
                 seq = await self.state.append(cell.log_stream, message.to_bytes())
             except BaseException:
                 cell.pending.discard(instruction.id)
                 raise
+            finally:
+                del cell.appending[token]
+            cell.log_seen = max(cell.log_seen, seq)
             cell.unacked[seq] = instruction.id
         item = Delivery("instruction", message, instruction, None, log_seq=seq)
         if cell.mailbox.put_nowait(item) if not cell.mailbox.closed else False:
@@ -311,7 +338,23 @@ class Communication:
             ref, instruction, timeout, sender, trace_id, causation_id
         )
         if isinstance(target, str):
-            return await self._remote(target, "call", message, deadline)
+            try:
+                return await self._remote(target, "call", message, deadline)
+            except (Unreachable, AgentNotFound, CircuitOpen) as exc:
+                # Each means the request reached no agent (no responder, a node
+                # known dead, a node without it, a breaker refusing), so
+                # redirecting cannot run the action twice; a timeout might
+                # have, and is not redirected.
+                if isinstance(exc, RemoteNotSupported):
+                    raise
+                moved = await self._reresolve(ref.id, target)
+                if moved is None:
+                    raise
+                if isinstance(moved, str):
+                    message = attrs.evolve(message, recipient=attrs.evolve(ref, node=moved))
+                    return await self._remote(moved, "call", message, deadline)
+                message = attrs.evolve(message, recipient=moved.ref)
+                target = moved
         return await self.deliver_call(target, message, instruction, deadline)
 
     async def deliver_call(
@@ -433,11 +476,15 @@ class Communication:
         target = await self._resolve(ref)
         if isinstance(target, str):
             message = Message.new(None, ref, {"query": query, "consistency": consistency})
-            if query == "get_state":
-                raw = await self._remote_idempotent(target, "query", message, deadline)
+            try:
+                if query == "get_state":
+                    raw = await self._remote_idempotent(target, "query", message, deadline)
+                else:
+                    raw = await self._remote(target, "query", message, deadline)
+            except _MovedHere as moved:
+                target = moved.cell
             else:
-                raw = await self._remote(target, "query", message, deadline)
-            return _decode_remote_state(ref.type, raw)
+                return _decode_remote_state(ref.type, raw)
         return await self.deliver_query(target, query, consistency, deadline)
 
     async def deliver_query(
@@ -551,11 +598,27 @@ class Communication:
         async def attempt() -> Any:
             # Each attempt gets an equal share of what is left, so a request lost
             # on the way leaves time to try again; the last gets all the rest.
-            nonlocal attempts
+            nonlocal attempts, node, message
             attempts += 1
             left = max(1, self._retry.max_attempts - attempts + 1)
             now = trio.current_time()
-            return await self._remote(node, kind, message, now + (deadline - now) / left)
+            try:
+                return await self._remote(node, kind, message, now + (deadline - now) / left)
+            except (Unreachable, AgentNotFound, AgentUnavailable, CircuitOpen) as exc:
+                # The agent may have moved (failover): ask the registry, and
+                # send the next attempt to the new owner.
+                moved = await self._reresolve(message.recipient.id, node)
+                if moved is None:
+                    raise
+                if isinstance(moved, AgentCell):
+                    raise _MovedHere(moved) from None
+                node = moved
+                message = attrs.evolve(
+                    message, recipient=attrs.evolve(message.recipient, node=moved)
+                )
+                raise Unreachable(
+                    f"agent {message.recipient.id!r} moved to node {moved!r}"
+                ) from exc
 
         return await retry_idempotent(
             attempt, deadline=deadline, policy=self._retry, retry_on=(Unreachable, CallTimeout)
@@ -693,6 +756,14 @@ _PORTABLE_ERRORS: dict[str, type[JidoError]] = {
         errors.ConfigError,
     )
 }
+
+
+class _MovedHere(Exception):
+    """The agent a remote operation was for now runs on this node."""
+
+    def __init__(self, cell: AgentCell) -> None:
+        super().__init__(cell.ref.id)
+        self.cell = cell
 
 
 class _RemoteActionError(JidoError):

@@ -98,6 +98,10 @@ class Config:
     :param max_seconds: ... within this many seconds.
     :param shutdown_timeout: seconds an agent gets to stop gracefully.
     :param plugin_options: per-plugin option mappings, keyed by implementation name.
+    :param failover: with a transport that reaches other nodes, restart the
+        agents of a node that left the cluster without stopping them (a crash)
+        on the surviving nodes, with their ids and last state (see
+        :doc:`the distributed guide </distributed>`).
     """
 
     node_name: str = attrs.field(factory=_default_node_name, validator=_name)
@@ -123,6 +127,7 @@ class Config:
     plugin_options: Mapping[str, Mapping[str, Any]] = attrs.field(
         default=None, converter=_freeze_options
     )
+    failover: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Config:

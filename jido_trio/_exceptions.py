@@ -17,7 +17,8 @@ Every error the runtime raises on purpose derives from :class:`JidoError`::
     ├── InvalidMessage       (also ValueError)   malformed, oversized or unknown-version input
     ├── ConfigError          (also ValueError)   bad configuration or unknown plugin name
     ├── StateConflict                            an optimistic (compare-and-set) write lost
-    └── SupervisorEscalation                     a supervisor exceeded its restart intensity
+    ├── SupervisorEscalation                     a supervisor exceeded its restart intensity
+    └── NodeFenced                               the node lost its cluster membership lease
 
 Errors that come from another node keep their cause: the local exception is
 raised ``from`` the remote one, or carries the remote type name and text.
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidMessage",
     "JidoError",
     "MailboxFull",
+    "NodeFenced",
     "RemoteNotSupported",
     "StateConflict",
     "SupervisorEscalation",
@@ -149,3 +151,11 @@ class SupervisorEscalation(JidoError):
         self.supervisor_id = supervisor_id
         self.restarts = restarts
         self.within = within
+
+
+class NodeFenced(JidoError):
+    """This node lost its membership in the cluster (it could not renew its
+    lease in time, e.g. cut off from NATS), so other nodes may own its agents
+    now. The node stopped every agent at once and ``open_node`` raises this:
+    restart the process to rejoin.
+    """

@@ -18,7 +18,8 @@ from ._communication import Communication
 from ._config import Config
 from ._context import current_node_name
 from ._delivery import Delivery
-from ._exceptions import AgentAlreadyExists, AgentNotFound, ConfigError
+from ._exceptions import AgentAlreadyExists, AgentNotFound, ConfigError, JidoError, NodeFenced
+from ._failover import Failover
 from ._groups import single_failure
 from ._health import Health
 from ._mailbox import Mailbox
@@ -574,12 +575,53 @@ class Node:
     async def _track_members(self, detector: FailureDetector) -> None:
         """Keep the failure detector watching exactly the other live members."""
         while True:
-            current = {m.name for m in await self.transport.members()} - {self.name}
+            try:
+                current = {m.name for m in await self.transport.members()} - {self.name}
+            except JidoError as exc:
+                # The membership service is briefly away (a NATS server
+                # restarting): keep watching the peers we know.
+                log.warning("cannot list cluster members: %s", exc)
+                await trio.sleep(self.config.health_check_interval)
+                continue
             for peer in current - detector.watched:
                 detector.watch(peer)
             for peer in detector.watched - current:
                 detector.unwatch(peer)
             await trio.sleep(self.config.health_check_interval)
+
+    async def _watch_fence(self) -> None:
+        await self.transport.wait_fenced()
+        log.error("node %r lost its cluster membership: stopping every agent", self.name)
+        # Raised in the node's nursery: every agent task is cancelled at once
+        # (no graceful stop), because another node may own these agents now.
+        raise NodeFenced(
+            f"node {self.name!r} lost its cluster membership lease; its agents were stopped"
+        )
+
+    def _failover(self) -> Failover:
+        comm = self._comm
+
+        def is_local(agent_id: str) -> bool:
+            return agent_id in comm.cells or agent_id in comm._tombstones
+
+        async def start(
+            cls: type[Agent], agent_id: str, restart: str, metadata: Mapping[str, Any]
+        ) -> AgentRef:
+            return await self.start_agent(
+                cls,
+                agent_id,
+                restart=restart,  # type: ignore[arg-type]
+                metadata=dict(metadata) or None,
+            )
+
+        return Failover(
+            node_name=self.name,
+            registry=self.registry,
+            transport=self.transport,
+            interval=self.config.health_check_interval,
+            is_local=is_local,
+            start=start,
+        )
 
     async def _shutdown(self) -> None:
         self._closing = True
@@ -680,6 +722,10 @@ async def open_node(
                         root_done.set()
 
                 await nursery.start(run_root)
+                if transport.supports_remote:
+                    nursery.start_soon(node._watch_fence)
+                    if config.failover:
+                        await nursery.start(node._failover().run)
                 await node.signals.load_durables()
                 node._emit("jido_trio_node_started")
                 try:

@@ -12,14 +12,26 @@ Three kinds of subscriber, all matched by one :class:`SignalRouter`:
   StateBackend log, so a subscriber that comes back (even in a new process, on
   SQLite) replays from its last position.
 
-Signals published on one node are forwarded, one-way, to the other nodes the
-transport knows, whose buses deliver them to their own subscribers.
+Across nodes. When the transport has topics (:attr:`Transport.supports_topics`,
+NATS), a signal is published once, on the topic ``signal.<type tokens>``
+(:func:`signal_topic`), and every node subscribes to the topics derived from
+its own routes (:func:`pattern_topics`): ``*`` stays ``*``, a trailing ``**``
+becomes the pattern's prefix plus ``>``, and a pattern a topic cannot express
+exactly (``**`` in the middle) subscribes to the widest topic that covers it;
+the router then filters precisely. The subscriptions follow the routes: a new
+:meth:`SignalBus.subscribe` waits until its topics are in effect, agent and
+durable routes bring them up to date in the background
+(:meth:`SignalBus.sync_topics` waits for that). Without topics (the in-process
+hub), or for a type too long for a topic, the signal is sent one-way to every
+other member instead. Either way the receiving bus delivers it to its own
+subscribers only, and the publishing node never gets its own signal back.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,7 +40,7 @@ import msgspec
 import trio
 
 from ._exceptions import InvalidMessage, JidoError
-from ._message import Instruction, Message, encode_value
+from ._message import Instruction, Message, decode_value, encode_value
 from ._ref import AgentRef
 from ._signal import Signal
 from ._signal_router import RouteHandle, SignalRouter, validate_pattern
@@ -36,13 +48,91 @@ from ._signal_router import RouteHandle, SignalRouter, validate_pattern
 if TYPE_CHECKING:
     from ._communication import Communication
 
-__all__ = ["Overflow", "SignalBus", "Subscription"]
+__all__ = ["Overflow", "SignalBus", "Subscription", "pattern_topics", "signal_topic"]
 
 log = logging.getLogger("jido_trio.signals")
 
 Overflow = Literal["block", "drop"]
 _BUS_REF_ID = "jido.signals"
 _durable_pattern = msgspec.msgpack.Decoder(str)
+
+#: First token of every signal topic.
+TOPIC_ROOT = "signal"
+#: Characters a topic token keeps as they are; others become ``=XX`` (UTF-8 hex).
+_TOPIC_SAFE = frozenset(b"-/_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+#: Beyond this many distinct topics, overlapping ones are not pruned (the
+#: transport delivers each message once anyway; pruning is quadratic).
+_PRUNE_LIMIT = 256
+
+
+def _topic_token(segment: str) -> str:
+    """One signal type segment as a topic token: safe characters stay, every
+    other byte becomes ``=XX``, and the empty segment is ``=``. Injective, and
+    never ``*`` or ``>`` or a ``.``: a type cannot smuggle a wildcard in."""
+    if not segment:
+        return "="
+    raw = segment.encode("utf-8", "surrogatepass")
+    if all(b in _TOPIC_SAFE for b in raw):
+        return segment
+    return "".join(chr(b) if b in _TOPIC_SAFE else f"={b:02X}" for b in raw)
+
+
+def signal_topic(signal_type: str) -> str:
+    """The topic a signal of type ``signal_type`` is published on:
+    ``signal.`` plus each dot-separated segment escaped on its own
+    (``"order.créé"`` -> ``"signal.order.cr=C3=A9=C3=A9"``)."""
+    return ".".join((TOPIC_ROOT, *map(_topic_token, signal_type.split("."))))
+
+
+def pattern_topics(pattern: str) -> tuple[str, ...]:
+    """The topic patterns that carry every signal ``pattern`` matches.
+
+    ``*`` maps to ``*``; a trailing ``**`` (any number of segments, none
+    included) to the prefix itself plus the prefix with ``>``; a ``**``
+    followed by more segments to the widest topic that covers it (prefix plus
+    ``>``), which may carry more than the pattern matches: the bus's router
+    filters those out. Literal segments are escaped as in :func:`signal_topic`.
+    """
+    segments: list[str] = []
+    for segment in validate_pattern(pattern).split("."):
+        if segment == "**" and segments and segments[-1] == "**":
+            continue
+        segments.append(segment)
+    tokens = [TOPIC_ROOT]
+    for i, segment in enumerate(segments):
+        if segment == "**":
+            wide = ".".join((*tokens, ">"))
+            if i == len(segments) - 1 and i > 0:
+                return (".".join(tokens), wide)
+            return (wide,)
+        tokens.append("*" if segment == "*" else _topic_token(segment))
+    return (".".join(tokens),)
+
+
+def _covers(wide: list[str], narrow: list[str]) -> bool:
+    """Whether every topic matching pattern ``narrow`` also matches ``wide``."""
+    for i, token in enumerate(wide):
+        if token == ">":
+            return len(narrow) > i
+        if i >= len(narrow):
+            return False
+        other = narrow[i]
+        if other == ">" or (token != "*" and token != other):
+            return False
+    return len(wide) == len(narrow)
+
+
+def _prune(topics: Iterable[str]) -> frozenset[str]:
+    """Drop the topic patterns another one of the set covers."""
+    distinct = set(topics)
+    if len(distinct) > _PRUNE_LIMIT:
+        return frozenset(distinct)
+    split = {topic: topic.split(".") for topic in distinct}
+    return frozenset(
+        topic
+        for topic, tokens in split.items()
+        if not any(other != topic and _covers(split[other], tokens) for other in distinct)
+    )
 
 
 @attrs.define(eq=False)
@@ -101,6 +191,13 @@ class SignalBus:
     _router: SignalRouter[_Target] = attrs.field(factory=SignalRouter, init=False)
     _agent_routes: dict[str, list[RouteHandle]] = attrs.field(factory=dict, init=False)
     _durables: dict[str, tuple[_DurableTarget, RouteHandle]] = attrs.field(factory=dict, init=False)
+    # Topic subscriptions (transports with topics only): how many routes use
+    # each pattern, the topics the transport has now, and whether a
+    # background update is queued already.
+    _patterns: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    _topics: frozenset[str] = attrs.field(default=frozenset(), init=False)
+    _topics_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    _sync_queued: bool = attrs.field(default=False, init=False)
 
     @property
     def node_name(self) -> str:
@@ -119,8 +216,12 @@ class SignalBus:
         if not isinstance(signal, Signal):
             raise TypeError(f"expected a Signal, got {type(signal).__name__}")
         delivered = await self.deliver_local(signal)
-        if self.comm.transport.supports_remote:
-            await self._forward(signal)
+        transport = self.comm.transport
+        if transport.supports_remote:
+            if transport.supports_topics:
+                await self._publish_topic(signal)
+            else:
+                await self._forward(signal)
         return delivered
 
     async def deliver_local(self, signal: Signal) -> int:
@@ -171,6 +272,49 @@ class SignalBus:
         target.appended = trio.Event()
         return True
 
+    async def _publish_topic(self, signal: Signal) -> None:
+        transport = self.comm.transport
+        topic = signal_topic(signal.type)
+        if len(topic) > transport.max_topic_length:
+            await self._forward(signal)  # too long for a topic: one send per member
+            return
+        sender = AgentRef(id=_BUS_REF_ID, type=_BUS_REF_ID, node=self.node_name)
+        recipient = AgentRef(id=_BUS_REF_ID, type=_BUS_REF_ID, node=None)
+        try:
+            message = Message.new(sender, recipient, signal.to_message_payload())
+            frame = encode_value(["signal", message.to_bytes()])
+            await transport.publish_topic(topic, frame)
+        except JidoError as exc:  # best effort, as forwarding is
+            log.warning("signal %s not published on topic %s: %s", signal.id, topic, exc)
+
+    async def _on_topic(self, topic: str, data: bytes) -> None:
+        """Transport side: a signal another node published on a topic we subscribe."""
+        try:
+            frame = decode_value(data)
+            if (
+                not isinstance(frame, list)
+                or len(frame) != 2
+                or frame[0] != "signal"
+                or not isinstance(frame[1], bytes)
+            ):
+                raise InvalidMessage("not a signal frame")
+            message = Message.from_bytes(frame[1])
+            if not isinstance(message.payload, dict):
+                raise InvalidMessage("signal frame without a payload")
+            signal = Signal.from_message_payload(message.payload)
+        except InvalidMessage as exc:
+            log.warning("dropped a malformed signal on topic %s: %s", topic, exc)
+            return
+        sender = message.sender
+        if sender is not None and sender.node == self.node_name:
+            return  # our own, delivered here when it was published
+        if signal_topic(signal.type) != topic:
+            log.warning(
+                "dropped signal %s: type %r published on topic %s", signal.id, signal.type, topic
+            )
+            return
+        await self.deliver_local(signal)
+
     async def _forward(self, signal: Signal) -> None:
         payload = signal.to_message_payload()
         for member in await self.comm.transport.members():
@@ -220,17 +364,18 @@ class SignalBus:
             return
         send, receive = trio.open_memory_channel[Signal](buffer)
         subscription = Subscription(pattern=pattern, receive=receive.receive)
-        handle = self._router.add(
+        handle = self._add_route(
             pattern,
             _ChannelTarget(subscription=subscription, send=send, overflow=overflow),
             priority=priority,
             filter=filter,
         )
         try:
+            await self.sync_topics()
             async with receive:
                 yield subscription
         finally:
-            self._router.remove(handle)
+            self._remove_route(handle)
             send.close()
 
     async def register_durable(self, name: str, pattern: str) -> None:
@@ -240,13 +385,14 @@ class SignalBus:
         key = f"signals/durable/{name}/pattern"
         await self.comm.state.write(key, msgspec.msgpack.encode(pattern))
         self._attach_durable(name, pattern)
+        await self.sync_topics()
 
     def _attach_durable(self, name: str, pattern: str) -> _DurableTarget:
         existing = self._durables.get(name)
         if existing is not None:
-            self._router.remove(existing[1])
+            self._remove_route(existing[1])
         target = _DurableTarget(name=name)
-        self._durables[name] = (target, self._router.add(pattern, target))
+        self._durables[name] = (target, self._add_route(pattern, target))
         return target
 
     async def load_durables(self) -> None:
@@ -257,6 +403,7 @@ class SignalBus:
                 if found is not None:
                     name = key[len("signals/durable/") : -len("/pattern")]
                     self._attach_durable(name, _durable_pattern.decode(found.value))
+        await self.sync_topics()
 
     @asynccontextmanager
     async def _durable(
@@ -299,14 +446,89 @@ class SignalBus:
     def subscribe_agent(
         self, ref: AgentRef, pattern: str, action: str, *, priority: int = 0
     ) -> None:
-        """Route matching signals to ``ref`` as ``Instruction(action, {"signal": s})``."""
-        handle = self._router.add(pattern, _AgentTarget(ref=ref, action=action), priority=priority)
+        """Route matching signals to ``ref`` as ``Instruction(action, {"signal": s})``.
+
+        On a transport with topics, the node's topic subscriptions follow in
+        the background (:meth:`sync_topics` waits for them).
+        """
+        handle = self._add_route(pattern, _AgentTarget(ref=ref, action=action), priority=priority)
         self._agent_routes.setdefault(ref.id, []).append(handle)
 
     def unsubscribe_agent(self, agent_id: str) -> None:
         """Drop every route to the agent ``agent_id``."""
         for handle in self._agent_routes.pop(agent_id, []):
-            self._router.remove(handle)
+            self._remove_route(handle)
+
+    # ------------------------------------------------------------ topics
+
+    def _add_route(
+        self,
+        pattern: str,
+        target: _Target,
+        *,
+        priority: int = 0,
+        filter: Callable[[Signal], bool] | None = None,
+    ) -> RouteHandle:
+        handle = self._router.add(pattern, target, priority=priority, filter=filter)
+        self._patterns[handle.pattern] += 1
+        self._queue_sync()
+        return handle
+
+    def _remove_route(self, handle: RouteHandle) -> None:
+        if self._router.remove(handle):
+            self._patterns[handle.pattern] -= 1
+            if self._patterns[handle.pattern] <= 0:
+                del self._patterns[handle.pattern]
+            self._queue_sync()
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The topic patterns this node is subscribed to for signals from
+        other nodes (empty unless the transport has topics)."""
+        return self._topics
+
+    def wanted_topics(self) -> frozenset[str]:
+        """The topic patterns this bus's routes need now (see :func:`pattern_topics`),
+        without those another one covers."""
+        return _prune(topic for pattern in self._patterns for topic in pattern_topics(pattern))
+
+    def _queue_sync(self) -> None:
+        """Bring the topic subscriptions up to date in the node's background."""
+        if self._sync_queued or not self.comm.transport.supports_topics:
+            return
+        try:
+            self.comm.spawn(self._background_sync)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return  # the node is closing: its transport goes with it
+        self._sync_queued = True
+
+    async def _background_sync(self) -> None:
+        self._sync_queued = False
+        await self.sync_topics()
+
+    async def sync_topics(self) -> None:
+        """Make the transport's topic subscriptions match this bus's routes now,
+        and return once they are in effect (a no-op without topics).
+
+        :meth:`subscribe` and durable subscriptions call this themselves; agent
+        routes and ended subscriptions are synced in the background, and this
+        puts them in effect at once. A transport failure is logged, not
+        raised: the next change retries.
+        """
+        transport = self.comm.transport
+        if not (transport.supports_remote and transport.supports_topics):
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._topics_lock:
+            wanted = self.wanted_topics()
+            if wanted == self._topics:
+                return
+            try:
+                await transport.subscribe_topics(wanted, self._on_topic)
+            except JidoError as exc:
+                log.warning("node %r: signal topics not updated: %s", self.node_name, exc)
+                return
+            self._topics = wanted
 
 
 def _durable_log(name: str) -> str:

@@ -22,8 +22,25 @@ delivery whose outcome is unknown (a visibility timeout, or the queue closing
 under it) is retried on that same consumer, whose dedupe by instruction id
 tells whether it already applied it.
 
-One :class:`WorkQueue` per queue name should be open at a time: the open queue
-owns its records and keeps its schedule in memory.
+On this backing, one :class:`WorkQueue` per queue name should be open at a
+time: the open queue owns its records and keeps its schedule in memory.
+
+Backings. :class:`WorkQueue` is a facade over a *backing*, the object that
+stores the jobs and runs the dispatchers: the StateBackend one above (built
+in, works on every state engine), or one a state engine offers. An engine
+offers a backing by having two attributes (duck-typed, so that jido_trio never
+imports an engine client):
+
+- ``work_queue_backing``: the backing's name (the NATS engine: ``"jetstream"``);
+- ``open_work_queue_backing(spec)``: an async context manager yielding a
+  :class:`WorkQueueBacking` for the :class:`WorkQueueSpec` (the validated
+  arguments of :func:`open_work_queue`, with the delivery helpers every
+  backing shares), open for as long as the queue is.
+
+:func:`open_work_queue` picks the engine's backing when there is one
+(``backing="auto"``), runs the backing's :meth:`~WorkQueueBacking.serve` in
+its nursery, and drains or cancels it on the way out, the same for every
+backing.
 """
 
 from __future__ import annotations
@@ -32,8 +49,8 @@ import heapq
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager, suppress
-from typing import Any, Literal
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from typing import Any, Literal, Protocol
 
 import attrs
 import trio
@@ -44,6 +61,7 @@ from ._exceptions import (
     AlreadyProcessed,
     CallTimeout,
     CircuitOpen,
+    ConfigError,
     InvalidMessage,
     JidoError,
     MailboxFull,
@@ -57,7 +75,14 @@ from ._node import Node
 from ._ref import AgentRef
 from ._supervisor import describe
 
-__all__ = ["DeadJob", "QueueStats", "WorkQueue", "open_work_queue"]
+__all__ = [
+    "DeadJob",
+    "QueueStats",
+    "WorkQueue",
+    "WorkQueueBacking",
+    "WorkQueueSpec",
+    "open_work_queue",
+]
 
 log = logging.getLogger("jido_trio.workqueue")
 
@@ -189,16 +214,21 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
-@attrs.define(eq=False)
-class WorkQueue:
-    """A durable queue of jobs handed out to competing consumer agents.
+@attrs.frozen(kw_only=True)
+class WorkQueueSpec:
+    """What a work-queue backing runs: the validated arguments of
+    :func:`open_work_queue`, and the delivery steps every backing shares (so
+    that a job means the same on every backing).
 
-    Get one from :func:`open_work_queue`. Jobs are put with :meth:`put`, go
-    out highest priority first and first-in first-out within a priority, one
-    delivery at a time per job, to whichever consumer has a free slot. A job
-    is acknowledged (deleted) when the consumer's action returns, retried with
-    exponential backoff when it fails or outlasts the visibility timeout, and
-    dead-lettered after ``max_attempts`` failed deliveries.
+    :param node: the node through which jobs are delivered.
+    :param name: the queue name (no ``/``).
+    :param consumers: the competing consumer agents (distinct).
+    :param action: the consumers' action.
+    :param max_attempts: failed deliveries before a job is dead-lettered.
+    :param visibility_timeout: seconds one delivery may take (finite).
+    :param backoff: ``(initial, maximum)`` seconds between attempts.
+    :param concurrency_per_consumer: deliveries in flight at once per consumer.
+    :param dedupe_window: acknowledged job ids remembered for idempotent puts.
     """
 
     node: Node
@@ -210,6 +240,222 @@ class WorkQueue:
     backoff: tuple[float, float]
     concurrency_per_consumer: int
     dedupe_window: int
+
+    def instruction(self, job_id: str, payload: Any) -> Instruction:
+        """The instruction a delivery of the job sends, with its dedupe id
+        ``f"{name}/{job_id}"``."""
+        return Instruction(
+            self.action, {"job": payload, "job_id": job_id}, id=f"{self.name}/{job_id}"
+        )
+
+    async def deliver(self, consumer: AgentRef, job_id: str, payload: Any) -> None:
+        """Deliver the job to ``consumer`` once, as a call bounded by the
+        visibility timeout; returns when the consumer applied it, now or before.
+
+        :raises JidoError: the delivery failed (see :func:`open_work_queue`
+            for what each error means).
+        """
+        instruction = self.instruction(job_id, payload)
+        timeout = self.visibility_timeout
+        try:
+            await self.node.call(consumer, instruction, timeout=timeout)
+        except AlreadyProcessed:
+            # Applied before, or an earlier delivery whose caller gave up is
+            # still queued there. A strong query waits behind it; then the
+            # consumer's answer is final.
+            await self.node.query_agent(consumer, consistency="strong", timeout=timeout)
+            with suppress(AlreadyProcessed):
+                await self.node.call(consumer, instruction, timeout=timeout)
+
+    @staticmethod
+    def consumer_down(error: BaseException) -> bool:
+        """Whether a delivery error proves the job never reached the consumer
+        (or that it cannot take work now): the job goes back with no attempt
+        counted."""
+        return isinstance(error, _CONSUMER_DOWN)
+
+    def retry_delay(self, attempts: int) -> float:
+        """Seconds before the next attempt of a job that failed ``attempts`` times."""
+        initial, maximum = self.backoff
+        return min(initial * 2.0 ** min(attempts - 1, 1000), maximum)
+
+    async def recover(
+        self, consumer: AgentRef, pause: float, *, probe_first: bool, on_down: Callable[[], None]
+    ) -> float:
+        """Wait until ``consumer`` answers a strong query (which waits behind
+        whatever it is busy with), pausing with backoff between probes and
+        calling ``on_down`` after each failed probe; return the last pause."""
+        initial, maximum = self.backoff
+        while True:
+            if not probe_first:
+                pause = initial if pause == 0.0 else min(pause * 2.0, maximum)
+                await trio.sleep(pause)
+            probe_first = False
+            try:
+                await self.node.query_agent(
+                    consumer, consistency="strong", timeout=self.visibility_timeout
+                )
+            except JidoError as exc:
+                log.debug("work queue %r: consumer %r still down: %s", self.name, consumer.id, exc)
+                on_down()
+            else:
+                return pause
+
+    @staticmethod
+    def describe(error: BaseException) -> str:
+        """A failure as a dead letter records it: ``"Type: text"``."""
+        return describe(error) or type(error).__name__
+
+    @staticmethod
+    def encode(value: Any) -> bytes:
+        """Encode a payload (or a record) with the message codec.
+
+        :raises InvalidMessage: it cannot be encoded.
+        """
+        return encode_value(value)
+
+    @staticmethod
+    def decode(data: bytes) -> Any:
+        """Decode what :meth:`encode` made.
+
+        :raises InvalidMessage: malformed data.
+        """
+        return decode_value(data)
+
+
+class WorkQueueBacking(Protocol):
+    """What stores a work queue's jobs and runs its dispatchers.
+
+    :func:`open_work_queue` enters the backing's context manager (which loads
+    whatever it needs), runs :meth:`serve` in its nursery, calls :meth:`drain`
+    when the ``async with`` block ends normally, then :meth:`close`, cancels
+    :meth:`serve` and exits the context manager (after which :meth:`put`,
+    :meth:`redrive` and :meth:`purge_dead_letters` raise
+    ``trio.ClosedResourceError``). Arguments arrive checked: a priority is an
+    int, a job id a non-empty string, ``job_ids`` ``None`` or a list of ids.
+    The public methods mean what :class:`WorkQueue` documents.
+    """
+
+    async def put(self, payload: Any, *, priority: int, id: str) -> str: ...
+
+    def stats(self) -> QueueStats: ...
+
+    async def join(self) -> None: ...
+
+    async def dead_letters(self) -> list[DeadJob]: ...
+
+    async def redrive(self, job_ids: list[str] | None) -> list[str]: ...
+
+    async def purge_dead_letters(self, job_ids: list[str] | None) -> list[str]: ...
+
+    async def serve(self) -> None:
+        """Hand jobs out until cancelled (started as the body begins)."""
+
+    async def drain(self) -> None:
+        """Stop handing out jobs and wait for the deliveries in flight."""
+
+    def close(self) -> None:
+        """Stop handing out jobs (no waiting): the queue is about to be cancelled."""
+
+
+def _job_ids(job_ids: Iterable[str] | None) -> list[str] | None:
+    if job_ids is None:
+        return None
+    if isinstance(job_ids, str):
+        raise TypeError("job_ids must be an iterable of ids, not one string")
+    return list(dict.fromkeys(job_ids))
+
+
+@attrs.define(eq=False)
+class WorkQueue:
+    """A durable queue of jobs handed out to competing consumer agents.
+
+    Get one from :func:`open_work_queue`. Jobs are put with :meth:`put`, go
+    out highest priority first and first-in first-out within a priority, one
+    delivery at a time per job, to whichever consumer has a free slot. A job
+    is acknowledged (deleted) when the consumer's action returns, retried with
+    exponential backoff when it fails or outlasts the visibility timeout, and
+    dead-lettered after ``max_attempts`` failed deliveries.
+
+    :ivar spec: the queue's arguments (:class:`WorkQueueSpec`).
+    :ivar backing: where the jobs live: ``"state"`` (the node's StateBackend)
+        or the name of the backing the state engine offers (``"jetstream"``).
+    """
+
+    spec: WorkQueueSpec
+    backing: str
+    _impl: WorkQueueBacking
+
+    @property
+    def name(self) -> str:
+        """The queue name."""
+        return self.spec.name
+
+    async def put(self, payload: Any, *, priority: int = 0, id: str | None = None) -> str:
+        """Add a job and return its id once it is stored.
+
+        :param payload: the job, handed to the consumer's action as ``job``;
+            anything the message codec encodes (plain data, refs). The
+            consumer sees it as it comes back from storage (tuples become
+            lists), on the first delivery as after a restart.
+        :param priority: higher goes first; equal priorities go in put order.
+        :param id: the job id (generated when omitted). Putting an id the
+            queue already holds (pending, in flight, dead-lettered, or
+            acknowledged within the last ``dedupe_window`` jobs; on
+            JetStream, put within the stream's duplicate window) changes
+            nothing and returns the id.
+        :raises InvalidMessage: the payload cannot be encoded.
+        :raises trio.ClosedResourceError: the queue is closed.
+        """
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, got {priority!r}")
+        job_id = new_id() if id is None else id
+        if not isinstance(job_id, str) or not job_id:
+            raise TypeError("job id must be a non-empty string")
+        return await self._impl.put(payload, priority=priority, id=job_id)
+
+    def stats(self) -> QueueStats:
+        """Counts of pending, delayed, in-flight, done, dead and retried jobs."""
+        return self._impl.stats()
+
+    async def join(self) -> None:
+        """Wait until no job is pending or in flight (dead letters do not count).
+
+        Bound the wait with ``trio.fail_after``: with no consumer able to take
+        work, the queue never empties.
+
+        :raises trio.ClosedResourceError: the queue closed with jobs left.
+        """
+        await self._impl.join()
+
+    async def dead_letters(self) -> list[DeadJob]:
+        """The dead-lettered jobs, oldest put first."""
+        return await self._impl.dead_letters()
+
+    async def redrive(self, job_ids: Iterable[str] | None = None) -> list[str]:
+        """Put dead-lettered jobs back in the queue with a fresh attempt budget.
+
+        :param job_ids: the jobs to redrive (unknown ids are skipped); all
+            dead letters when omitted.
+        :returns: the ids redriven, oldest put first.
+        :raises trio.ClosedResourceError: the queue is closed.
+        """
+        return await self._impl.redrive(_job_ids(job_ids))
+
+    async def purge_dead_letters(self, job_ids: Iterable[str] | None = None) -> list[str]:
+        """Delete dead-lettered jobs for good (all of them when ``job_ids`` is omitted).
+
+        :returns: the ids deleted, oldest put first.
+        :raises trio.ClosedResourceError: the queue is closed.
+        """
+        return await self._impl.purge_dead_letters(_job_ids(job_ids))
+
+
+@attrs.define(eq=False)
+class _StateQueue:
+    """The StateBackend backing (see the module docstring)."""
+
+    spec: WorkQueueSpec
     _jobs: dict[str, _Job] = attrs.field(factory=dict, init=False)
     _dead: dict[str, _Job] = attrs.field(factory=dict, init=False)
     #: Recently acknowledged job ids -> their seq in the done log (0 while being written).
@@ -230,6 +476,38 @@ class WorkQueue:
     _closing: bool = attrs.field(default=False, init=False)
     _closed: bool = attrs.field(default=False, init=False)
 
+    @property
+    def node(self) -> Node:
+        return self.spec.node
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def consumers(self) -> tuple[AgentRef, ...]:
+        return self.spec.consumers
+
+    @property
+    def max_attempts(self) -> int:
+        return self.spec.max_attempts
+
+    @property
+    def visibility_timeout(self) -> float:
+        return self.spec.visibility_timeout
+
+    @property
+    def backoff(self) -> tuple[float, float]:
+        return self.spec.backoff
+
+    @property
+    def concurrency_per_consumer(self) -> int:
+        return self.spec.concurrency_per_consumer
+
+    @property
+    def dedupe_window(self) -> int:
+        return self.spec.dedupe_window
+
     # ------------------------------------------------------------ keys
 
     @property
@@ -248,28 +526,10 @@ class WorkQueue:
 
     # ------------------------------------------------------------ public API
 
-    async def put(self, payload: Any, *, priority: int = 0, id: str | None = None) -> str:
-        """Add a job and return its id once it is stored in the StateBackend.
-
-        :param payload: the job, handed to the consumer's action as ``job``;
-            anything the message codec encodes (plain data, refs). The
-            consumer sees it as it comes back from storage (tuples become
-            lists), on the first delivery as after a restart.
-        :param priority: higher goes first; equal priorities go in put order.
-        :param id: the job id (generated when omitted). Putting an id the
-            queue already holds (pending, in flight, dead-lettered, or
-            acknowledged within the last ``dedupe_window`` jobs) changes
-            nothing and returns the id.
-        :raises InvalidMessage: the payload cannot be encoded.
-        :raises trio.ClosedResourceError: the queue is closed.
-        """
+    async def put(self, payload: Any, *, priority: int, id: str) -> str:
         if self._closed:
             raise trio.ClosedResourceError(f"work queue {self.name!r} is closed")
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"priority must be an int, got {priority!r}")
-        job_id = new_id() if id is None else id
-        if not isinstance(job_id, str) or not job_id:
-            raise TypeError("job id must be a non-empty string")
+        job_id = id
         if self._known(job_id):
             await trio.lowlevel.checkpoint()
             return job_id
@@ -315,14 +575,7 @@ class WorkQueue:
         await trio.lowlevel.checkpoint()
         return [job.dead() for job in sorted(self._dead.values(), key=lambda j: j.order)]
 
-    async def redrive(self, job_ids: Iterable[str] | None = None) -> list[str]:
-        """Put dead-lettered jobs back in the queue with a fresh attempt budget.
-
-        :param job_ids: the jobs to redrive (unknown ids are skipped); all
-            dead letters when omitted.
-        :returns: the ids redriven, oldest put first.
-        :raises trio.ClosedResourceError: the queue is closed.
-        """
+    async def redrive(self, job_ids: list[str] | None) -> list[str]:
 
         async def revive(job: _Job) -> None:
             with self._settling():
@@ -334,12 +587,7 @@ class WorkQueue:
 
         return [job.id for job in await self._take_dead(job_ids, revive, then=self._add)]
 
-    async def purge_dead_letters(self, job_ids: Iterable[str] | None = None) -> list[str]:
-        """Delete dead-lettered jobs for good (all of them when ``job_ids`` is omitted).
-
-        :returns: the ids deleted, oldest put first.
-        :raises trio.ClosedResourceError: the queue is closed.
-        """
+    async def purge_dead_letters(self, job_ids: list[str] | None) -> list[str]:
 
         async def forget(job: _Job) -> None:
             await self.node.state.delete(self._dead_key(job.id))
@@ -436,8 +684,7 @@ class WorkQueue:
         return None
 
     def _retry_delay(self, attempts: int) -> float:
-        initial, maximum = self.backoff
-        return min(initial * 2.0 ** min(attempts - 1, 1000), maximum)
+        return self.spec.retry_delay(attempts)
 
     async def _persist(self, job: _Job) -> None:
         await self.node.state.write(self._job_key(job.id), job.to_bytes())
@@ -501,21 +748,12 @@ class WorkQueue:
         """Take no work for ``consumer`` until it answers a strong query (which
         waits behind whatever it is busy with); between probes, pause with
         backoff and give the jobs reserved for it to the other consumers."""
-        initial, maximum = self.backoff
-        while True:
-            if not probe_first:
-                pause = initial if pause == 0.0 else min(pause * 2.0, maximum)
-                await trio.sleep(pause)
-            probe_first = False
-            try:
-                await self.node.query_agent(
-                    consumer, consistency="strong", timeout=self.visibility_timeout
-                )
-            except JidoError as exc:
-                log.debug("work queue %r: consumer %r still down: %s", self.name, consumer.id, exc)
-                self._release_affinity(consumer.id)
-            else:
-                return pause
+        return await self.spec.recover(
+            consumer,
+            pause,
+            probe_first=probe_first,
+            on_down=lambda: self._release_affinity(consumer.id),
+        )
 
     async def _take(self, consumer_id: str) -> _Job | None:
         while not self._closing:
@@ -560,19 +798,7 @@ class WorkQueue:
         return scope
 
     async def _deliver(self, consumer: AgentRef, job: _Job) -> None:
-        instruction = Instruction(
-            self.action, {"job": job.payload, "job_id": job.id}, id=f"{self.name}/{job.id}"
-        )
-        timeout = self.visibility_timeout
-        try:
-            await self.node.call(consumer, instruction, timeout=timeout)
-        except AlreadyProcessed:
-            # Applied before, or an earlier delivery whose caller gave up is
-            # still queued there. A strong query waits behind it; then the
-            # consumer's answer is final.
-            await self.node.query_agent(consumer, consistency="strong", timeout=timeout)
-            with suppress(AlreadyProcessed):
-                await self.node.call(consumer, instruction, timeout=timeout)
+        await self.spec.deliver(consumer, job.id, job.payload)
 
     async def _ack(self, job: _Job) -> None:
         self._done_ids[job.id] = 0
@@ -664,6 +890,60 @@ class WorkQueue:
         while self._in_flight:
             await self._settled.park()
 
+    # ------------------------------------------------------------ backing protocol
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for ref in self.consumers:
+                for _ in range(self.concurrency_per_consumer):
+                    nursery.start_soon(self._dispatcher, ref)
+
+    async def drain(self) -> None:
+        await self._drain()
+
+    def close(self) -> None:
+        self._closing = True
+
+
+@asynccontextmanager
+async def _open_state_queue(spec: WorkQueueSpec) -> AsyncIterator[_StateQueue]:
+    queue = _StateQueue(spec=spec)
+    queue._ready_for = {ref.id: [] for ref in spec.consumers}
+    await queue._load()
+    try:
+        yield queue
+    finally:
+        queue._closed = True
+        queue._idle.set()  # wake join() callers: nothing moves any more
+
+
+#: The backing that works on every state engine.
+STATE_BACKING = "state"
+
+
+def _backing_for(
+    node: Node, backing: str
+) -> tuple[str, Callable[[WorkQueueSpec], AbstractAsyncContextManager[WorkQueueBacking]]]:
+    """The backing's name and its opener for ``backing`` ("auto", "state" or
+    the name of the one the node's state engine offers)."""
+    if not isinstance(backing, str):
+        raise TypeError(f"backing must be a str, got {type(backing).__name__}")
+    offered = getattr(node.state, "work_queue_backing", None)
+    opener = getattr(node.state, "open_work_queue_backing", None)
+    if not (isinstance(offered, str) and callable(opener)):
+        offered = opener = None
+    if backing == STATE_BACKING or (backing == "auto" and opener is None):
+        return STATE_BACKING, _open_state_queue
+    if opener is not None and backing in ("auto", offered):
+        assert offered is not None
+        return offered, opener
+    offers = f"offers only {offered!r} and" if offered else "offers no work-queue backing but"
+    raise ConfigError(
+        f"work queue backing {backing!r}: the node's state engine {node.config.state!r} "
+        f"{offers} {STATE_BACKING!r}"
+    )
+
 
 @asynccontextmanager
 async def open_work_queue(
@@ -677,8 +957,9 @@ async def open_work_queue(
     backoff: tuple[float, float] = (0.1, 30.0),
     concurrency_per_consumer: int = 1,
     dedupe_window: int = 10_000,
+    backing: str = "auto",
 ) -> AsyncIterator[WorkQueue]:
-    """Open the durable work queue ``name`` on ``node``'s StateBackend and
+    """Open the durable work queue ``name`` on ``node``'s state engine and
     dispatch its jobs to ``consumers`` for the duration of an ``async with``.
 
     Jobs stored by an earlier opening are resumed, those that were in flight
@@ -722,6 +1003,13 @@ async def open_work_queue(
         doubling each time; also the pause of a consumer found down.
     :param concurrency_per_consumer: jobs in flight at once per consumer.
     :param dedupe_window: acknowledged job ids remembered for idempotent puts.
+    :param backing: where the jobs live: ``"state"`` for the node's
+        StateBackend (any engine), the name of the backing the state engine
+        offers (``"jetstream"`` with ``state="nats"``: a JetStream work-queue
+        stream whose consumers compete across nodes), or ``"auto"`` (the
+        default) for the engine's backing when it offers one, else
+        ``"state"``.
+    :raises ConfigError: the state engine does not offer ``backing``.
 
     Leaving the block normally stops handing out jobs and waits for the
     deliveries in flight; leaving it with an error or a cancellation cancels
@@ -749,7 +1037,7 @@ async def open_work_queue(
     timeout = _positive("visibility_timeout", visibility_timeout)
     if math.isinf(timeout):
         raise ValueError("visibility_timeout must be finite")
-    queue = WorkQueue(
+    spec = WorkQueueSpec(
         node=node,
         name=name,
         consumers=refs,
@@ -762,32 +1050,27 @@ async def open_work_queue(
         ),
         dedupe_window=_positive_int("dedupe_window", dedupe_window),
     )
-    queue._ready_for = {ref.id: [] for ref in refs}
-    await queue._load()
+    chosen, opener = _backing_for(node, backing)
     body_error: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            queue._nursery = nursery
-            for ref in refs:
-                for _ in range(queue.concurrency_per_consumer):
-                    nursery.start_soon(queue._dispatcher, ref)
-            try:
-                yield queue
-            except BaseException as exc:
-                body_error = exc
-            else:
-                await queue._drain()
-            finally:
-                queue._closing = True
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # A body cancelled because a dispatcher failed should see that failure.
-        failure = single_failure(group, body_error)
-        if failure is not None:
-            raise failure from None
-        raise
-    finally:
-        queue._closed = True
-        queue._idle.set()  # wake join() callers: nothing moves any more
+    async with opener(spec) as impl:
+        queue = WorkQueue(spec=spec, backing=chosen, impl=impl)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(impl.serve)
+                try:
+                    yield queue
+                except BaseException as exc:
+                    body_error = exc
+                else:
+                    await impl.drain()
+                finally:
+                    impl.close()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # A body cancelled because a dispatcher failed should see that failure.
+            failure = single_failure(group, body_error)
+            if failure is not None:
+                raise failure from None
+            raise
     if body_error is not None:
         raise body_error

@@ -15,7 +15,7 @@ not raise anything else for the outcomes described there.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import MappingProxyType
 from typing import Any, Literal
@@ -36,6 +36,7 @@ __all__ = [
     "RegistryEvent",
     "RequestHandler",
     "StateBackend",
+    "TopicHandler",
     "Transport",
     "Versioned",
 ]
@@ -99,6 +100,22 @@ class Registry(abc.ABC):
         :raises ValueError: ``ref.node`` is ``None``.
         """
 
+    async def take_over(self, ref: AgentRef, *, epoch: int) -> RegistryEntry:
+        """Move the entry of ``ref.id`` to ``ref.node`` if it is still at ``epoch``.
+
+        Failover calls this for agents of a node that left the cluster. It is
+        a compare-and-set on the stored entry: of several nodes trying at
+        once, exactly one wins, and an owner that registered again meanwhile
+        (a new epoch) keeps its agent. The entry keeps its metadata; the new
+        epoch is larger.
+
+        :raises AgentAlreadyExists: the entry is no longer at ``epoch``.
+        :raises AgentNotFound: no such entry.
+        :raises NotImplementedError: this registry cannot fail agents over
+            (the default).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support take_over")
+
     @abc.abstractmethod
     async def unregister(self, agent_id: str, *, node: str | None = None) -> None:
         """Remove the entry; with ``node``, only if that node still owns it.
@@ -152,6 +169,10 @@ class Registry(abc.ABC):
 #: (``None`` for one-way messages).
 RequestHandler = Callable[[bytes], Awaitable[bytes | None]]
 
+#: Handles one message received through :meth:`Transport.subscribe_topics`:
+#: called with the topic it was published on and its data.
+TopicHandler = Callable[[str, bytes], Awaitable[None]]
+
 
 @attrs.frozen(kw_only=True)
 class NodeInfo:
@@ -203,6 +224,74 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def members(self) -> Sequence[NodeInfo]:
         """The nodes this transport knows of, this one included."""
+
+    async def wait_fenced(self) -> None:
+        """Return once this node has lost its cluster membership: its lease
+        lapsed (it could not renew it in time) or another process holds it now.
+
+        Other nodes may then own this node's agents, so the node stops them
+        at once (see :class:`jido_trio.NodeFenced`). Transports without
+        membership leases never return (the default).
+        """
+        await trio.sleep_forever()
+
+    # -- optional capability: topics (publish/subscribe) ----------------------
+
+    #: True when the transport implements :meth:`publish_topic` and
+    #: :meth:`subscribe_topics`; the signal bus then publishes each signal once
+    #: on a topic instead of sending it to every member.
+    supports_topics: bool = False
+
+    #: Longest topic (and topic pattern) every topic-capable transport accepts.
+    max_topic_length: int = 1024
+
+    async def publish_topic(self, topic: str, data: bytes) -> None:
+        """Publish ``data`` one-way on ``topic``.
+
+        A topic is one or more tokens joined by ``"."``, each token made of
+        ``A-Z a-z 0-9 - _ = /``. A topic *pattern* may also have ``*`` tokens
+        (exactly one token) and, as its last token only, ``>`` (one or more
+        tokens): ``"signal.orders.*"``, ``"signal.>"``. Topics are scoped to
+        the transport's cluster (on NATS, under its namespace).
+
+        Every *other* node subscribed (:meth:`subscribe_topics`) to a pattern
+        matching ``topic`` gets it once, even when several of its patterns
+        match; the publishing node never gets its own messages back. Like
+        :meth:`send`, delivery is at most once and may be lost silently.
+
+        :param topic: where to publish.
+        :param data: the message, opaque to the transport.
+        :raises ValueError: ``topic`` is not a valid topic or is longer than
+            :attr:`max_topic_length`.
+        :raises InvalidMessage: ``data`` is larger than the transport carries.
+        :raises Unreachable: the transport cannot publish right now.
+        :raises NotImplementedError: the transport has no topics (the default;
+            see :attr:`supports_topics`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support topics")
+
+    async def subscribe_topics(self, patterns: Collection[str], handler: TopicHandler) -> None:
+        """Make ``patterns`` this node's topic subscriptions, replacing the
+        previous set, and pass every message they receive to ``handler``.
+
+        Declarative: patterns in both sets stay subscribed without a gap,
+        new ones are added before old ones go, and an empty collection ends
+        every subscription. Returns once the change is in effect: a message
+        published anywhere after that, on a topic matching a new pattern,
+        reaches ``handler``. The transport calls ``handler`` from a task of its
+        own, one message at a time in arrival order, until it closes; an
+        exception from ``handler`` is logged and the message dropped.
+
+        :param patterns: topic patterns (syntax in :meth:`publish_topic`).
+        :param handler: called as ``await handler(topic, data)``; the latest
+            call's handler receives every message from then on.
+        :raises ValueError: a pattern is not valid or is longer than
+            :attr:`max_topic_length`.
+        :raises Unreachable: the change could not be confirmed (it may still
+            take effect once the transport reconnects).
+        :raises NotImplementedError: the transport has no topics (the default).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support topics")
 
 
 # ---------------------------------------------------------------- StateBackend

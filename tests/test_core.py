@@ -114,6 +114,7 @@ async def test_ref_is_a_value() -> None:
         jt.AgentRef.new("", "t")
 
 
+@pytest.mark.local_only
 async def test_remote_ref_with_local_only_transport() -> None:
     async with jt.open_node(name="n") as node:
         await node.start_agent(Counter, "c")
@@ -365,6 +366,7 @@ async def test_open_node_propagates_body_exception_unwrapped() -> None:
             raise KeyError("mine")
 
 
+@pytest.mark.local_only
 async def test_many_nodes_in_one_run_are_isolated() -> None:
     async with jt.open_node(name="a") as a, jt.open_node(name="b") as b:
         ra = await a.start_agent(Counter, "same-id")

@@ -809,6 +809,7 @@ async def test_closing_the_node_does_not_wait_for_a_backoff(
 # --------------------------------------------------------------------- graceful shutdown
 
 
+@pytest.mark.local_only  # exact virtual-time ordering of the shutdown
 async def test_on_stop_runs_with_the_last_state_when_the_node_closes(
     autojump_clock: trio.testing.MockClock, rec: Recorder
 ) -> None:
@@ -875,6 +876,7 @@ async def test_stop_agent_on_a_stuck_agent_returns_after_the_timeout(
             await get(node, "stuck")
 
 
+@pytest.mark.local_only  # exact virtual-time ordering of the shutdown
 async def test_a_slow_on_stop_is_cut_at_the_shutdown_timeout(
     autojump_clock: trio.testing.MockClock, rec: Recorder
 ) -> None:

@@ -16,7 +16,7 @@ import trio
 
 from .._agent import Agent
 from .._config import Config
-from .._exceptions import AgentNotFound, AgentUnavailable, ConfigError
+from .._exceptions import AgentAlreadyExists, AgentNotFound, AgentUnavailable, ConfigError
 from .._health import Health
 from .._node import Node, open_node
 from .._supervisor import ChildInfo, Restart, SupervisorInfo
@@ -86,20 +86,33 @@ class CliOptions:
             { class = "myapp.agents:Counter", id = "counter-1" },
             { class = "myapp.agents:Worker", id = "w1", restart = "transient" },
         ]
+        # Modules imported at boot, so this node can also take over (fail
+        # over) agents of types it does not start itself.
+        imports = ["myapp.agents"]
     """
 
     admin: AdminAddress | None = None
     agents: tuple[AgentSpec, ...] = ()
+    imports: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Config) -> CliOptions:
         """:raises ConfigError: unknown keys or malformed values."""
         options = config.options_for(CLI_OPTIONS_KEY)
-        unknown = sorted(set(options) - {"admin", "agents"})
+        unknown = sorted(set(options) - {"admin", "agents", "imports"})
         if unknown:
             raise ConfigError(
                 f"unknown key(s) in plugin_options.{CLI_OPTIONS_KEY}: {', '.join(unknown)}; "
-                "known: admin, agents"
+                "known: admin, agents, imports"
+            )
+        imports = options.get("imports", [])
+        if (
+            not isinstance(imports, Sequence)
+            or isinstance(imports, str)
+            or not all(isinstance(m, str) and m for m in imports)
+        ):
+            raise ConfigError(
+                f"plugin_options.{CLI_OPTIONS_KEY}.imports must be a list of module names"
             )
         admin = None
         if "admin" in options:
@@ -112,7 +125,11 @@ class CliOptions:
         raw_agents = options.get("agents", [])
         if not isinstance(raw_agents, Sequence) or isinstance(raw_agents, str):
             raise ConfigError(f"plugin_options.{CLI_OPTIONS_KEY}.agents must be a list of tables")
-        return cls(admin=admin, agents=tuple(_agent_spec(entry) for entry in raw_agents))
+        return cls(
+            admin=admin,
+            agents=tuple(_agent_spec(entry) for entry in raw_agents),
+            imports=tuple(imports),
+        )
 
 
 def _agent_spec(entry: Any) -> AgentSpec:
@@ -362,6 +379,13 @@ def plan_node(
     :raises ConfigError: bad ``plugin_options.cli`` or agent classes.
     """
     options = CliOptions.from_config(config)
+    for module in options.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(
+                f"cannot import {module!r} (plugin_options.cli.imports): {exc}"
+            ) from exc
     address = admin or options.admin or AdminAddress.parse(DEFAULT_ADMIN)
     specs = [*options.agents, *agents]
     return NodePlan(
@@ -405,7 +429,11 @@ async def run_node(plan: NodePlan, *, echo: Callable[[str], None] = _print) -> N
             watcher.start_soon(_watch_signals, signals, stop, name, echo)
             async with open_node(plan.config) as node:
                 for spec, cls in plan.agents:
-                    await node.start_agent(cls, spec.id, restart=spec.restart)
+                    try:
+                        await node.start_agent(cls, spec.id, restart=spec.restart)
+                    except AgentAlreadyExists:
+                        # Failover already brought it back (here or elsewhere).
+                        echo(f"agent {spec.id!r} is already running in the cluster")
                 async with trio.open_nursery() as nursery:
                     bound = await nursery.start(AdminServer(node).serve, plan.admin)
                     echo(f"admin listening on {bound}")

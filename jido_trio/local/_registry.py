@@ -66,6 +66,28 @@ class LocalRegistry(Registry):
         self._emit("registered", entry)
         return entry
 
+    async def take_over(self, ref: AgentRef, *, epoch: int) -> RegistryEntry:
+        await trio.lowlevel.checkpoint()
+        if ref.node is None:
+            raise ValueError("a registered ref must name its owning node")
+        current = self._entries.get(ref.id)
+        if current is None:
+            raise AgentNotFound(f"no agent registered as {ref.id!r}")
+        if current.epoch != epoch:
+            raise AgentAlreadyExists(
+                f"agent {ref.id!r} is at epoch {current.epoch}, not {epoch}: "
+                f"node {current.ref.node!r} owns it"
+            )
+        entry = RegistryEntry(
+            ref=attrs.evolve(current.ref, node=ref.node),
+            epoch=next(self._epochs),
+            metadata=current.metadata,
+            registered_at=time.time(),
+        )
+        self._entries[ref.id] = entry
+        self._emit("updated", entry)
+        return entry
+
     async def unregister(self, agent_id: str, *, node: str | None = None) -> None:
         await trio.lowlevel.checkpoint()
         entry = self._entries.get(agent_id)

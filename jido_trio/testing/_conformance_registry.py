@@ -119,6 +119,40 @@ async def _registry_ownership(r: Registry, timeout: float) -> None:
 
 
 @_check
+async def _registry_take_over(r: Registry, timeout: float) -> None:
+    """take_over moves an entry at the given epoch only, keeping its metadata"""
+    ref = _ref("a", node="n1")
+    entry = await r.register(ref, {"zone": "x"})
+    try:
+        moved = await r.take_over(_ref("a", node="n2"), epoch=entry.epoch)
+    except NotImplementedError:
+        return  # optional: this registry does not support failover
+    check(moved.node == "n2", f"take_over left the entry on node {moved.node!r}")
+    check(moved.epoch > entry.epoch, "take_over did not grow the epoch")
+    check(moved.metadata.get("zone") == "x", "take_over lost the entry's metadata")
+    found = await r.lookup("a")
+    check(found.node == "n2" and found.epoch == moved.epoch, "lookup does not show the take-over")
+    with raises(AgentAlreadyExists, "take_over at a stale epoch"):
+        await r.take_over(_ref("a", node="n3"), epoch=entry.epoch)
+    with raises(AgentNotFound, "take_over of an unknown id"):
+        await r.take_over(_ref("nobody", node="n3"), epoch=1)
+    won = 0
+    async with trio.open_nursery() as nursery:
+
+        async def race(node: str) -> None:
+            nonlocal won
+            try:
+                await r.take_over(_ref("a", node=node), epoch=moved.epoch)
+                won += 1
+            except AgentAlreadyExists:
+                pass
+
+        for i in range(5):
+            nursery.start_soon(race, f"r{i}")
+    check(won == 1, f"{won} of 5 concurrent take_overs at one epoch won, expected exactly 1")
+
+
+@_check
 async def _registry_unregister(r: Registry, timeout: float) -> None:
     """unregister removes; unknown ids are fine; node= only removes its own"""
     await r.unregister("nobody")

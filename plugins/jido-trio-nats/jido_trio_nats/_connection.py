@@ -1,0 +1,299 @@
+"""One NATS connection per node, shared by the node's four engines.
+
+The four factories of a node (state, registry, coordination, transport) each
+call :func:`open_connection`; the first opens the trio-asyncio loop and the
+client, the others share it, and it closes when the first one exits (the node
+exits its engines in reverse order of opening, so that one exits last).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import attrs
+import nats
+import nats.errors
+import nats.js.errors
+import trio
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.kv import KeyValue
+
+from jido_trio import CallTimeout, Config, Unreachable
+
+from ._bridge import Bridge, open_bridge
+from ._options import NatsOptions
+
+__all__ = ["NATS_ERRORS", "NatsConnection", "open_connection", "raise_unreachable"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+log = logging.getLogger("jido_trio_nats")
+
+#: nats-py errors that mean "NATS cannot be reached right now".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.ServiceUnavailableError,
+    ConnectionError,
+    OSError,
+)
+#: nats-py errors that mean "no answer in time".
+TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (nats.errors.TimeoutError, TimeoutError)
+
+
+#: Everything a bridged nats-py call may raise that means "NATS failed us".
+NATS_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.Error,
+    *CONNECTION_ERRORS,
+    *TIMEOUT_ERRORS,
+)
+
+
+def raise_unreachable(exc: BaseException, what: str) -> NoReturn:
+    """Re-raise a nats-py failure as the jido_trio error a caller handles."""
+    if isinstance(exc, TIMEOUT_ERRORS):
+        raise CallTimeout(f"{what}: NATS did not answer in time") from exc
+    raise Unreachable(f"{what}: NATS is unreachable ({type(exc).__name__}: {exc})") from exc
+
+
+@attrs.define(eq=False)
+class NatsConnection:
+    """A node's client connection, its JetStream context and its buckets."""
+
+    options: NatsOptions
+    node_name: str
+    bridge: Bridge
+    nc: Client
+    js: JetStreamContext
+    _buckets: dict[str, KeyValue] = attrs.field(factory=dict)
+    _streams: set[str] = attrs.field(factory=set)
+    _setup_lock: trio.Lock = attrs.field(factory=trio.Lock)
+
+    async def run(
+        self,
+        what: str,
+        fn: Callable[P, Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``fn`` on the asyncio side; nats-py failures become
+        :class:`Unreachable` / :class:`CallTimeout` naming ``what``."""
+        try:
+            return await self.bridge.run(fn, *args, **kwargs)
+        except asyncio.CancelledError as exc:
+            # Cancelled by its loop (the connection is closing), not by the
+            # caller: a trio cancellation arrives as trio.Cancelled.
+            raise Unreachable(f"{what}: the NATS connection closed") from exc
+        except NATS_ERRORS as exc:
+            raise_unreachable(exc, what)
+
+    def check_connected(self, what: str) -> None:
+        """Fail fast while disconnected (nats-py would buffer the request and
+        time out only after ``request_timeout``).
+
+        :raises Unreachable: not connected right now.
+        """
+        if not self.connected:
+            raise Unreachable(f"{what}: not connected to NATS")
+
+    @property
+    def namespace(self) -> str:
+        return self.options.namespace
+
+    def subject(self, *tokens: str) -> str:
+        """A subject under this namespace: ``<namespace>.<token>...``."""
+        return ".".join((self.namespace, *tokens))
+
+    def name(self, kind: str) -> str:
+        """A bucket or stream name under this namespace."""
+        return f"{self.namespace}_{kind}"
+
+    @property
+    def storage(self) -> StorageType:
+        return StorageType.MEMORY if self.options.storage == "memory" else StorageType.FILE
+
+    async def kv(self, kind: str, *, ttl: float | None = None, history: int = 1) -> KeyValue:
+        """The bucket ``<namespace>_<kind>``, created on first use (idempotent
+        across nodes: the same config from every node)."""
+        bucket = self._buckets.get(kind)
+        if bucket is not None:
+            await trio.lowlevel.checkpoint()
+            return bucket
+        async with self._setup_lock:
+            bucket = self._buckets.get(kind)
+            if bucket is None:
+                config = KeyValueConfig(
+                    bucket=self.name(kind),
+                    history=history,
+                    ttl=ttl,
+                    storage=self.storage,
+                    replicas=self.options.replicas,
+                    direct=True,
+                )
+                try:
+                    bucket = await self.bridge.run(self.js.create_key_value, config)
+                except nats.js.errors.BadRequestError:
+                    # Made by an older version with another config: use it as it is.
+                    bucket = await self.bridge.run(self.js.key_value, self.name(kind))
+                except (*CONNECTION_ERRORS, *TIMEOUT_ERRORS) as exc:
+                    raise_unreachable(
+                        exc,
+                        f"creating bucket {self.name(kind)!r} (is JetStream enabled? "
+                        "nats-server needs -js)",
+                    )
+                await self._wait_for_leader(f"KV_{self.name(kind)}")
+                self._buckets[kind] = bucket
+            return bucket
+
+    async def nodes(self) -> KeyValue:
+        """The membership bucket: one key per live node (its encoded name),
+        value ``msgpack {"node", "incarnation", "since"}``; a key lapses
+        ``lease_ttl`` seconds after its last renewal."""
+        return await self.kv("nodes", ttl=self.options.lease_ttl)
+
+    async def stream(self, kind: str, subjects: list[str], **config: Any) -> str:
+        """The stream ``<namespace>_<kind>``, created on first use; returns its name."""
+        name = self.name(kind)
+        if name in self._streams:
+            await trio.lowlevel.checkpoint()
+            return name
+        async with self._setup_lock:
+            if name not in self._streams:
+                stream_config = StreamConfig(
+                    name=name,
+                    subjects=subjects,
+                    storage=self.storage,
+                    num_replicas=self.options.replicas,
+                    allow_direct=True,
+                    **config,
+                )
+                try:
+                    await self.bridge.run(self.js.add_stream, stream_config)
+                except nats.js.errors.BadRequestError:
+                    await self.bridge.run(self.js.stream_info, name)
+                except (*CONNECTION_ERRORS, *TIMEOUT_ERRORS) as exc:
+                    raise_unreachable(exc, f"creating stream {name!r}")
+                await self._wait_for_leader(name)
+                self._streams.add(name)
+        return name
+
+    async def _wait_for_leader(self, stream: str) -> None:
+        """Wait until a new replicated stream has elected its leader: until
+        then, writes to it get no answer."""
+        js = self.js
+        limit = self.options.request_timeout
+
+        async def poll() -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + limit
+            while True:
+                info = await js.stream_info(stream)
+                if info.cluster is None or info.cluster.leader or loop.time() > deadline:
+                    return
+                await asyncio.sleep(0.05)
+
+        try:
+            await self.bridge.run(poll)
+        except (*CONNECTION_ERRORS, *TIMEOUT_ERRORS) as exc:
+            raise_unreachable(exc, f"waiting for stream {stream!r}")
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+
+@attrs.define(eq=False)
+class _Shared:
+    connection: NatsConnection
+    users: int = 1
+
+
+_shared: dict[tuple[str, NatsOptions], _Shared] = {}
+
+
+async def _connect(
+    options: NatsOptions, client_name: str, seen: list[Exception] | None = None
+) -> Client:
+    async def error_cb(exc: Exception) -> None:
+        if seen is not None:
+            seen.append(exc)
+        log.warning("NATS client %s: %r", client_name, exc)
+
+    async def disconnected_cb() -> None:
+        log.info("NATS client %s disconnected", client_name)
+
+    async def reconnected_cb() -> None:
+        log.warning("NATS client %s reconnected", client_name)
+
+    return await nats.connect(
+        **options.connect_kwargs(client_name),
+        error_cb=error_cb,
+        disconnected_cb=disconnected_cb,
+        reconnected_cb=reconnected_cb,
+    )
+
+
+def _last(seen: list[Exception]) -> str:
+    return f" (last error: {seen[-1]})" if seen else ""
+
+
+@asynccontextmanager
+async def open_connection(
+    config: Config, options: Mapping[str, Any]
+) -> AsyncIterator[NatsConnection]:
+    """The node's shared connection (opened by the first engine that asks).
+
+    :raises ConfigError: bad ``plugin_options["nats"]``.
+    :raises Unreachable: no server could be reached within the connect timeout.
+    """
+    opts = NatsOptions.from_mapping(options)
+    key = (config.node_name, opts)
+    shared = _shared.get(key)
+    if shared is not None:
+        shared.users += 1
+        try:
+            await trio.lowlevel.checkpoint()
+            yield shared.connection
+        finally:
+            shared.users -= 1
+        return
+    async with open_bridge() as bridge:
+        # The client's own retry loop runs forever with max_reconnect_attempts=-1;
+        # the first connection gets a bounded number of rounds instead.
+        first = attrs.evolve(opts, max_reconnect_attempts=2)
+        seen: list[Exception] = []
+        where = ", ".join(opts.servers)
+        try:
+            with trio.fail_after(opts.connect_timeout * 3 * len(opts.servers) + 1):
+                nc = await bridge.run(_connect, first, config.node_name, seen)
+        except trio.TooSlowError:
+            raise Unreachable(f"cannot connect to NATS at {where}{_last(seen)}") from None
+        except (nats.errors.Error, OSError) as exc:
+            # The server's reason (e.g. 'Authorization Violation') reached only
+            # the error callback; the exception itself just says "no servers".
+            raise Unreachable(f"cannot connect to NATS at {where}: {exc!r}{_last(seen)}") from exc
+        nc.options["max_reconnect_attempts"] = opts.max_reconnect_attempts
+        js = nc.jetstream(timeout=opts.request_timeout)
+        connection = NatsConnection(
+            options=opts, node_name=config.node_name, bridge=bridge, nc=nc, js=js
+        )
+        _shared[key] = _Shared(connection)
+        try:
+            yield connection
+        finally:
+            del _shared[key]
+            with trio.CancelScope(shield=True), trio.move_on_after(opts.connect_timeout):
+                try:
+                    await bridge.run(nc.close)
+                except Exception as exc:  # closing a broken connection: nothing to save
+                    log.debug("closing NATS client: %r", exc)

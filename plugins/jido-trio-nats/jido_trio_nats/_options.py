@@ -1,0 +1,188 @@
+"""``plugin_options["nats"]``: parsed and checked once, shared by the four engines."""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from jido_trio import ConfigError
+
+__all__ = ["NatsOptions", "TlsOptions"]
+
+_DEFAULT_SERVERS = ("nats://127.0.0.1:4222",)
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+@attrs.frozen(kw_only=True)
+class TlsOptions:
+    """TLS for the client connection (``plugin_options["nats"]["tls"]``).
+
+    :param ca_file: CA bundle that signed the servers' certificates.
+    :param cert_file: client certificate, for servers that verify clients.
+    :param key_file: the client certificate's private key.
+    :param hostname: name to verify in the server certificate (default: the URL's host).
+    :param handshake_first: start TLS before the NATS INFO exchange
+        (servers configured with ``handshake_first``).
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    hostname: str | None = None
+    handshake_first: bool = False
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
+        if self.cert_file is not None:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+@attrs.frozen(kw_only=True)
+class NatsOptions:
+    """Options of the ``nats`` plugin, from ``Config.plugin_options["nats"]``.
+
+    Connection:
+
+    :param servers: server URLs (``nats://`` or ``tls://``); the client picks
+        one and fails over to the others (and to servers the cluster announces).
+    :param user: user name (with ``password``).
+    :param password: password for ``user``.
+    :param token: authentication token.
+    :param creds: path of a ``.creds`` file (JWT + nkey seed), for operator mode.
+    :param nkeys_seed: path of an nkey seed file.
+    :param tls: :class:`TlsOptions` as a mapping; ``tls://`` URLs need at least ``{}``.
+    :param connect_timeout: seconds to wait for each connection attempt.
+    :param reconnect_time_wait: seconds between reconnection attempts to one server.
+    :param max_reconnect_attempts: attempts per server before the client gives
+        up for good (``-1``: never).
+
+    Layout and durability:
+
+    :param namespace: prefix of every bucket, stream and subject, so several
+        clusters (or test runs) can share one NATS deployment.
+    :param storage: ``"file"`` (survives a server restart) or ``"memory"``.
+    :param replicas: JetStream replicas of every bucket and stream (1 to 5;
+        3 on a 3-server cluster tolerates the loss of one server).
+
+    Liveness:
+
+    :param lease_ttl: seconds a node's membership lease lasts without renewal.
+        Another node takes over its agents only after it lapsed; the node
+        itself stops its agents when it could not renew for ``0.8 *
+        lease_ttl`` seconds, so there are never two owners.
+    :param request_timeout: seconds for one JetStream API request.
+    """
+
+    servers: tuple[str, ...] = _DEFAULT_SERVERS
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None
+    nkeys_seed: str | None = None
+    tls: TlsOptions | None = None
+    connect_timeout: float = 2.0
+    reconnect_time_wait: float = 0.5
+    max_reconnect_attempts: int = -1
+    namespace: str = "jido"
+    storage: Literal["file", "memory"] = "file"
+    replicas: int = 1
+    lease_ttl: float = 20.0
+    request_timeout: float = 5.0
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often the membership lease is renewed."""
+        return self.lease_ttl / 4
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> NatsOptions:
+        """Check and convert ``plugin_options["nats"]``.
+
+        :raises ConfigError: an unknown key or a value of the wrong kind.
+        """
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"plugin_options['nats'] must be a table, got {options!r}")
+        known = {a.name for a in attrs.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown plugin_options['nats'] key(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        values = dict(options)
+        servers = values.get("servers", _DEFAULT_SERVERS)
+        if isinstance(servers, str):
+            servers = (servers,)
+        if not servers or not all(isinstance(s, str) and s for s in servers):
+            raise ConfigError("plugin_options['nats']['servers'] must be a list of URLs")
+        values["servers"] = tuple(servers)
+        for key in ("user", "password", "token", "creds", "nkeys_seed"):
+            if values.get(key) is not None and not isinstance(values[key], str):
+                raise ConfigError(f"plugin_options['nats'][{key!r}] must be a string")
+        for key in ("creds", "nkeys_seed"):
+            if values.get(key) is not None and not Path(values[key]).is_file():
+                raise ConfigError(f"plugin_options['nats'][{key!r}]: no file {values[key]!r}")
+        tls = values.get("tls")
+        if tls is not None:
+            if not isinstance(tls, Mapping):
+                raise ConfigError("plugin_options['nats']['tls'] must be a table")
+            tls_known = {a.name for a in attrs.fields(TlsOptions)}
+            bad = sorted(set(tls) - tls_known)
+            if bad:
+                raise ConfigError(
+                    f"unknown plugin_options['nats']['tls'] key(s) {', '.join(map(repr, bad))}; "
+                    f"known: {', '.join(sorted(tls_known))}"
+                )
+            values["tls"] = TlsOptions(**tls)
+        namespace = values.get("namespace", "jido")
+        if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+            raise ConfigError(
+                "plugin_options['nats']['namespace'] must be 1-32 letters, digits, '_' or '-'"
+            )
+        if values.get("storage", "file") not in ("file", "memory"):
+            raise ConfigError("plugin_options['nats']['storage'] must be 'file' or 'memory'")
+        replicas = values.get("replicas", 1)
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
+            raise ConfigError("plugin_options['nats']['replicas'] must be an integer from 1 to 5")
+        for key in ("connect_timeout", "reconnect_time_wait", "lease_ttl", "request_timeout"):
+            value = values.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+            ):
+                raise ConfigError(f"plugin_options['nats'][{key!r}] must be a positive number")
+        attempts = values.get("max_reconnect_attempts")
+        if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int)):
+            raise ConfigError("plugin_options['nats']['max_reconnect_attempts'] must be an integer")
+        return cls(**values)
+
+    def connect_kwargs(self, client_name: str) -> dict[str, Any]:
+        """Keyword arguments for ``nats.aio.client.Client.connect``."""
+        kwargs: dict[str, Any] = {
+            "servers": list(self.servers),
+            "name": client_name,
+            "connect_timeout": self.connect_timeout,
+            "reconnect_time_wait": self.reconnect_time_wait,
+            "max_reconnect_attempts": self.max_reconnect_attempts,
+            "allow_reconnect": True,
+        }
+        for key in ("user", "password", "token"):
+            value = getattr(self, key)
+            if value is not None:
+                kwargs[key] = value
+        if self.creds is not None:
+            kwargs["user_credentials"] = self.creds
+        if self.nkeys_seed is not None:
+            kwargs["nkeys_seed"] = self.nkeys_seed
+        if self.tls is not None:
+            kwargs["tls"] = self.tls.context()
+            if self.tls.hostname is not None:
+                kwargs["tls_hostname"] = self.tls.hostname
+            if self.tls.handshake_first:
+                kwargs["tls_handshake_first"] = True
+        return kwargs
