@@ -549,21 +549,34 @@ class AgentCell:
         cause: BaseException | None,
     ) -> Exception | None:
         commit_error: Exception | None = None
+        committed = False
         try:
             if dirty:
                 await self.store.commit(self.state)
+            committed = True
             await self._ack(applied)
         except Exception as exc:
             commit_error = exc
+        unsaved: list[Delivery] = []
         for delivery in applied:
             if commit_error is None:
                 delivery.resolve()
+            elif not committed and delivery.log_seq is not None:
+                # Logged, applied only in memory: the next incarnation reloads
+                # the last committed state and must apply it again (its seq
+                # stays in `unacked`, so the log replay counts on it being queued).
+                unsaved.append(delivery)
             else:
                 delivery.fail(
                     AgentUnavailable(f"agent {self.ref.id!r} could not persist its state")
                 )
         if index < len(batch):
             await self._settle_unfinished(batch[index], cause, batch[index + 1 :])
+        if unsaved:
+            for delivery in unsaved:
+                assert delivery.instruction is not None
+                self.pending.add(delivery.instruction.id)
+            self.mailbox.requeue_front(unsaved)  # ahead of the rest of the batch
         return commit_error
 
     async def _settle_unfinished(
