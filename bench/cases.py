@@ -12,6 +12,7 @@ Usage (normally through ``nox -s bench``)::
     python bench/cases.py throughput --n 50000 --reps 5
     python bench/cases.py roundtrip --n 20000 --reps 5
     python bench/cases.py spawn --kind jido --n 100000
+    python bench/cases.py spawn --kind jido --bulk --n 100000   # node.start_agents
     python bench/cases.py restart --n 300 --reps 5
     python bench/cases.py durable --n 4000 --senders 64 --agents 8 --reps 3
     python bench/cases.py throughput --profile /tmp/tell.pstats   # cProfile the jido part
@@ -301,9 +302,16 @@ async def spawn_bare(n: int) -> dict[str, Any]:
     return {"n": n, "seconds": elapsed, "rss_delta": rss1 - rss0}
 
 
-async def spawn_jido(n: int, cap: float, per_supervisor: int | None) -> dict[str, Any]:
+#: start_agents() is given this many ids at a time, so a capped run can stop early.
+BULK_CHUNK = 4096
+
+
+async def spawn_jido(
+    n: int, cap: float, per_supervisor: int | None, bulk: bool = False
+) -> dict[str, Any]:
     """Up to n idle agents started one after another with ``start_agent`` (each
-    call returns once its agent runs), then the RSS they hold.
+    call returns once its agent runs), or with ``start_agents`` (``bulk``, the
+    documented fast path, in chunks of BULK_CHUNK ids), then the RSS they hold.
 
     ``per_supervisor=None`` starts them all under the node's root supervisor
     (the default a user gets); otherwise under ``ceil(n / per_supervisor)``
@@ -317,18 +325,24 @@ async def spawn_jido(n: int, cap: float, per_supervisor: int | None) -> dict[str
         started = 0
         t0 = perf()
         supervisor: Any = None
-        for i in range(n):
-            if per_supervisor is not None and i % per_supervisor == 0:
-                supervisor = await node.start_supervisor(f"shard-{i // per_supervisor}")
-            await node.start_agent(Counter, f"idle-{i}", supervisor=supervisor)
-            started += 1
-            if started % 256 == 0 and perf() - t0 > cap:
-                break
+        if bulk:
+            while started < n and perf() - t0 <= cap:
+                ids = [f"idle-{i}" for i in range(started, min(n, started + BULK_CHUNK))]
+                await node.start_agents(Counter, ids)
+                started += len(ids)
+        else:
+            for i in range(n):
+                if per_supervisor is not None and i % per_supervisor == 0:
+                    supervisor = await node.start_supervisor(f"shard-{i // per_supervisor}")
+                await node.start_agent(Counter, f"idle-{i}", supervisor=supervisor)
+                started += 1
+                if started % 256 == 0 and perf() - t0 > cap:
+                    break
         await trio.testing.wait_all_tasks_blocked()
         elapsed = perf() - t0
         settle()
         rss1 = vm_rss()
-        kind = "jido" if per_supervisor is None else "jido_sharded"
+        kind = "jido_bulk" if bulk else "jido" if per_supervisor is None else "jido_sharded"
         result = {"n": started, "target": n, "seconds": elapsed, "rss_delta": rss1 - rss0}
         # Tearing 100k agents down is not what is measured here: leave at once.
         print(json.dumps(_spawn_metrics(kind, result)), flush=True)
@@ -351,7 +365,7 @@ def _spawn_metrics(kind: str, r: dict[str, Any]) -> dict[str, Any]:
 async def family_spawn(args: argparse.Namespace) -> dict[str, Any]:
     if args.kind == "bare":
         return _spawn_metrics("bare", await spawn_bare(args.n))["metrics"]
-    await spawn_jido(args.n, args.cap, args.per_supervisor or None)  # prints, exits
+    await spawn_jido(args.n, args.cap, args.per_supervisor or None, args.bulk)  # prints, exits
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -545,6 +559,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cap", type=float, default=60.0, help="(c) seconds at most")
     parser.add_argument(
         "--per-supervisor", type=int, default=0, help="(c) agents per supervisor; 0: all on root"
+    )
+    parser.add_argument(
+        "--bulk", action="store_true", help="(c) start the agents with node.start_agents"
     )
     parser.add_argument("--senders", type=int, default=64, help="(e)")
     parser.add_argument("--agents", type=int, default=8, help="(e)")

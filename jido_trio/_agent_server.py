@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -31,9 +32,10 @@ from ._exceptions import (
 from ._health import Health
 from ._mailbox import Mailbox
 from ._message import Instruction, Message
-from ._persistence import AgentStore
+from ._persistence import AgentStore, encode_state
 from ._ref import AgentRef
 from ._supervisor import Supervisor, describe
+from .local._registry import register_nowait
 
 if TYPE_CHECKING:
     from ._communication import Communication
@@ -90,7 +92,10 @@ class AgentCell:
     last_failure: str | None = None
     state: Any = None
     last_health: Health = Health.NOT_FOUND
-    pending: set[str] = attrs.field(factory=set)
+    #: Ids accepted and still queued (see :attr:`pending`); made on first use.
+    _pending: set[str] | None = None
+    #: Key of this agent's circuit breaker (set by the first local call).
+    breaker_key: str | None = None
     #: At-least-once messages in the durable log not yet applied: seq -> instruction id.
     unacked: dict[int, str] = attrs.field(factory=dict)
     #: Appends to the durable log still waiting for their sequence number, each
@@ -105,6 +110,8 @@ class AgentCell:
     _injected: BaseException | None = None
     _crash_seen: trio.Event | None = None
     _stop_requested: bool = False
+    #: The context of an incarnation started by :meth:`start_now`, for its task.
+    _ready: Context | None = None
     #: Messages still to handle before a requested stop: those queued before it.
     _drain_before_stop: int = 0
 
@@ -122,73 +129,76 @@ class AgentCell:
         """StateBackend log of this agent's dead-lettered at-least-once messages."""
         return f"deadletter/{self.ref.id}"
 
+    @property
+    def pending(self) -> set[str]:
+        """Ids of instructions accepted and still queued (made on first use,
+        dropped when empty and the mailbox is drained: idle agents hold none)."""
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = set()
+        return pending
+
     def seen(self, instruction_id: str) -> bool:
         """Applied, or accepted and still queued."""
-        return instruction_id in self.pending or instruction_id in self.store.seen
+        pending = self._pending
+        return (
+            pending is not None and instruction_id in pending
+        ) or instruction_id in self.store.seen
 
     # ------------------------------------------------------------ lifecycle
 
-    async def serve(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """One incarnation of the agent (the supervisor's child function)."""
-        self._stop_requested = False
-        self._drain_before_stop = 0
-        # A crash injected while the agent was restarting stays pending and
-        # hits this incarnation as soon as it runs.
-        instance = self.cls()
-        ctx = Context(self.comm, self.ref)
-        instance._ctx = ctx
-        decoder = state_decoder(self.cls.State)
+    async def serve(
+        self,
+        *,
+        task_status: trio.TaskStatus[None],
+        cancel_scope: trio.CancelScope | None = None,
+    ) -> None:
+        """One incarnation of the agent (the supervisor's child function).
 
-        def decode(data: bytes) -> Any:
+        Everything runs inside ``cancel_scope``: the supervisor's scope for
+        this child, which it cancels to stop the agent hard and
+        :meth:`inject_crash` cancels to interrupt it (one scope per agent).
+        """
+        scope = trio.CancelScope() if cancel_scope is None else cancel_scope
+        ctx = self._ready
+        if ctx is not None:
+            # Started (and announced) by start_now(). Until something wakes it,
+            # the agent runs no code of its own, so it waits outside its scope:
+            # an agent that stays idle never pays for entering one. Whatever
+            # the supervisor does to it wakes it first (a stop request, a
+            # crash injection, or a cancellation from outside).
+            self._ready = None
+            mailbox = self.mailbox
+            if not self._stop_requested and self._injected is None and mailbox.prepare_wait():
+                try:
+                    await trio.lowlevel.wait_task_rescheduled(mailbox.abort_wait)
+                except BaseException as exc:
+                    if not isinstance(exc, Exception):  # cancelled from outside
+                        self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason="shutdown")
+                    raise
+        with scope:
+            if ctx is None:
+                ctx = await self._start_up()
+                task_status.started()
+                self.announce_started()
+            self._scope = scope
             try:
-                return decoder.decode(data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise InvalidMessage(
-                    f"stored state of agent {self.ref.id!r} does not fit "
-                    f"{getattr(self.cls.State, '__name__', self.cls.State)!r}: {exc}"
-                ) from exc
-
-        found, state = await self.store.load(decode)
-        if self.initial_state is not None:
-            state = self.initial_state
-            self.initial_state = None  # restarts resume the persisted state
-        elif not found:
-            state = self.cls.State()
-        started = await instance.on_start(state)
-        if started is not None:
-            state = started
-        await self.store.commit(state)
-        self.state = state
-        self._instance = instance
-        await self._replay_log()
-        # The restart type travels with the entry: failover restarts the agent
-        # on another node the same way.
-        await self.comm.registry.register(
-            self.ref, {**(self.metadata or {}), RESTART_KEY: self.restart}
-        )
-        if self.status == "restarting":
-            # Counted from now, not from when the supervisor reports the
-            # restart, so health does not flicker to HEALTHY in between.
-            self.last_restart_at = trio.current_time()
-        self.status = "running"
-        task_status.started()
-        self.comm.emit("jido_trio_agent_started", ref=self.ref)
-        self.comm.note_health(self)
-        try:
-            with trio.CancelScope() as scope:
-                self._scope = scope
                 await self._loop(ctx)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                # Cancelled hard (shutdown timeout passed): the supervisor asked
-                # for this exit, so it reports nothing; say it here.
-                self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason="shutdown")
-            raise
-        finally:
-            self._scope = None
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and self._injected is None:
+                    # Cancelled hard (shutdown timeout passed): the supervisor asked
+                    # for this exit, so it reports nothing; say it here.
+                    self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason="shutdown")
+                raise
+            finally:
+                self._scope = None
         if self._injected is not None:
             error, self._injected = self._injected, None
             raise error
+        if scope.cancelled_caught:
+            return  # cancelled hard by the supervisor (reported above)
+        instance = self._instance
+        assert instance is not None
         reason = "shutdown" if self._stop_requested else "normal"
         with trio.move_on_after(self.shutdown_timeout) as cleanup:
             cleanup.shield = True
@@ -199,6 +209,109 @@ class AgentCell:
         if self._stop_requested:
             # A stop the supervisor asked for is not reported by it (on_exit).
             self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason=reason)
+
+    #: The supervisor's child function is the cell itself (no bound method kept
+    #: per agent): ``cell(task_status=..., cancel_scope=...)`` is :meth:`serve`.
+    __call__ = serve
+
+    def _begin(self) -> tuple[Agent, Context, Callable[[bytes], Any]]:
+        self._stop_requested = False
+        self._drain_before_stop = 0
+        # A crash injected while the agent was restarting stays pending and
+        # hits this incarnation as soon as it runs.
+        instance = self.cls()
+        ctx = Context(self.comm, self.ref)
+        instance._ctx = ctx
+        decoder = state_decoder(self.cls.State)
+        ref, state_type = self.ref, self.cls.State
+
+        def decode(data: bytes) -> Any:
+            try:
+                return decoder.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise InvalidMessage(
+                    f"stored state of agent {ref.id!r} does not fit "
+                    f"{getattr(state_type, '__name__', state_type)!r}: {exc}"
+                ) from exc
+
+        return instance, ctx, decode
+
+    def _initial(self, found: bool, state: Any) -> Any:
+        if self.initial_state is not None:
+            state = self.initial_state
+            self.initial_state = None  # restarts resume the persisted state
+        elif not found:
+            state = self.cls.State()
+        return state
+
+    def _ready_to_run(self, instance: Agent, state: Any) -> None:
+        self.state = state
+        self._instance = instance
+        if self.status == "restarting":
+            # Counted from now, not from when the supervisor reports the
+            # restart, so health does not flicker to HEALTHY in between.
+            self.last_restart_at = trio.current_time()
+        self.status = "running"
+
+    async def _start_up(self) -> Context:
+        """Load (or make) the state, run ``on_start``, commit, replay the
+        durable log, register: everything before ``task_status.started()``."""
+        instance, ctx, decode = self._begin()
+        found, state = await self.store.load(decode)
+        state = self._initial(found, state)
+        started = await instance.on_start(state)
+        if started is not None:
+            state = started
+        await self.store.commit(state)
+        self.state = state
+        self._instance = instance
+        await self._replay_log()
+        await self.comm.registry.register(self.ref, self.registry_metadata())
+        self._ready_to_run(instance, state)
+        return ctx
+
+    def registry_metadata(self) -> dict[str, Any]:
+        """The registry entry's metadata: the agent's own, plus its restart
+        type, so failover restarts the agent on another node the same way."""
+        return {**(self.metadata or {}), RESTART_KEY: self.restart}
+
+    def can_start_now(self) -> bool:
+        """Whether :meth:`start_now` can do the start-up synchronously: state
+        in the plain in-memory backend, a registry that registers without
+        awaiting, no ``on_start`` override, nothing in the durable log."""
+        return (
+            self.store.synchronous
+            and self.cls.on_start is Agent.on_start
+            and register_nowait(self.comm.registry, self.ref) is not None
+            and not self.store.has_log(self.log_stream)
+        )
+
+    def start_now(self) -> None:
+        """:meth:`_start_up` without awaiting (only if :meth:`can_start_now`);
+        the incarnation's task then goes straight to its loop. The caller
+        announces it (:meth:`announce_started`) once the task is spawned."""
+        register = register_nowait(self.comm.registry, self.ref)
+        assert register is not None
+        instance, ctx, decode = self._begin()
+        found, state = self.store.load_nowait(decode)
+        if found or self.initial_state is not None:
+            state = self._initial(found, state)
+            self.store.commit_nowait(state)
+        else:
+            # A brand-new agent with the default state: nothing to persist yet
+            # (no instruction applied; a restart or an eventual read without a
+            # record gets the same State()). It must be storable all the same.
+            state = self.cls.State()
+            encode_state(state)
+        self.state = state
+        self._instance = instance
+        register(self.ref, self.registry_metadata())
+        self._ready_to_run(instance, state)
+        self._ready = ctx
+
+    def announce_started(self) -> None:
+        self.comm.emit("jido_trio_agent_started", ref=self.ref)
+        self.comm.note_health(self)
 
     def request_stop(self) -> None:
         """Graceful stop: finish the current batch and the messages queued
@@ -260,6 +373,9 @@ class AgentCell:
             self._crash_seen = None
         self.comm.note_health(self)
         self.comm.agent_gone(self)
+        if not self.comm.cells:
+            # The node's last agent is gone: no local call can still be waiting.
+            self.comm.deadlines.flush()
 
     # ------------------------------------------------------------ durable mailbox
 
@@ -352,7 +468,12 @@ class AgentCell:
             else:
                 batch = mailbox.take_batch(BATCH_LIMIT)
             if not batch:
-                await mailbox.wait()
+                if self._pending is not None and not self._pending:
+                    self._pending = None
+                if mailbox.prepare_wait():
+                    await trio.lowlevel.wait_task_rescheduled(mailbox.abort_wait)
+                else:
+                    await trio.lowlevel.checkpoint()
                 continue
             await self._run_batch(batch, ctx)
             if len(mailbox):
@@ -428,15 +549,23 @@ class AgentCell:
         cause: BaseException | None,
     ) -> Exception | None:
         commit_error: Exception | None = None
+        committed = False
         try:
             if dirty:
                 await self.store.commit(self.state)
+            committed = True
             await self._ack(applied)
         except Exception as exc:
             commit_error = exc
+        unsaved: list[Delivery] = []
         for delivery in applied:
             if commit_error is None:
                 delivery.resolve()
+            elif not committed and delivery.log_seq is not None:
+                # Logged, applied only in memory: the next incarnation reloads
+                # the last committed state and must apply it again (its seq
+                # stays in `unacked`, so the log replay counts on it being queued).
+                unsaved.append(delivery)
             else:
                 if delivery.log_seq is not None:
                     # Applied but not durable: no longer queued anywhere, so
@@ -447,6 +576,11 @@ class AgentCell:
                 )
         if index < len(batch):
             await self._settle_unfinished(batch[index], cause, batch[index + 1 :])
+        if unsaved:
+            for delivery in unsaved:
+                assert delivery.instruction is not None
+                self.pending.add(delivery.instruction.id)
+            self.mailbox.requeue_front(unsaved)  # ahead of the rest of the batch
         return commit_error
 
     async def _settle_unfinished(
@@ -510,5 +644,7 @@ class AgentCell:
         if result is not None:
             self.state = result
         self.store.mark(instruction.id)
-        self.pending.discard(instruction.id)
+        pending = self._pending
+        if pending is not None:
+            pending.discard(instruction.id)
         return True

@@ -14,7 +14,6 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import attrs
@@ -49,6 +48,7 @@ from ._resilience import (
     RetryPolicy,
     retry_idempotent,
 )
+from ._scheduling import ScheduleBudget
 from ._signal import Signal
 from .abc import Consistency, Registry, StateBackend, Transport
 
@@ -85,22 +85,10 @@ def _deadline(timeout: float | None, default: float) -> float:
 
 #: A local ``send_instruction`` that finds room in the mailbox is a cancel
 #: point on every call but a schedule point only once per this many such calls
-#: in the same task (like Erlang reductions); see docs/performance.md.
+#: (no task makes more in a row; like Erlang reductions); see docs/performance.md.
 TELL_SCHEDULE_EVERY = 64
 
-_tell_budget: ContextVar[int] = ContextVar("jido_trio_tell_budget", default=TELL_SCHEDULE_EVERY)
-
-
-async def _tell_schedule_point() -> None:
-    """Yield to the scheduler on every :data:`TELL_SCHEDULE_EVERY`-th call per
-    task (per contextvars context: trio gives each task its own). The caller
-    has passed a cancel point already."""
-    left = _tell_budget.get() - 1
-    if left > 0:
-        _tell_budget.set(left)
-    else:
-        _tell_budget.set(TELL_SCHEDULE_EVERY)
-        await trio.lowlevel.cancel_shielded_checkpoint()
+_tell_schedule_point = ScheduleBudget(TELL_SCHEDULE_EVERY).schedule_point
 
 
 @attrs.define(eq=False)
@@ -378,7 +366,10 @@ class Communication:
         if cell.seen(instruction.id):
             await trio.lowlevel.checkpoint()
             raise AlreadyProcessed(f"instruction {instruction.id} was already applied")
-        breaker = self.breakers.get(self.breaker_key(self.node_name, cell.ref.id))
+        key = cell.breaker_key
+        if key is None:
+            key = cell.breaker_key = self.breaker_key(self.node_name, cell.ref.id)
+        breaker = self.breakers.get(key)
         # breaker.call() inlined: one coroutine less per call.
         epoch = breaker.admit()
         if epoch is None:
@@ -390,7 +381,7 @@ class Communication:
         outcome: Literal["success", "failure", "release"] = "release"
         try:
             value = await self._enqueue_and_wait(
-                cell, Delivery("instruction", message, instruction, Reply()), deadline
+                cell, Delivery("instruction", message, instruction, Reply()), deadline, started
             )
         except CallTimeout:
             outcome = "failure"
@@ -402,11 +393,15 @@ class Communication:
         self.latency.record(cell.ref.id, trio.current_time() - started)
         return value
 
-    async def _enqueue_and_wait(self, cell: AgentCell, item: Delivery, deadline: float) -> Any:
+    async def _enqueue_and_wait(
+        self, cell: AgentCell, item: Delivery, deadline: float, now: float | None = None
+    ) -> Any:
         reply = item.reply
         assert reply is not None
         instruction_id = None if item.instruction is None else item.instruction.id
-        if cell.mailbox.has_room() and trio.current_time() < deadline:
+        if now is None:
+            now = trio.current_time()
+        if now < deadline and cell.mailbox.has_room():
             # The hot path: queue at once, and let the node's deadline heap
             # (not a cancel scope of this call) expire the reply.
             try:
@@ -418,13 +413,19 @@ class Communication:
             cell.mailbox.put_nowait(item)
             self.deadlines.add(deadline, reply)
             try:
-                value = await reply.wait()
+                # reply.wait() inlined: one coroutine frame less to pass on
+                # suspend and resume (the agent cannot have answered yet).
+                if reply.done:  # pragma: no cover - defensive
+                    await trio.lowlevel.checkpoint()
+                else:
+                    reply.prepare_wait()
+                    await trio.lowlevel.wait_task_rescheduled(reply.abort_wait)
             finally:
                 if not reply.done:
                     reply.abandoned = True
             if reply.expired:
                 raise CallTimeout(f"no reply from agent {cell.ref.id!r} before the deadline")
-            return value
+            return reply.result()
         queued = False
         try:
             with trio.move_on_at(deadline) as scope:
@@ -502,7 +503,9 @@ class Communication:
         if consistency == "eventual":
             decoder = state_decoder(cell.cls.State)
             with trio.move_on_at(deadline) as scope:
-                return await cell.store.read_state(decoder.decode, "eventual")
+                state = await cell.store.read_state(decoder.decode, "eventual")
+                # No record yet: a new agent that has applied nothing holds State().
+                return cell.cls.State() if state is None else state
             if scope.cancelled_caught:
                 raise CallTimeout(f"state read of agent {cell.ref.id!r} timed out")
         message = Message.new(None, cell.ref, {"query": query})

@@ -68,9 +68,23 @@ class Reply:
             self._task = None
             trio.lowlevel.reschedule(task)
 
-    def _abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+    def abort_wait(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
         self._task = None
         return trio.lowlevel.Abort.SUCCEEDED
+
+    def prepare_wait(self) -> None:
+        """Make the current task the waiter of an unsettled slot; it must then
+        ``await trio.lowlevel.wait_task_rescheduled(reply.abort_wait)`` at once
+        and read :meth:`result` (the synchronous halves of :meth:`wait`)."""
+        if self._task is not None:
+            raise RuntimeError("a reply has a single waiter")
+        self._task = trio.lowlevel.current_task()
+
+    def result(self) -> Any:
+        """The value of a settled slot, or raise its error (``None`` if expired)."""
+        if self._error is not None:
+            raise self._error
+        return None if self._value is _UNSET else self._value
 
     async def wait(self) -> Any:
         """Wait until the slot is settled; return the value or raise the error.
@@ -81,13 +95,9 @@ class Reply:
         if self.done:
             await trio.lowlevel.checkpoint()
         else:
-            if self._task is not None:
-                raise RuntimeError("a reply has a single waiter")
-            self._task = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort)
-        if self._error is not None:
-            raise self._error
-        return None if self._value is _UNSET else self._value
+            self.prepare_wait()
+            await trio.lowlevel.wait_task_rescheduled(self.abort_wait)
+        return self.result()
 
 
 class ReplyDeadlines:
@@ -137,6 +147,14 @@ class ReplyDeadlines:
             trio.lowlevel.spawn_system_task(self._watch, name="jido_trio.reply-deadlines")
         elif self._scope is not None and deadline < self._scope.deadline:
             self._scope.deadline = deadline
+
+    def flush(self) -> None:
+        """Drop every settled slot now; if none is left unsettled, the watcher
+        task ends at once instead of sleeping until the earliest deadline."""
+        self._lane = deque(entry for entry in self._lane if not entry[1].done)
+        self._compact()
+        if not self._lane and not self._heap and self._scope is not None:
+            self._scope.cancel()
 
     def _compact(self) -> None:
         heap = [entry for entry in self._heap if not entry[2].done]

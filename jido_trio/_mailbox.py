@@ -107,15 +107,25 @@ class Mailbox(Generic[T]):
 
     async def wait(self) -> None:
         """Wait until an item is queued, :meth:`wake` is called or the box closes."""
-        if self._items or self._closed is not None:
+        if self.prepare_wait():
+            await trio.lowlevel.wait_task_rescheduled(self.abort_wait)
+        else:
             await trio.lowlevel.checkpoint()
-            return
+
+    def prepare_wait(self) -> bool:
+        """The synchronous half of :meth:`wait`, for a consumer that parks
+        itself (one coroutine frame less per idle agent): when nothing is
+        queued and the box is open, make the current task the waiter and
+        return True; it must then ``await
+        trio.lowlevel.wait_task_rescheduled(mailbox.abort_wait)`` at once."""
+        if self._items or self._closed is not None:
+            return False
         if self._waiter is not None:
             raise RuntimeError("a mailbox has one consumer at a time")
         self._waiter = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(self._abort)
+        return True
 
-    def _abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+    def abort_wait(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
         self._waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
 

@@ -28,6 +28,7 @@ from ._persistence import AgentStore
 from ._plugins import collect_backends, make_plugin_manager
 from ._ref import AgentRef
 from ._resilience import FailureDetector
+from ._scheduling import ScheduleBudget
 from ._signal import Signal
 from ._signal_bus import SignalBus
 from ._supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor, SupervisorInfo
@@ -38,6 +39,13 @@ __all__ = ["Node", "open_node"]
 log = logging.getLogger("jido_trio.node")
 
 ROOT_SUPERVISOR = "root"
+
+#: ``start_agent``/``start_agents`` on the synchronous start path are a cancel
+#: point for every agent but a schedule point only once per this many agents
+#: started (no task starts more in a row; see docs/performance.md).
+START_SCHEDULE_EVERY = 64
+
+_start_schedule_point = ScheduleBudget(START_SCHEDULE_EVERY).schedule_point
 
 
 @attrs.define(eq=False)
@@ -95,8 +103,11 @@ class Node:
     # ------------------------------------------------------------ hooks
 
     def _emit(self, hook: str, **kwargs: Any) -> None:
+        caller = getattr(self.plugin_manager.hook, hook)
+        if not caller.get_hookimpls():
+            return  # nobody listens: skip pluggy's call machinery
         try:
-            getattr(self.plugin_manager.hook, hook)(node=self, **kwargs)
+            caller(node=self, **kwargs)
         except Exception:
             log.exception("plugin hook %s failed", hook)
 
@@ -159,13 +170,85 @@ class Node:
         The agent resumes the state persisted for ``agent_id`` unless ``state``
         is given.
 
+        With the built-in in-memory state backend and local registry, an agent
+        class without ``on_start`` and nothing in the agent's durable log, the
+        start-up runs synchronously and the agent's task is spawned without
+        waiting for it; the call is then a cancel point, and a schedule point
+        only once every :data:`START_SCHEDULE_EVERY` such starts (no task makes
+        more in a row; docs/performance.md). Otherwise it awaits the agent's start-up
+        in its task. To start many agents of one class, :meth:`start_agents`.
+
         :raises AgentAlreadyExists: ``agent_id`` names a live agent.
         :raises TypeError: ``cls`` is not an :class:`Agent` subclass with a ``type``.
         """
+        self._check_agent_class(cls)
+        self._check_new_agent_id(agent_id)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        parent = self._supervisor(supervisor)
+        cell, spec = self._new_cell(cls, agent_id, parent, state, restart, metadata)
+        if self._can_start_now(cell, parent):
+            self._start_now(cell, spec, parent)
+            await _start_schedule_point()
+        else:
+            await self._start_awaiting(cell, spec, parent)
+        return cell.ref
+
+    async def start_agents(
+        self,
+        cls: type[Agent],
+        agent_ids: Iterable[str],
+        *,
+        restart: Restart = "permanent",
+        metadata: Mapping[str, Any] | None = None,
+        supervisor: Supervisor | str | None = None,
+    ) -> list[AgentRef]:
+        """Start one agent of class ``cls`` per id, in order, under
+        ``supervisor``; return their refs once all of them run.
+
+        The same as awaiting :meth:`start_agent` for each id (each agent
+        resumes its persisted state, the same hooks fire, the same schedule
+        points: a cancel point before each agent, a schedule point once every
+        :data:`START_SCHEDULE_EVERY` agents on the synchronous start path),
+        minus the per-call overhead.
+
+        The ids are checked before any agent is started: duplicates, or an id
+        of a live agent, raise at once and start nothing. If starting one
+        fails or the call is cancelled, the agents started before it keep
+        running.
+
+        :raises AgentAlreadyExists: an id names a live agent.
+        :raises ValueError: an id is empty or given twice.
+        :raises TypeError: ``cls`` is not an :class:`Agent` subclass with a ``type``.
+        """
+        self._check_agent_class(cls)
+        ids = list(agent_ids)
+        if len(set(ids)) != len(ids):
+            raise ValueError("agent ids must be unique")
+        for agent_id in ids:
+            self._check_new_agent_id(agent_id)
+        parent = self._supervisor(supervisor)
+        refs: list[AgentRef] = []
+        if not ids:
+            await trio.lowlevel.checkpoint()
+        for agent_id in ids:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            cell, spec = self._new_cell(cls, agent_id, parent, None, restart, metadata)
+            if self._can_start_now(cell, parent):
+                self._start_now(cell, spec, parent)
+                await _start_schedule_point()
+            else:
+                await self._start_awaiting(cell, spec, parent)
+            refs.append(cell.ref)
+        return refs
+
+    @staticmethod
+    def _check_agent_class(cls: type[Agent]) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Agent)):
             raise TypeError(f"expected an Agent subclass, got {cls!r}")
         if not isinstance(getattr(cls, "type", None), str):
             raise TypeError(f"{cls.__name__} has no 'type' name")
+
+    def _check_new_agent_id(self, agent_id: str) -> None:
         if not isinstance(agent_id, str) or not agent_id:
             raise ValueError("agent id must be a non-empty string")
         if self._closing:
@@ -173,8 +256,20 @@ class Node:
         existing = self._comm.cells.get(agent_id)
         if existing is not None and existing.alive:
             raise AgentAlreadyExists(f"agent {agent_id!r} is already running")
-        parent = self._supervisor(supervisor)
+
+    def _new_cell(
+        self,
+        cls: type[Agent],
+        agent_id: str,
+        parent: Supervisor,
+        state: Any,
+        restart: Restart,
+        metadata: Mapping[str, Any] | None,
+    ) -> tuple[AgentCell, ChildSpec]:
+        self._check_new_agent_id(agent_id)
         ref = AgentRef(id=agent_id, type=cls.type, node=self.name, metadata=metadata)
+        # Not Mailbox[Delivery](...): calling a subscripted generic is ~10x slower.
+        mailbox: Mailbox[Delivery] = Mailbox(self.config.mailbox_size)
         cell = AgentCell(
             ref=ref,
             cls=cls,
@@ -182,7 +277,7 @@ class Node:
             store=AgentStore(
                 backend=self.state, agent_id=agent_id, window=self.config.dedupe_window
             ),
-            mailbox=Mailbox[Delivery](self.config.mailbox_size),
+            mailbox=mailbox,
             restart=restart,
             shutdown_timeout=self.config.shutdown_timeout,
             max_attempts=self.config.max_delivery_attempts,
@@ -198,18 +293,55 @@ class Node:
             state=state,
             metadata=metadata,
         )
+        return cell, spec
+
+    @staticmethod
+    def _can_start_now(cell: AgentCell, parent: Supervisor) -> bool:
+        return cell.can_start_now() and parent.can_add_nowait(cell.ref.id)
+
+    def _start_now(self, cell: AgentCell, spec: ChildSpec, parent: Supervisor) -> None:
+        """Start the agent without awaiting (only if :meth:`_can_start_now`):
+        its start-up runs here, its task is spawned and not waited for."""
+        agent_id = cell.ref.id
+        self._comm.add_cell(cell)
+        try:
+            cell.start_now()
+        except BaseException:
+            if self._comm.cells.get(agent_id) is cell:
+                del self._comm.cells[agent_id]
+            raise
+        cell.announce_started()
+        parent.add_started_child(
+            spec,
+            run=cell,
+            kind="agent",
+            graceful=cell.request_stop,
+            observer=cell,
+            self_scoped=True,
+        )
+        self._subscribe_routes(cell.cls, cell.ref)
+
+    async def _start_awaiting(self, cell: AgentCell, spec: ChildSpec, parent: Supervisor) -> None:
+        agent_id = cell.ref.id
         self._comm.add_cell(cell)
         try:
             await parent.add_child(
-                spec, run=cell.serve, kind="agent", graceful=cell.request_stop, observer=cell
+                spec,
+                run=cell,
+                kind="agent",
+                graceful=cell.request_stop,
+                observer=cell,
+                self_scoped=True,
             )
         except BaseException:
             if self._comm.cells.get(agent_id) is cell:
                 del self._comm.cells[agent_id]
             raise
+        self._subscribe_routes(cell.cls, cell.ref)
+
+    def _subscribe_routes(self, cls: type[Agent], ref: AgentRef) -> None:
         for pattern, (action_name, priority) in cls.signal_routes.items():
             self.signals.subscribe_agent(ref, pattern, action_name, priority=priority)
-        return ref
 
     async def publish(self, signal: Signal) -> int:
         """Publish a signal on this node's bus (and forward it to the other nodes);

@@ -21,7 +21,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from typing import Any
+from types import MappingProxyType
+from typing import Any, cast
 
 import attrs
 import msgspec
@@ -40,6 +41,13 @@ _RECORD_FORMAT = 1
 _encode = msgspec.msgpack.Encoder().encode
 _decode_any = msgspec.msgpack.Decoder().decode
 _decode_ids = msgspec.msgpack.Decoder(list[str]).decode
+
+
+#: What a store holds before it has applied an instruction: shared by every
+#: such store, and immutable (a missed copy-on-write fails loudly rather than
+#: leaking ids between agents). An idle agent then holds no dict or list here.
+_NO_SEEN: dict[str, None] = cast("dict[str, None]", MappingProxyType({}))
+_NO_RECENT: list[str] = cast("list[str]", ())
 
 
 def state_key(agent_id: str) -> str:
@@ -64,8 +72,8 @@ class AgentStore:
     agent_id: str
     window: int
     version: int = 0
-    seen: dict[str, None] = attrs.field(factory=dict)
-    recent: list[str] = attrs.field(factory=list)
+    seen: dict[str, None] = attrs.field(default=_NO_SEEN)
+    recent: list[str] = attrs.field(default=_NO_RECENT)
     first_chunk: int = 0
     next_chunk: int = 0
     #: The backend when it can be used synchronously (see the module docstring).
@@ -98,7 +106,7 @@ class AgentStore:
         if found is None:
             self.version = 0
             self.first_chunk = self.next_chunk = 0
-            self.seen, self.recent = {}, []
+            self.seen, self.recent = _NO_SEEN, _NO_RECENT
             return False, None
         _, state_bytes, recent, first, nxt = self._decode_record(found.value)
         # Built aside and swapped in at once: senders consult `seen` while we await.
@@ -113,6 +121,12 @@ class AgentStore:
         self.seen, self.recent = seen, list(recent)
         return True, decode_state(state_bytes)
 
+    def has_log(self, stream: str) -> bool:
+        """Whether the durable log ``stream`` holds entries; only when :attr:`synchronous`."""
+        sync = self._sync
+        assert sync is not None
+        return sync._has_log(stream)
+
     def load_nowait(self, decode_state: Callable[[bytes], Any]) -> tuple[bool, Any]:
         """:meth:`load` without awaiting; only when :attr:`synchronous`."""
         sync = self._sync
@@ -121,7 +135,7 @@ class AgentStore:
         if found is None:
             self.version = 0
             self.first_chunk = self.next_chunk = 0
-            self.seen, self.recent = {}, []
+            self.seen, self.recent = _NO_SEEN, _NO_RECENT
             return False, None
         _, state_bytes, recent, first, nxt = self._decode_record(found.value)
         seen: dict[str, None] = {}
@@ -146,6 +160,10 @@ class AgentStore:
 
     def mark(self, instruction_id: str) -> None:
         """Record an applied instruction id (persisted by the next :meth:`commit`)."""
+        if self.seen is _NO_SEEN:
+            self.seen = {}
+        if self.recent is _NO_RECENT:
+            self.recent = []
         self.seen[instruction_id] = None
         self.recent.append(instruction_id)
 
@@ -222,6 +240,6 @@ class AgentStore:
             await self.backend.delete(key)
         await self.backend.delete(self.key)
         self.version = 0
-        self.seen.clear()
-        self.recent = []
+        self.seen = _NO_SEEN
+        self.recent = _NO_RECENT
         self.first_chunk = self.next_chunk = 0

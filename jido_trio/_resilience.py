@@ -559,12 +559,15 @@ class LatencyTracker:
 
     def record(self, key: str, seconds: float) -> None:
         """Add one response time of ``key``, in seconds."""
-        previous = self._averages.pop(key, None)
-        self._averages[key] = (
-            seconds if previous is None else self.alpha * seconds + (1 - self.alpha) * previous
-        )
-        while len(self._averages) > self.max_keys:
-            self._averages.popitem(last=False)
+        averages = self._averages
+        previous = averages.get(key)
+        if previous is None:
+            averages[key] = seconds
+            while len(averages) > self.max_keys:
+                averages.popitem(last=False)
+        else:
+            averages[key] = self.alpha * seconds + (1 - self.alpha) * previous
+            averages.move_to_end(key)
 
     def average(self, key: str) -> float | None:
         """The current average of ``key``, or None if nothing was recorded."""

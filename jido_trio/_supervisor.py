@@ -142,6 +142,23 @@ class _StartedProxy:
         self._inner.started(value)
 
 
+class _AlreadyStarted:
+    """``task_status`` of a child spawned by :meth:`Supervisor.add_started_child`."""
+
+    def started(self, value: Any = None) -> None:
+        return None
+
+
+_ALREADY_STARTED: Any = _AlreadyStarted()
+#: The (shared, never reset) proxy of every child spawned already started.
+_PRESTARTED = _StartedProxy(_ALREADY_STARTED)
+_PRESTARTED.started_called = True
+
+
+def _task_name(child: _Child) -> str:
+    return f"{child.kind}:{child.id}"
+
+
 def describe(error: BaseException | None) -> str | None:
     if error is None:
         return None
@@ -162,14 +179,45 @@ class _Child:
     last_failure: str | None = None
     incarnation: int = 0
     stopping: bool = False
-    #: How the current incarnation ended (set before ``done``).
+    #: ``run`` enters :attr:`scope` itself (``cancel_scope=`` keyword): one
+    #: cancel scope per agent instead of two.
+    self_scoped: bool = False
+    #: How the current incarnation ended (set before it is marked finished).
     exit_error: BaseException | None = None
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    done: trio.Event = attrs.field(factory=trio.Event)
+    #: The current incarnation's task has ended.
+    finished: bool = False
+    #: Made only when someone waits for the end (most children never need one).
+    _done: trio.Event | None = None
 
     @property
     def id(self) -> str:
         return self.spec.id
+
+    def new_incarnation(self) -> int:
+        self.incarnation += 1
+        self.stopping = False
+        if self.incarnation > 1:
+            self.scope = trio.CancelScope()  # a scope can be entered once
+        self.finished = False
+        self._done = None
+        self.exit_error = None
+        return self.incarnation
+
+    def mark_finished(self, incarnation: int) -> None:
+        if incarnation == self.incarnation:
+            self.finished = True
+            if self._done is not None:
+                self._done.set()
+
+    async def wait_finished(self) -> None:
+        """Wait until the current incarnation's task has ended (a checkpoint)."""
+        if self.finished:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._done is None:
+            self._done = trio.Event()
+        await self._done.wait()
 
 
 EventCallback = Callable[[str, str, str, str | None], None]
@@ -298,8 +346,14 @@ class Supervisor:
         graceful: Callable[[], None] | None = None,
         observer: ChildObserver | None = None,
         supervisor: Supervisor | None = None,
+        self_scoped: bool = False,
     ) -> None:
-        """Add and start a child; on failure to start, forget it and re-raise."""
+        """Add and start a child; on failure to start, forget it and re-raise.
+
+        ``self_scoped``: ``run`` takes a ``cancel_scope=`` keyword and runs its
+        whole body inside that scope (the supervisor cancels it to stop the
+        child hard).
+        """
         self._check_accepting()
         async with self._lock:
             self._check_accepting()
@@ -312,6 +366,7 @@ class Supervisor:
                 graceful=graceful,
                 observer=observer,
                 supervisor=supervisor,
+                self_scoped=self_scoped,
             )
             self._children[child.id] = child
             try:
@@ -320,40 +375,85 @@ class Supervisor:
                 del self._children[child.id]
                 raise
 
+    def can_add_nowait(self, child_id: str) -> bool:
+        """Whether :meth:`add_started_child` may add ``child_id`` now: the
+        supervisor runs, accepts children, has no child of that id and nobody
+        holds its lock (a restart or stop in progress)."""
+        return (
+            self._nursery is not None
+            and self.status == "running"
+            and not self._shutdown_requested.is_set()
+            and not self._lock.locked()
+            and child_id not in self._children
+        )
+
+    def add_started_child(
+        self,
+        spec: ChildSpec,
+        *,
+        run: Callable[..., Awaitable[Any]],
+        kind: Literal["agent", "worker", "supervisor"],
+        graceful: Callable[[], None] | None = None,
+        observer: ChildObserver | None = None,
+        self_scoped: bool = False,
+    ) -> None:
+        """Add a child that is ready already (its owner did the start-up work
+        synchronously) and spawn its task without waiting for it: no temporary
+        nursery, no scheduler round. Only after :meth:`can_add_nowait` said so.
+
+        ``run`` is called like any child's, with a ``task_status`` whose
+        ``started()`` does nothing; later incarnations (restarts) start the
+        usual way.
+        """
+        assert self._nursery is not None and self.can_add_nowait(spec.id)
+        child = _Child(
+            spec=spec,
+            run=run,
+            kind=kind,
+            graceful=graceful,
+            observer=observer,
+            self_scoped=self_scoped,
+        )
+        self._children[child.id] = child
+        incarnation = child.new_incarnation()
+        self._nursery.start_soon(
+            self._run_child, child, incarnation, _ALREADY_STARTED, name=_task_name(child)
+        )
+        child.status = "running"
+        self._emit(child, "started")
+
     async def _start(self, child: _Child) -> None:
         assert self._nursery is not None
-        child.incarnation += 1
-        child.stopping = False
-        child.scope = trio.CancelScope()
-        child.done = trio.Event()
-        child.exit_error = None
-        await self._nursery.start(self._run_child, child, child.incarnation)
+        incarnation = child.new_incarnation()
+        await self._nursery.start(self._run_child, child, incarnation, name=_task_name(child))
         child.status = "running"
         self._emit(child, "started")
 
     async def _run_child(
         self, child: _Child, incarnation: int, task_status: trio.TaskStatus[None]
     ) -> None:
-        if self.node_name is not None:
+        if self.node_name is not None and current_node_name.get() != self.node_name:
             # A child started from another node's task still belongs to this node.
             current_node_name.set(self.node_name)
-        proxy = _StartedProxy(task_status)
-        done = child.done
+        proxy = _PRESTARTED if task_status is _ALREADY_STARTED else _StartedProxy(task_status)
         error: BaseException | None = None
         try:
-            with child.scope:
-                try:
-                    await child.run(*child.spec.args, task_status=proxy)
-                except Exception as exc:
-                    if not proxy.started_called:
-                        raise
-                    error = exc
+            try:
+                if child.self_scoped:
+                    await child.run(*child.spec.args, task_status=proxy, cancel_scope=child.scope)
+                else:
+                    with child.scope:
+                        await child.run(*child.spec.args, task_status=proxy)
+            except Exception as exc:
+                if not proxy.started_called:
+                    raise
+                error = exc
             if not proxy.started_called:
                 # Stopped (or returned) before it was ready: report as a failed start.
                 raise RuntimeError(f"child {child.id!r} exited before it was started")
             child.exit_error = error
         finally:
-            done.set()
+            child.mark_finished(incarnation)
         self._exits[0].send_nowait((child, incarnation, error))
 
     async def run(
@@ -501,7 +601,7 @@ class Supervisor:
         return None
 
     async def _stop(self, child: _Child, *, will_restart: bool = False) -> None:
-        if child.status != "running" or child.done.is_set():
+        if child.status != "running" or child.finished:
             # Not running (already exited, or waiting for a restart that will
             # not happen now): nothing to stop, but it must not come back.
             if child.status == "running" and not child.stopping:
@@ -519,10 +619,10 @@ class Supervisor:
         else:
             child.scope.cancel()
         with trio.move_on_after(child.spec.shutdown):
-            await child.done.wait()
-        if not child.done.is_set():
+            await child.wait_finished()
+        if not child.finished:
             child.scope.cancel()
-            await child.done.wait()
+            await child.wait_finished()
         child.status = "stopped"
         if child.exit_error is not None:
             # It failed while stopping (e.g. the last message it handled raised).

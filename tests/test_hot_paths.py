@@ -230,3 +230,23 @@ async def test_stop_agent_handles_what_was_sent_before_it() -> None:
         assert stopped_with == [300]
         with pytest.raises(jt.AgentUnavailable):
             await node.send_instruction(ref, jt.Instruction("increment"))
+
+
+def _all_tasks() -> int:
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(walk(t) for n in task.child_nurseries for t in n.child_tasks)
+
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return walk(root)
+
+
+async def test_deadline_watcher_ends_with_the_node() -> None:
+    before = _all_tasks()
+    async with jt.open_node(name="n") as node:
+        ref = await node.start_agent(Counter, "c")
+        assert await node.call(ref, jt.Instruction("get"), timeout=600) == 0
+        assert _all_tasks() > before
+    await trio.testing.wait_all_tasks_blocked()
+    # No task left behind sleeping until the call's (long past) deadline.
+    assert _all_tasks() == before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,7 +15,7 @@ from .._exceptions import AgentAlreadyExists, AgentNotFound
 from .._ref import AgentRef
 from ..abc import Registry, RegistryEntry, RegistryEvent
 
-__all__ = ["LocalRegistry"]
+__all__ = ["LocalRegistry", "register_nowait"]
 
 #: Events a watcher may fall behind by before further events are dropped for it.
 WATCH_BUFFER = 1024
@@ -45,6 +45,11 @@ class LocalRegistry(Registry):
         self, ref: AgentRef, metadata: Mapping[str, Any] | None = None
     ) -> RegistryEntry:
         await trio.lowlevel.checkpoint()
+        return self._register_nowait(ref, metadata)
+
+    def _register_nowait(
+        self, ref: AgentRef, metadata: Mapping[str, Any] | None = None
+    ) -> RegistryEntry:
         if ref.node is None:
             raise ValueError("a registered ref must name its owning node")
         current = self._entries.get(ref.id)
@@ -143,3 +148,22 @@ class LocalRegistry(Registry):
         finally:
             self._watchers.discard(send)
             send.close()
+
+
+def register_nowait(
+    registry: object, ref: AgentRef
+) -> Callable[[AgentRef, Mapping[str, Any] | None], RegistryEntry] | None:
+    """A synchronous ``register`` of ``ref`` for the node's start path, or
+    ``None`` when the caller must await ``registry.register`` instead: the
+    registry is not a :class:`LocalRegistry`, or its ``register`` is
+    overridden (a subclass that customises it sees every registration), or
+    another node still holds the id (its unregistration may be on its way:
+    awaiting gives it the chance to land first, as before)."""
+    if not (
+        isinstance(registry, LocalRegistry) and type(registry).register is LocalRegistry.register
+    ):
+        return None
+    current = registry.lookup_nowait(ref.id)
+    if current is not None and current.ref.node != ref.node:
+        return None
+    return registry._register_nowait

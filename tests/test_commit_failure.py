@@ -1,0 +1,85 @@
+"""A batch whose commit fails: its at-least-once messages are delivered again.
+
+The agent applies a batch in memory, then commits state and processed ids.
+When that commit fails (the StateBackend is briefly away), the agent crashes
+and reloads its last committed state, so the logged messages of that batch
+must be applied again by the next incarnation, not only by the next process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import trio
+import trio.testing
+
+import jido_trio as jt
+from jido_trio.local import MemoryStateBackend
+
+
+class FailingCommits(MemoryStateBackend):
+    """Writes of agent records fail while :attr:`failures` is above zero."""
+
+    failures: int = 0
+
+    async def write(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
+        if key.startswith("agent/") and "/ids/" not in key and self.failures > 0:
+            await trio.lowlevel.checkpoint()
+            self.failures -= 1
+            raise jt.Unreachable("the state backend is away")
+        return await super().write(key, value, expected_version=expected_version)
+
+
+class Plugin:
+    def __init__(self) -> None:
+        self.backend = FailingCommits()
+
+    @jt.hookimpl
+    def jido_trio_add_backends(self, backends: Any) -> None:
+        backend = self.backend
+
+        def factory(config: jt.Config, options: Mapping[str, Any]) -> FailingCommits:
+            return backend
+
+        backends.add_state("failing-commits", factory)
+
+
+@attrs.frozen
+class Items:
+    items: tuple[str, ...] = ()
+
+
+class List(jt.Agent):
+    type = "commit-failure-list"
+    State = Items
+
+    @jt.action("add")
+    async def add(self, state: Items, item: str) -> Items:
+        return Items((*state.items, item))
+
+    @jt.action("get")
+    async def get(self, state: Items) -> None:
+        self.ctx.reply(list(state.items))
+
+
+async def test_logged_messages_of_a_batch_whose_commit_failed_are_applied_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    plugin = Plugin()
+    config = jt.Config(node_name="n", state="failing-commits", max_restarts=10)
+    async with jt.open_node(config, plugins=[plugin]) as node:
+        ref = await node.start_agent(List, "list")
+        plugin.backend.failures = 1
+        for item in ("a", "b", "c"):
+            await node.send_instruction(
+                ref, jt.Instruction("add", {"item": item}), delivery="at_least_once"
+            )
+        # The batch's commit failed, the agent restarted from its last
+        # committed state and applied the three again, once each, in order.
+        assert await node.call(ref, jt.Instruction("get")) == ["a", "b", "c"]
+        [child] = node.supervision_tree().children
+        assert child.restarts == 1
+        await trio.sleep(1)
+        assert await node.state.read_log("mailbox/list") == []
