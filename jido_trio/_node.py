@@ -338,6 +338,10 @@ class Node:
                 del self._comm.cells[agent_id]
             raise
         self._subscribe_routes(cell.cls, cell.ref)
+        if cell.cls.signal_routes:
+            # On a topic transport (NATS), signals from other nodes reach the
+            # agent from the moment start_agent returns.
+            await self.signals.sync_topics()
 
     def _subscribe_routes(self, cls: type[Agent], ref: AgentRef) -> None:
         for pattern, (action_name, priority) in cls.signal_routes.items():
