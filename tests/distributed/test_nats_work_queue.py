@@ -25,30 +25,9 @@ from jido_trio import DeadJob, QueueStats, open_work_queue
 from jido_trio.testing import crash_agent
 from jido_trio_nats._work_queue import JetStreamQueue
 
+from ..test_work_queue import Worker, WorkerState, applied, everything
+
 log = logging.getLogger(__name__)
-
-
-@attrs.frozen
-class WorkerState:
-    #: Job numbers applied, in order; a job applied twice shows up twice.
-    done: tuple[int, ...] = ()
-
-
-class NatsWorker(jt.Agent):
-    """Applies ``{"n": int}`` jobs; ``sleep`` makes a job slow, ``poison`` makes it crash."""
-
-    type = "nats-wq-worker"
-    State = WorkerState
-
-    @jt.action("work")
-    async def work(self, state: WorkerState, job: dict[str, Any], job_id: str) -> WorkerState:
-        if job.get("poison"):
-            raise ValueError(f"poison job {job_id}")
-        if job.get("sleep"):
-            await trio.sleep(job["sleep"])
-        else:
-            await trio.lowlevel.checkpoint()  # some I/O, where a crash can hit it
-        return attrs.evolve(state, done=(*state.done, job["n"]))
 
 
 def config(name: str, options: dict[str, Any], **extra: Any) -> jt.Config:
@@ -65,14 +44,6 @@ def config(name: str, options: dict[str, Any], **extra: Any) -> jt.Config:
 async def nats_node(name: str, options: dict[str, Any], **extra: Any) -> AsyncIterator[jt.Node]:
     async with jt.open_node(config(name, options, **extra)) as node:
         yield node
-
-
-async def applied(node: jt.Node, refs: list[jt.AgentRef]) -> dict[str, tuple[int, ...]]:
-    return {ref.id: (await node.query_agent(ref)).done for ref in refs}
-
-
-def everything(done: dict[str, tuple[int, ...]]) -> list[int]:
-    return sorted(n for numbers in done.values() for n in numbers)
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -100,7 +71,7 @@ async def stream_messages(queue: jt.WorkQueue) -> int:
 
 async def test_backing_is_chosen_by_the_state_engine(nats_options: dict[str, Any]) -> None:
     async with nats_node("n1", nats_options) as node:
-        ref = await node.start_agent(NatsWorker, "w")
+        ref = await node.start_agent(Worker, "w")
         async with open_work_queue(node, "auto", consumers=[ref], action="work") as queue:
             assert queue.backing == "jetstream"
             assert queue.name == "auto"
@@ -120,7 +91,7 @@ async def test_backing_is_chosen_by_the_state_engine(nats_options: dict[str, Any
             async with open_work_queue(node, "q", consumers=[ref], action="work", backing="sqs"):
                 pass  # pragma: no cover
     async with jt.open_node(name="local") as node:
-        ref = await node.start_agent(NatsWorker, "w")
+        ref = await node.start_agent(Worker, "w")
         async with open_work_queue(node, "q", consumers=[ref], action="work") as queue:
             assert queue.backing == "state"
         with pytest.raises(jt.ConfigError, match="no work-queue backing"):
@@ -135,7 +106,7 @@ async def test_backing_is_chosen_by_the_state_engine(nats_options: dict[str, Any
 
 async def test_put_ack_and_idempotent_puts(nats_options: dict[str, Any]) -> None:
     async with nats_node("n1", nats_options) as node:
-        refs = [await node.start_agent(NatsWorker, f"w{i}") for i in range(3)]
+        refs = [await node.start_agent(Worker, f"w{i}") for i in range(3)]
         async with open_work_queue(
             node, "basic", consumers=refs, action="work", concurrency_per_consumer=2
         ) as queue:
@@ -185,7 +156,7 @@ async def test_payload_is_what_storage_gives_back(nats_options: dict[str, Any]) 
 
 async def test_priority_first_then_fifo(nats_options: dict[str, Any]) -> None:
     async with nats_node("n1", nats_options) as node:
-        ref = await node.start_agent(NatsWorker, "w")
+        ref = await node.start_agent(Worker, "w")
         async with open_work_queue(node, "prio", consumers=[ref], action="work") as queue:
             # The gate keeps the only consumer busy while the rest is queued.
             await queue.put({"n": 0, "sleep": 0.5}, priority=100)
@@ -282,8 +253,8 @@ async def test_dead_letters_are_shared_by_every_node(nats_options: dict[str, Any
         nats_node("a", nats_options) as a,
         nats_node("b", nats_options) as b,
     ):
-        ref_a = await a.start_agent(NatsWorker, "wa")
-        ref_b = await b.start_agent(NatsWorker, "wb")
+        ref_a = await a.start_agent(Worker, "wa")
+        ref_b = await b.start_agent(Worker, "wb")
         async with (
             open_work_queue(a, "shared", consumers=[ref_a], action="work", max_attempts=1) as qa,
             open_work_queue(b, "shared", consumers=[ref_b], action="work", max_attempts=1) as qb,
@@ -301,7 +272,7 @@ async def test_dead_letters_are_shared_by_every_node(nats_options: dict[str, Any
 
 async def test_a_down_consumer_costs_no_attempts(nats_options: dict[str, Any]) -> None:
     async with nats_node("n1", nats_options) as node:
-        up = await node.start_agent(NatsWorker, "up")
+        up = await node.start_agent(Worker, "up")
         never = jt.AgentRef.new("never-started", "nats-wq-worker")
         async with open_work_queue(
             node,
@@ -364,7 +335,7 @@ async def test_slow_job_past_the_visibility_timeout_is_applied_once(
     nats_options: dict[str, Any],
 ) -> None:
     async with nats_node("n1", nats_options) as node:
-        refs = [await node.start_agent(NatsWorker, f"w{i}") for i in range(3)]
+        refs = [await node.start_agent(Worker, f"w{i}") for i in range(3)]
         async with open_work_queue(
             node,
             "slow",
@@ -389,7 +360,7 @@ async def test_a_job_held_by_a_node_that_died_comes_back(nats_options: dict[str,
     after the visibility timeout the server gives it to another node, and the
     silent delivery counts as a failed attempt."""
     async with nats_node("n1", nats_options) as node:
-        ref = await node.start_agent(NatsWorker, "w")
+        ref = await node.start_agent(Worker, "w")
         async with open_work_queue(
             node, "died", consumers=[ref], action="work", visibility_timeout=0.5
         ) as queue:
@@ -446,7 +417,7 @@ async def test_a_job_held_by_a_node_that_died_comes_back(nats_options: dict[str,
 
 async def test_closing_gives_jobs_back(nats_options: dict[str, Any]) -> None:
     async with nats_node("n1", nats_options) as node:
-        refs = [await node.start_agent(NatsWorker, f"w{i}") for i in range(2)]
+        refs = [await node.start_agent(Worker, f"w{i}") for i in range(2)]
         with trio.move_on_after(0.8):
             async with open_work_queue(node, "close", consumers=refs, action="work") as queue:
                 for n in range(10):
@@ -472,8 +443,8 @@ async def test_two_nodes_compete_for_one_queue(nats_options: dict[str, Any]) -> 
         nats_node("a", nats_options) as a,
         nats_node("b", nats_options) as b,
     ):
-        refs_a = [await a.start_agent(NatsWorker, f"a{i}") for i in range(3)]
-        refs_b = [await b.start_agent(NatsWorker, f"b{i}") for i in range(3)]
+        refs_a = [await a.start_agent(Worker, f"a{i}") for i in range(3)]
+        refs_b = [await b.start_agent(Worker, f"b{i}") for i in range(3)]
         async with (
             open_work_queue(
                 a, "compete", consumers=refs_a, action="work", concurrency_per_consumer=2
@@ -517,7 +488,7 @@ async def test_soak_exactly_once_under_random_crashes(nats_options: dict[str, An
     poison = {n for n in range(SOAK_JOBS) if n % POISON_EVERY == POISON_EVERY - 1}
     started = time.monotonic()
     async with nats_node("soak", nats_options, mailbox_size=64) as node:
-        refs = [await node.start_agent(NatsWorker, f"w{i}") for i in range(SOAK_CONSUMERS)]
+        refs = [await node.start_agent(Worker, f"w{i}") for i in range(SOAK_CONSUMERS)]
         crashes = 0
         async with open_work_queue(
             node,
