@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
-import attrs
 import pytest
 import trio
 
@@ -17,6 +16,8 @@ from jido_trio._message import decode_value
 from jido_trio._signal_bus import signal_topic
 from jido_trio._signal_router import pattern_matches
 from jido_trio_nats._transport import _TOPIC_HEAD, NatsTransport
+
+from ..test_signal_topics import Shipper, Watcher
 
 T = TypeVar("T")
 
@@ -76,32 +77,6 @@ async def eventually(
             if ok(value):
                 return value
             await trio.sleep(0.01)
-
-
-@attrs.frozen
-class Seen:
-    types: tuple[str, ...] = ()
-    causes: tuple[str, ...] = ()
-
-
-class Watcher(jt.Agent):
-    type = "nats-watcher"
-    State = Seen
-
-    @jt.on_signal("orders.*")
-    async def on_order(self, state: Seen, signal: jt.Signal) -> Seen:
-        return Seen((*state.types, signal.type), (*state.causes, signal.causation_id or ""))
-
-
-class Shipper(jt.Agent):
-    type = "nats-shipper"
-
-    @jt.action("ship")
-    async def ship(self, state: Any, order: str) -> None:
-        await self.ctx.emit("orders.shipped", {"order": order})
-        message = self.ctx.message
-        assert message is not None
-        self.ctx.reply(message.id)
 
 
 TYPES = [
