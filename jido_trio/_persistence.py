@@ -28,7 +28,7 @@ import attrs
 import msgspec
 
 from ._exceptions import InvalidMessage
-from .abc import StateBackend
+from .abc import StateBackend, Versioned
 from .local._state import MemoryStateBackend
 
 __all__ = ["CHUNK_SIZE", "AgentStore"]
@@ -104,22 +104,10 @@ class AgentStore:
         """Read the record; return ``(found, state)``. Fills the dedupe window."""
         found = await self.backend.read(self.key, consistency="strong")
         if found is None:
-            self.version = 0
-            self.first_chunk = self.next_chunk = 0
-            self.seen, self.recent = _NO_SEEN, _NO_RECENT
-            return False, None
-        _, state_bytes, recent, first, nxt = self._decode_record(found.value)
-        # Built aside and swapped in at once: senders consult `seen` while we await.
-        seen: dict[str, None] = {}
-        for n in range(first, nxt):
-            chunk = await self.backend.read(self._chunk_key(n))
-            if chunk is not None:
-                seen.update(dict.fromkeys(_decode_ids(chunk.value)))
-        seen.update(dict.fromkeys(recent))
-        self.version = found.version
-        self.first_chunk, self.next_chunk = first, nxt
-        self.seen, self.recent = seen, list(recent)
-        return True, decode_state(state_bytes)
+            return self._adopt(0, None, [], decode_state)
+        record = self._decode_record(found.value)
+        chunks = [await self.backend.read(self._chunk_key(n)) for n in range(record[3], record[4])]
+        return self._adopt(found.version, record, chunks, decode_state)
 
     def has_log(self, stream: str) -> bool:
         """Whether the durable log ``stream`` holds entries; only when :attr:`synchronous`."""
@@ -133,18 +121,33 @@ class AgentStore:
         assert sync is not None
         found = sync._read_nowait(self.key)
         if found is None:
+            return self._adopt(0, None, [], decode_state)
+        record = self._decode_record(found.value)
+        chunks = [sync._read_nowait(self._chunk_key(n)) for n in range(record[3], record[4])]
+        return self._adopt(found.version, record, chunks, decode_state)
+
+    def _adopt(
+        self,
+        version: int,
+        record: list[Any] | None,
+        chunks: list[Versioned | None],
+        decode_state: Callable[[bytes], Any],
+    ) -> tuple[bool, Any]:
+        """Take over a decoded record read by :meth:`load` or :meth:`load_nowait`
+        (``None``: no record) and the id chunks it names; return ``(found, state)``."""
+        if record is None:
             self.version = 0
             self.first_chunk = self.next_chunk = 0
             self.seen, self.recent = _NO_SEEN, _NO_RECENT
             return False, None
-        _, state_bytes, recent, first, nxt = self._decode_record(found.value)
+        _, state_bytes, recent, first, nxt = record
+        # Built aside and swapped in at once: senders consult `seen` while we await.
         seen: dict[str, None] = {}
-        for n in range(first, nxt):
-            chunk = sync._read_nowait(self._chunk_key(n))
+        for chunk in chunks:
             if chunk is not None:
                 seen.update(dict.fromkeys(_decode_ids(chunk.value)))
         seen.update(dict.fromkeys(recent))
-        self.version = found.version
+        self.version = version
         self.first_chunk, self.next_chunk = first, nxt
         self.seen, self.recent = seen, list(recent)
         return True, decode_state(state_bytes)
