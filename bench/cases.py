@@ -60,7 +60,9 @@ class Counter(jt.Agent):
 
     @jt.action("increment")
     async def increment(self, state: CounterState, by: int = 1) -> CounterState:
-        return attrs.evolve(state, count=state.count + by)
+        # A new state built directly: the agent's own work stays about as small
+        # as the raw consumer's ``got += 1`` (attrs.evolve would add ~1 us).
+        return CounterState(count=state.count + by)
 
     @jt.action("get")
     async def get(self, state: CounterState) -> None:

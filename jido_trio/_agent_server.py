@@ -484,20 +484,22 @@ class AgentCell:
     async def _run_batch(self, batch: list[Delivery], ctx: Context) -> None:
         applied: list[Delivery] = []
         dirty = False
+        logged = False
         crash: Exception | None = None
         commit_error: Exception | None = None
         index = 0
         try:
-            while index < len(batch):
+            for delivery in batch:
                 try:
-                    dirty |= await self._apply(batch[index], ctx)
+                    dirty |= await self._apply(delivery, ctx)
                 except Exception as exc:
                     crash = exc
                     break
-                applied.append(batch[index])
+                applied.append(delivery)
+                logged = logged or delivery.log_seq is not None
                 index += 1
         finally:
-            if crash is None and index == len(batch) and self._can_settle_nowait(applied):
+            if crash is None and index == len(batch) and not logged and self.store.synchronous:
                 # Everything applied, nothing logged, state in memory: commit
                 # and answer synchronously (no shielded scope needed).
                 commit_error = self._settle_nowait(applied, dirty)
@@ -516,11 +518,6 @@ class AgentCell:
             raise commit_error
         if crash is not None:
             raise crash
-
-    def _can_settle_nowait(self, applied: list[Delivery]) -> bool:
-        if not self.store.synchronous:
-            return False
-        return all(delivery.log_seq is None for delivery in applied)
 
     def _settle_nowait(self, applied: list[Delivery], dirty: bool) -> Exception | None:
         """:meth:`_settle` for a fully applied batch of unlogged messages, with

@@ -235,6 +235,16 @@ class Communication:
     ) -> Receipt:
         if delivery not in _DELIVERY_MODES:
             raise ValueError(f"delivery must be one of {', '.join(_DELIVERY_MODES)}")
+        if delivery == "at_most_once" and type(instruction) is Instruction:
+            cell = self._cell_here(ref)
+            if cell is not None:
+                if timeout is not None:
+                    _deadline(timeout, 0.0)  # only checked: no wait on this path
+                await trio.lowlevel.checkpoint_if_cancelled()
+                receipt = self._tell_nowait(cell, instruction, sender, trace_id, causation_id)
+                if receipt is not None:
+                    await _tell_schedule_point()
+                    return receipt
         target, message, deadline = await self._address(
             ref, instruction, timeout, sender, trace_id, causation_id
         )
@@ -247,10 +257,44 @@ class Communication:
                 target = moved.cell
                 message = attrs.evolve(message, recipient=target.ref)
             else:
-                return Receipt(message_id=message.id, instruction_id=instruction.id, status=status)
+                return Receipt._make(message.id, instruction.id, status)
         return await self.deliver_tell(
             target, message, instruction, deadline, durable=delivery == "at_least_once"
         )
+
+    def _cell_here(self, ref: AgentRef) -> AgentCell | None:
+        """The cell of ``ref`` if it lives on this node (no registry needed)."""
+        if type(ref) is not AgentRef:
+            return None
+        node = ref.node
+        if node is None or node == self.node_name:
+            return self.cells.get(ref.id)
+        return None
+
+    def _tell_nowait(
+        self,
+        cell: AgentCell,
+        instruction: Instruction,
+        sender: AgentRef | None,
+        trace_id: str | None,
+        causation_id: str | None,
+    ) -> Receipt | None:
+        """The hot path of an at-most-once tell to a local agent, without
+        awaiting: an instruction that is valid, new, and finds room in the
+        mailbox is queued at once. ``None``: anything else, for
+        :meth:`deliver_tell` to handle (refusals, duplicates, a full mailbox)."""
+        mailbox = cell.mailbox
+        if not mailbox.has_room():
+            return None
+        prepared = self._prepare_nowait(cell, instruction)
+        if prepared is None or cell.seen(prepared.id):
+            return None
+        message = Message.new(
+            sender, cell.ref, instruction, trace_id=trace_id, causation_id=causation_id
+        )
+        cell.pending.add(prepared.id)
+        mailbox.put_nowait(Delivery("instruction", message, prepared, None))
+        return Receipt._make(message.id, prepared.id, "accepted")
 
     async def deliver_tell(
         self,
@@ -278,7 +322,7 @@ class Communication:
             cell.pending.add(instruction.id)
             cell.mailbox.put_nowait(Delivery("instruction", message, instruction, None))
             await _tell_schedule_point()
-            return Receipt(message_id=message.id, instruction_id=instruction.id, status="accepted")
+            return Receipt._make(message.id, instruction.id, "accepted")
         cell.pending.add(instruction.id)
         seq: int | None = None
         if durable:
@@ -314,7 +358,7 @@ class Communication:
                 raise MailboxFull(
                     f"mailbox of agent {cell.ref.id!r} stayed full until the deadline"
                 )
-        return Receipt(message_id=message.id, instruction_id=instruction.id, status="accepted")
+        return Receipt._make(message.id, instruction.id, "accepted")
 
     @staticmethod
     def _unqueued(cell: AgentCell, instruction_id: str, seq: int | None) -> None:
@@ -334,6 +378,14 @@ class Communication:
         trace_id: str | None = None,
         causation_id: str | None = None,
     ) -> Any:
+        cell = self._cell_here(ref) if type(instruction) is Instruction else None
+        if cell is not None:
+            # A local agent: what _address does, minus the registry.
+            deadline = _deadline(timeout, self.config.operation_timeout)
+            message = Message.new(
+                sender, cell.ref, instruction, trace_id=trace_id, causation_id=causation_id
+            )
+            return await self.deliver_call(cell, message, instruction, deadline)
         target, message, deadline = await self._address(
             ref, instruction, timeout, sender, trace_id, causation_id
         )

@@ -55,12 +55,14 @@ def _id_or_new(value: str | None) -> str:
 def _params(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     if value is None:
         return MappingProxyType({})
+    if type(value) is dict:
+        return MappingProxyType(value.copy())
     if not isinstance(value, Mapping):
         raise TypeError(f"instruction params must be a mapping, not {type(value).__name__}")
     return MappingProxyType(dict(value))
 
 
-@attrs.frozen
+@attrs.frozen(init=False)
 class Instruction:
     """A request for an agent to run one of its actions.
 
@@ -74,15 +76,44 @@ class Instruction:
         :class:`InvalidMessage`.
     """
 
-    action: str = attrs.field(validator=attrs.validators.instance_of(str))
-    params: Mapping[str, Any] = attrs.field(default=None, converter=_params, hash=False)
-    id: str = attrs.field(default=None, converter=_id_or_new, kw_only=True)
-    version: int | None = attrs.field(default=None, kw_only=True)
+    action: str
+    params: Mapping[str, Any] = attrs.field(hash=False)
+    id: str
+    version: int | None
 
-    @version.validator
-    def _check_version(self, _attribute: Any, value: Any) -> None:
-        if value is not None and (type(value) is not int or value < 1):
+    # Written by hand rather than generated from converters and validators:
+    # one is built for every message sent, and this is about 3x cheaper.
+    def __init__(
+        self,
+        action: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        version: int | None = None,
+    ) -> None:
+        if type(action) is not str and not isinstance(action, str):
+            raise TypeError(f"instruction action must be a str, not {type(action).__name__}")
+        if version is not None and (type(version) is not int or version < 1):
             raise TypeError("instruction version must be a positive int or None")
+        _set_action(self, action)
+        _set_params(self, _EMPTY_PARAMS if params is None else _params(params))
+        _set_id(self, new_id() if id is None else _id_or_new(id))
+        _set_version(self, version)
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """Set one field of a slotted frozen attrs instance through its slot
+    descriptor, skipping the class's refusing ``__setattr__``; for
+    constructors on hot paths only."""
+    setter: Callable[[Any, Any], None] = cls.__dict__[name].__set__
+    return setter
+
+
+_EMPTY_PARAMS: Mapping[str, Any] = MappingProxyType({})
+_set_action = _slot_setter(Instruction, "action")
+_set_params = _slot_setter(Instruction, "params")
+_set_id = _slot_setter(Instruction, "id")
+_set_version = _slot_setter(Instruction, "version")
 
 
 @attrs.frozen(kw_only=True)
@@ -98,6 +129,15 @@ class Receipt:
     message_id: str
     instruction_id: str
     status: ReceiptStatus
+
+    @classmethod
+    def _make(cls, message_id: str, instruction_id: str, status: ReceiptStatus) -> Receipt:
+        """The constructor without keyword handling, for the send paths."""
+        receipt = _new_object(cls)
+        _receipt_message_id(receipt, message_id)
+        _receipt_instruction_id(receipt, instruction_id)
+        _receipt_status(receipt, status)
+        return receipt
 
 
 @attrs.frozen(kw_only=True)
@@ -140,17 +180,20 @@ class Message:
         messages started here shares one trace.
         """
         message_id = new_id()
-        return cls(
-            id=message_id,
-            sender=sender,
-            recipient=recipient,
-            payload=payload,
-            metadata={} if metadata is None else dict(metadata),
-            timestamp=time.time(),
-            trace_id=message_id if trace_id is None else trace_id,
-            causation_id=causation_id,
-            correlation_id=correlation_id,
-        )
+        # Field by field through the slots rather than through __init__: one
+        # envelope is built for every message sent (twice as fast).
+        message = _new_object(cls)
+        _msg_id(message, message_id)
+        _msg_version(message, ENVELOPE_VERSION)
+        _msg_sender(message, sender)
+        _msg_recipient(message, recipient)
+        _msg_payload(message, payload)
+        _msg_metadata(message, {} if metadata is None else dict(metadata))
+        _msg_timestamp(message, _time())
+        _msg_trace_id(message, message_id if trace_id is None else trace_id)
+        _msg_causation_id(message, causation_id)
+        _msg_correlation_id(message, correlation_id)
+        return message
 
     def to_bytes(self) -> bytes:
         """Encode the envelope; raises :class:`InvalidMessage` if it holds
@@ -208,6 +251,23 @@ class Message:
                 raise InvalidMessage(f"upcasting from version {version} failed: {exc}") from exc
             version += 1
         return _envelope_from_list(raw)
+
+
+_new_object = object.__new__
+_time = time.time
+_receipt_message_id = _slot_setter(Receipt, "message_id")
+_receipt_instruction_id = _slot_setter(Receipt, "instruction_id")
+_receipt_status = _slot_setter(Receipt, "status")
+_msg_id = _slot_setter(Message, "id")
+_msg_version = _slot_setter(Message, "version")
+_msg_sender = _slot_setter(Message, "sender")
+_msg_recipient = _slot_setter(Message, "recipient")
+_msg_payload = _slot_setter(Message, "payload")
+_msg_metadata = _slot_setter(Message, "metadata")
+_msg_timestamp = _slot_setter(Message, "timestamp")
+_msg_trace_id = _slot_setter(Message, "trace_id")
+_msg_causation_id = _slot_setter(Message, "causation_id")
+_msg_correlation_id = _slot_setter(Message, "correlation_id")
 
 
 def _envelope_from_list(raw: list[Any]) -> Message:

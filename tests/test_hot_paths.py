@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -84,6 +85,86 @@ async def test_local_tell_is_a_cancel_point_on_every_call() -> None:
         assert await node.call(ref, jt.Instruction("get")) == 3
         receipt = await node.send_instruction(ref, jt.Instruction("increment", id="x0"))
         assert receipt.status == "accepted"
+
+
+async def test_local_tell_fast_path_keeps_every_refusal_and_envelope_field() -> None:
+    async with jt.open_node(jt.Config(node_name="n", mailbox_size=2)) as node:
+        ref = await node.start_agent(Counter, "c")
+        with pytest.raises(ValueError, match="timeout"):
+            await node.send_instruction(ref, jt.Instruction("increment"), timeout=-1)
+        with pytest.raises(jt.ActionNotFound):
+            await node.send_instruction(ref, jt.Instruction("nope"))
+        with pytest.raises(jt.InvalidMessage, match="unexpected"):
+            await node.send_instruction(ref, jt.Instruction("increment", {"bogus": 1}))
+        with pytest.raises(TypeError):
+            await node.send_instruction(ref, "increment")  # type: ignore[arg-type]
+        first = await node.send_instruction(ref, jt.Instruction("increment", id="same"))
+        again = await node.send_instruction(ref, jt.Instruction("increment", id="same"))
+        assert (first.status, again.status) == ("accepted", "already_processed")
+        assert first.instruction_id == again.instruction_id == "same"
+        # A ref without a node resolves to the local agent on the fast path too.
+        await node.send_instruction(
+            jt.AgentRef(id="c", type="counter"), jt.Instruction("increment")
+        )
+        assert await node.call(jt.AgentRef(id="c", type="counter"), jt.Instruction("get")) == 2
+
+
+async def test_local_tell_waits_for_room_when_the_mailbox_is_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with jt.open_node(jt.Config(node_name="n", mailbox_size=1)) as node:
+        ref = await node.start_agent(Counter, "c")
+        # The agent is busy for 5 s, so the mailbox (1 slot) fills up: the
+        # next tell takes the slow path and waits for room, within its timeout.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.call, ref, jt.Instruction("slow", {"seconds": 5}))
+            await trio.testing.wait_all_tasks_blocked()
+            await node.send_instruction(ref, jt.Instruction("increment"))
+            with pytest.raises(jt.MailboxFull):
+                await node.send_instruction(ref, jt.Instruction("increment"), timeout=1)
+            start = trio.current_time()
+            await node.send_instruction(ref, jt.Instruction("increment"), timeout=10)
+            assert trio.current_time() - start == pytest.approx(4, abs=0.1)
+        assert await node.call(ref, jt.Instruction("get")) == 2
+
+
+async def test_envelopes_built_on_the_fast_paths_carry_sender_and_trace() -> None:
+    async with jt.open_node(name="n") as node:
+        ref = await node.start_agent(Counter, "c")
+        comm = node._comm
+        sender = jt.AgentRef(id="s", type="x", node="n")
+        receipt = await comm.send_instruction(
+            ref, jt.Instruction("whoami"), sender=sender, trace_id="t1", causation_id="c1"
+        )
+        delivery = comm.cells["c"].mailbox._items[0]  # type: ignore[index]
+        message = delivery.message
+        assert (message.id, message.sender, message.recipient) == (receipt.message_id, sender, ref)
+        assert (message.trace_id, message.causation_id, message.version) == ("t1", "c1", 1)
+        assert jt.Message.from_bytes(message.to_bytes()) == message
+        await node.call(ref, jt.Instruction("get"))
+
+
+def test_instruction_constructor_checks_its_fields() -> None:
+    instruction = jt.Instruction("a", {"x": 1}, id="i", version=2)
+    assert (instruction.action, dict(instruction.params), instruction.id) == ("a", {"x": 1}, "i")
+    assert instruction == jt.Instruction("a", {"x": 1}, id="i", version=2)
+    assert attrs.evolve(instruction, action="b").action == "b"
+    assert jt.Instruction("a").id != jt.Instruction("a").id
+    for bad in (
+        lambda: jt.Instruction(1),  # type: ignore[arg-type]
+        lambda: jt.Instruction("a", [1]),  # type: ignore[arg-type]
+        lambda: jt.Instruction("a", id=""),
+        lambda: jt.Instruction("a", version=0),
+        lambda: jt.Instruction("a", version=True),
+    ):
+        with pytest.raises(TypeError):
+            bad()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        instruction.action = "b"  # type: ignore[misc]
+    params = {"x": 1}
+    copied = jt.Instruction("a", params)
+    params["x"] = 2
+    assert copied.params["x"] == 1  # a read-only copy
 
 
 # ------------------------------------------------------------------ call deadlines
