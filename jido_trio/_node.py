@@ -301,7 +301,7 @@ class Node:
 
     def _start_now(self, cell: AgentCell, spec: ChildSpec, parent: Supervisor) -> None:
         """Start the agent without awaiting (only if :meth:`_can_start_now`):
-        its start-up runs here, its task is spawned and not waited for."""
+        its start-up runs here; it gets its task once it first has work."""
         agent_id = cell.ref.id
         self._comm.add_cell(cell)
         try:
@@ -311,13 +311,10 @@ class Node:
                 del self._comm.cells[agent_id]
             raise
         cell.announce_started()
-        parent.add_started_child(
-            spec,
-            run=cell,
-            kind="agent",
-            graceful=cell.request_stop,
-            observer=cell,
-            self_scoped=True,
+        # Dormant until it has work: its task is spawned by the first message,
+        # stop or crash request its mailbox sees.
+        cell.mailbox.arm(
+            parent.add_started_child(spec, run=cell, kind="agent", observer=cell, self_scoped=True)
         )
         self._subscribe_routes(cell.cls, cell.ref)
 
@@ -325,14 +322,7 @@ class Node:
         agent_id = cell.ref.id
         self._comm.add_cell(cell)
         try:
-            await parent.add_child(
-                spec,
-                run=cell,
-                kind="agent",
-                graceful=cell.request_stop,
-                observer=cell,
-                self_scoped=True,
-            )
+            await parent.add_child(spec, run=cell, kind="agent", observer=cell, self_scoped=True)
         except BaseException:
             if self._comm.cells.get(agent_id) is cell:
                 del self._comm.cells[agent_id]
@@ -525,7 +515,6 @@ class Node:
                 spec,
                 run=sup.run,
                 kind="supervisor",
-                graceful=sup.request_shutdown,
                 observer=_SupervisorEntry(self._supervisors, sup),
                 supervisor=sup,
             )
@@ -639,6 +628,12 @@ class _SupervisorEntry:
 
     supervisors: dict[str, Supervisor]
     supervisor: Supervisor
+
+    def request_stop(self) -> None:
+        self.supervisor.request_shutdown()
+
+    def on_cancelled_dormant(self) -> None:
+        return None
 
     def on_exit(self, error: BaseException | None, will_restart: bool) -> None:
         return None
