@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -52,6 +54,9 @@ BATCH_LIMIT = 64
 CellStatus = Literal["starting", "running", "restarting", "stopped"]
 
 _decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+#: Registry metadata of agents without metadata of their own, by restart type.
+_RESTART_METADATA: dict[str, Mapping[str, Any]] = {}
 
 
 def state_decoder(state_type: Any) -> msgspec.msgpack.Decoder[Any]:
@@ -279,10 +284,19 @@ class AgentCell:
         self._ready_to_run(state)
         return ctx
 
-    def registry_metadata(self) -> dict[str, Any]:
+    def registry_metadata(self) -> Mapping[str, Any]:
         """The registry entry's metadata: the agent's own, plus its restart
-        type, so failover restarts the agent on another node the same way."""
-        return {**(self.metadata or {}), RESTART_KEY: self.restart}
+        type, so failover restarts the agent on another node the same way
+        (one shared read-only mapping per restart type for agents without
+        metadata of their own)."""
+        if not self.metadata:
+            shared = _RESTART_METADATA.get(self.restart)
+            if shared is None:
+                shared = _RESTART_METADATA[self.restart] = MappingProxyType(
+                    {RESTART_KEY: self.restart}
+                )
+            return shared
+        return {**self.metadata, RESTART_KEY: self.restart}
 
     def can_start_now(self) -> bool:
         """Whether :meth:`start_now` can do the start-up synchronously: state
