@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,12 +36,13 @@ from ._message import Instruction, Message
 from ._persistence import AgentStore, encode_state
 from ._ref import AgentRef
 from ._supervisor import Supervisor, describe
+from .abc import RegistryEntry
 from .local._registry import register_nowait
 
 if TYPE_CHECKING:
     from ._communication import Communication
 
-__all__ = ["RESTART_KEY", "AgentCell", "InjectedCrash"]
+__all__ = ["RESTART_KEY", "AgentCell", "InjectedCrash", "NowaitRegister"]
 
 #: Registry metadata key holding the agent's restart type ("permanent", ...).
 RESTART_KEY = "jido.restart"
@@ -54,6 +55,9 @@ BATCH_LIMIT = 64
 CellStatus = Literal["starting", "running", "restarting", "stopped"]
 
 _decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+#: A registry's synchronous ``register(ref, metadata)`` (see ``register_nowait``).
+NowaitRegister = Callable[[AgentRef, Mapping[str, Any] | None], RegistryEntry]
 
 #: Registry metadata of agents without metadata of their own, by restart type.
 _RESTART_METADATA: dict[str, Mapping[str, Any]] = {}
@@ -298,28 +302,28 @@ class AgentCell:
             return shared
         return {**self.metadata, RESTART_KEY: self.restart}
 
-    def can_start_now(self) -> bool:
-        """Whether :meth:`start_now` can do the start-up synchronously: state
-        in the plain in-memory backend, a registry that registers without
-        awaiting, no ``on_start`` override, nothing in the durable log."""
-        return (
-            self.store.synchronous
-            and self.cls.on_start is Agent.on_start
-            and register_nowait(self.comm.registry, self.ref) is not None
-            and not self.store.has_log(self.log_stream)
-        )
+    def nowait_register(self) -> NowaitRegister | None:
+        """The registry's synchronous ``register`` that :meth:`start_now`
+        needs, or ``None`` when the start-up cannot be done synchronously.
+        It can with state in the plain in-memory backend, a registry that
+        registers without awaiting, no ``on_start`` override and nothing in
+        the durable log."""
+        if not self.store.synchronous or self.cls.on_start is not Agent.on_start:
+            return None
+        register = register_nowait(self.comm.registry, self.ref)
+        if register is None or self.store.has_log(self.log_stream):
+            return None
+        return register
 
-    def start_now(self) -> None:
-        """:meth:`_start_up` without awaiting (only if :meth:`can_start_now`);
-        the incarnation's task, once it has one, goes straight to its loop.
-        The caller announces it (:meth:`announce_started`) and hands it to its
-        supervisor.
+    def start_now(self, register: NowaitRegister) -> None:
+        """:meth:`_start_up` without awaiting, with the ``register`` that
+        :meth:`nowait_register` gave; the incarnation's task, once it has one,
+        goes straight to its loop. The caller announces it
+        (:meth:`announce_started`) and hands it to its supervisor.
 
         An agent class with the default ``__init__`` gets its instance (and
         context) only when it first runs: nothing of its code can run before.
         """
-        register = register_nowait(self.comm.registry, self.ref)
-        assert register is not None
         self._begin()
         cls = self.cls
         if cls.__init__ is object.__init__ and cls.__new__ is object.__new__:

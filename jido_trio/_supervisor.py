@@ -181,6 +181,10 @@ def describe(error: BaseException | None) -> str | None:
 
 @attrs.define(eq=False)
 class _Child:
+    #: The child's id: ``spec.id``, unless its owner gave another (the agents
+    #: of one class share one spec).
+    id: str
+    #: How it is started and stopped.
     spec: ChildSpec
     run: Callable[..., Awaitable[Any]]
     kind: Literal["agent", "worker", "supervisor"]
@@ -210,10 +214,6 @@ class _Child:
     _scope: trio.CancelScope | None = None
     #: Made only when someone waits for the end (most children never need one).
     _done: trio.Event | None = None
-
-    @property
-    def id(self) -> str:
-        return self.spec.id
 
     @property
     def scope(self) -> trio.CancelScope:
@@ -383,6 +383,7 @@ class Supervisor:
         observer: ChildObserver | None = None,
         supervisor: Supervisor | None = None,
         self_scoped: bool = False,
+        child_id: str | None = None,
     ) -> None:
         """Add and start a child; on failure to start, forget it and re-raise.
 
@@ -390,14 +391,18 @@ class Supervisor:
         gracefully; without one, the supervisor cancels the child to stop it.
         ``self_scoped``: ``run`` takes a ``cancel_scope=`` keyword and runs its
         whole body inside that scope (the supervisor cancels it to stop the
-        child hard).
+        child hard). ``child_id`` is ``spec.id`` unless given (the agents of
+        one class share one spec).
         """
+        if child_id is None:
+            child_id = spec.id
         self._check_accepting()
         async with self._lock:
             self._check_accepting()
-            if spec.id in self._children:
-                raise ValueError(f"supervisor {self.id!r} already has a child {spec.id!r}")
+            if child_id in self._children:
+                raise ValueError(f"supervisor {self.id!r} already has a child {child_id!r}")
             child = _Child(
+                id=child_id,
                 spec=spec,
                 run=run,
                 kind=kind,
@@ -432,6 +437,7 @@ class Supervisor:
         kind: Literal["agent", "worker", "supervisor"],
         observer: ChildObserver,
         self_scoped: bool = False,
+        child_id: str | None = None,
     ) -> Callable[[], None]:
         """Add a child that is ready already (its owner did the start-up work
         synchronously) and leave it *dormant*: it runs (its task is spawned in
@@ -448,10 +454,13 @@ class Supervisor:
 
         ``run`` is then called like any child's, with a ``task_status`` whose
         ``started()`` does nothing; later incarnations (restarts) start the
-        usual way.
+        usual way. ``child_id`` is as for :meth:`add_child`.
         """
-        assert self._nursery is not None and self.can_add_nowait(spec.id)
+        if child_id is None:
+            child_id = spec.id
+        assert self._nursery is not None and child_id not in self._children
         child = _Child(
+            id=child_id,
             spec=spec,
             run=run,
             kind=kind,

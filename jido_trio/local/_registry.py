@@ -33,6 +33,8 @@ class LocalRegistry(Registry):
     _watchers: set[trio.MemorySendChannel[RegistryEvent]] = attrs.field(factory=set, init=False)
 
     def _emit(self, kind: Any, entry: RegistryEntry) -> None:
+        if not self._watchers:
+            return
         event = RegistryEvent(kind=kind, entry=entry)
         for channel in list(self._watchers):
             try:
