@@ -45,7 +45,7 @@ ROOT_SUPERVISOR = "root"
 #: started (no task starts more in a row; see docs/performance.md).
 START_SCHEDULE_EVERY = 64
 
-_start_schedule_point = ScheduleBudget(START_SCHEDULE_EVERY).schedule_point
+_start_budget = ScheduleBudget(START_SCHEDULE_EVERY)
 
 
 @attrs.define(eq=False)
@@ -192,7 +192,8 @@ class Node:
         register = self._nowait_register(cell, parent)
         if register is not None:
             self._start_now(cell, spec, parent, register)
-            await _start_schedule_point()
+            if _start_budget.count():
+                await trio.lowlevel.cancel_shielded_checkpoint()
         else:
             await self._start_awaiting(cell, spec, parent)
         return cell.ref
@@ -242,7 +243,8 @@ class Node:
             register = self._nowait_register(cell, parent)
             if register is not None:
                 self._start_now(cell, spec, parent, register)
-                await _start_schedule_point()
+                if _start_budget.count():
+                    await trio.lowlevel.cancel_shielded_checkpoint()
             else:
                 await self._start_awaiting(cell, spec, parent)
             refs.append(cell.ref)
