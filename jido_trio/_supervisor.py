@@ -208,7 +208,7 @@ class _Child:
     #: when something calls the child (see :meth:`Supervisor.add_started_child`).
     dormant: bool = False
     #: The supervisor that activates a dormant child.
-    owner: Supervisor | None = None
+    owner: Supervisor | None = attrs.field(default=None, repr=False)
     #: The current incarnation's cancel scope (made on first use: a dormant
     #: child holds none).
     _scope: trio.CancelScope | None = None
