@@ -153,11 +153,6 @@ class Mailbox(Generic[T]):
         if self._waiter is not None and type(self._waiter) is not _Task:
             self._waiter = None
 
-    @property
-    def armed(self) -> bool:
-        """Whether an activation callback waits for the next wake-up."""
-        return self._waiter is not None and type(self._waiter) is not _Task
-
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:

@@ -7,7 +7,7 @@ before."""
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import attrs
@@ -242,3 +242,37 @@ async def test_a_woken_agent_runs_in_its_nodes_context_not_the_senders(stops: St
             assert tuple(await a.call(local, jt.Instruction("seen"))) == ("unset", "a")
         finally:
             _seen.reset(token)
+
+
+def test_an_armed_mailbox_calls_its_activation_once_on_the_first_wake_up() -> None:
+    from jido_trio._mailbox import Mailbox
+
+    calls: list[str] = []
+
+    def record(what: str) -> Callable[[], None]:
+        return lambda: calls.append(what)
+
+    for wake in ("put", "requeue", "wake", "close"):
+        box: Mailbox[int] = Mailbox(4)
+        box.arm(record(wake))
+        box.requeue_front([])  # nothing put back: nothing to wake for
+        if wake == "put":
+            assert box.put_nowait(1) and box.put_nowait(2)
+        elif wake == "requeue":
+            box.requeue_front([1, 2])
+        elif wake == "wake":
+            box.wake()
+            box.wake()
+        else:
+            box.close(RuntimeError("gone"), lambda item: None)
+        box.wake()
+    assert calls == ["put", "requeue", "wake", "close"]
+    # Disarmed, or taken back, a box wakes nothing.
+    box = Mailbox(4)
+    box.arm(record("late"))
+    box.disarm()
+    box.put_nowait(1)
+    assert calls[-1] == "close"
+    box.arm(record("again"))
+    with pytest.raises(RuntimeError, match="one consumer"):
+        box.arm(record("twice"))
