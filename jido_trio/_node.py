@@ -333,7 +333,8 @@ class Node:
                 spec, run=cell, kind="agent", observer=cell, self_scoped=True, child_id=agent_id
             )
         )
-        self._subscribe_routes(cell.cls, cell.ref)
+        if cell.cls.signal_routes:
+            self._subscribe_routes(cell.cls, cell.ref)
 
     async def _start_awaiting(self, cell: AgentCell, spec: ChildSpec, parent: Supervisor) -> None:
         agent_id = cell.ref.id

@@ -459,6 +459,8 @@ class Supervisor:
         if child_id is None:
             child_id = spec.id
         assert self._nursery is not None and child_id not in self._children
+        # Its first incarnation, started already (what new_incarnation and
+        # _start would set), and dormant.
         child = _Child(
             id=child_id,
             spec=spec,
@@ -467,11 +469,11 @@ class Supervisor:
             observer=observer,
             self_scoped=self_scoped,
             owner=self,
+            incarnation=1,
+            dormant=True,
+            status="running",
         )
-        self._children[child.id] = child
-        child.new_incarnation()
-        child.dormant = True
-        child.status = "running"
+        self._children[child_id] = child
         self._emit(child, "started")
         return child
 
