@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -35,12 +36,13 @@ from ._message import Instruction, Message
 from ._persistence import AgentStore, encode_state
 from ._ref import AgentRef
 from ._supervisor import Supervisor, describe
+from .abc import RegistryEntry
 from .local._registry import register_nowait
 
 if TYPE_CHECKING:
     from ._communication import Communication
 
-__all__ = ["RESTART_KEY", "AgentCell", "InjectedCrash"]
+__all__ = ["RESTART_KEY", "AgentCell", "InjectedCrash", "NowaitRegister"]
 
 #: Registry metadata key holding the agent's restart type ("permanent", ...).
 RESTART_KEY = "jido.restart"
@@ -53,6 +55,12 @@ BATCH_LIMIT = 64
 CellStatus = Literal["starting", "running", "restarting", "stopped"]
 
 _decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+#: A registry's synchronous ``register(ref, metadata)`` (see ``register_nowait``).
+NowaitRegister = Callable[[AgentRef, Mapping[str, Any] | None], RegistryEntry]
+
+#: Registry metadata of agents without metadata of their own, by restart type.
+_RESTART_METADATA: dict[str, Mapping[str, Any]] = {}
 
 
 def state_decoder(state_type: Any) -> msgspec.msgpack.Decoder[Any]:
@@ -110,8 +118,10 @@ class AgentCell:
     _injected: BaseException | None = None
     _crash_seen: trio.Event | None = None
     _stop_requested: bool = False
-    #: The context of an incarnation started by :meth:`start_now`, for its task.
-    _ready: Context | None = None
+    #: Set by :meth:`start_now` for its incarnation's task: its context, or
+    #: ``True`` when the agent instance and context are made only once the
+    #: task runs (an agent that never wakes holds neither).
+    _ready: Context | bool = False
     #: Messages still to handle before a requested stop: those queued before it.
     _drain_before_stop: int = 0
 
@@ -160,14 +170,15 @@ class AgentCell:
         :meth:`inject_crash` cancels to interrupt it (one scope per agent).
         """
         scope = trio.CancelScope() if cancel_scope is None else cancel_scope
-        ctx = self._ready
-        if ctx is not None:
-            # Started (and announced) by start_now(). Until something wakes it,
-            # the agent runs no code of its own, so it waits outside its scope:
-            # an agent that stays idle never pays for entering one. Whatever
-            # the supervisor does to it wakes it first (a stop request, a
-            # crash injection, or a cancellation from outside).
-            self._ready = None
+        ready = self._ready
+        if ready is not False:
+            # Started (and announced) by start_now(); its supervisor spawns
+            # this task only once something woke the agent (see
+            # Supervisor.add_started_child). If nothing is there for it after
+            # all, it waits outside its scope, like before it had a task:
+            # whatever the supervisor does to it wakes it first (a stop
+            # request, a crash injection, or a cancellation from outside).
+            self._ready = False
             mailbox = self.mailbox
             if not self._stop_requested and self._injected is None and mailbox.prepare_wait():
                 try:
@@ -177,10 +188,14 @@ class AgentCell:
                         self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason="shutdown")
                     raise
         with scope:
-            if ctx is None:
+            if ready is False:
                 ctx = await self._start_up()
                 task_status.started()
                 self.announce_started()
+            elif ready is True:
+                ctx = self._new_instance()
+            else:
+                ctx = ready
             self._scope = scope
             try:
                 await self._loop(ctx)
@@ -214,27 +229,29 @@ class AgentCell:
     #: per agent): ``cell(task_status=..., cancel_scope=...)`` is :meth:`serve`.
     __call__ = serve
 
-    def _begin(self) -> tuple[Agent, Context, Callable[[bytes], Any]]:
+    def _begin(self) -> None:
         self._stop_requested = False
         self._drain_before_stop = 0
         # A crash injected while the agent was restarting stays pending and
         # hits this incarnation as soon as it runs.
+
+    def _new_instance(self) -> Context:
+        """Make the agent instance and its context for this incarnation."""
         instance = self.cls()
         ctx = Context(self.comm, self.ref)
         instance._ctx = ctx
-        decoder = state_decoder(self.cls.State)
-        ref, state_type = self.ref, self.cls.State
+        self._instance = instance
+        return ctx
 
-        def decode(data: bytes) -> Any:
-            try:
-                return decoder.decode(data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise InvalidMessage(
-                    f"stored state of agent {ref.id!r} does not fit "
-                    f"{getattr(state_type, '__name__', state_type)!r}: {exc}"
-                ) from exc
-
-        return instance, ctx, decode
+    def _decode_state(self, data: bytes) -> Any:
+        state_type = self.cls.State
+        try:
+            return state_decoder(state_type).decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise InvalidMessage(
+                f"stored state of agent {self.ref.id!r} does not fit "
+                f"{getattr(state_type, '__name__', state_type)!r}: {exc}"
+            ) from exc
 
     def _initial(self, found: bool, state: Any) -> Any:
         if self.initial_state is not None:
@@ -244,9 +261,8 @@ class AgentCell:
             state = self.cls.State()
         return state
 
-    def _ready_to_run(self, instance: Agent, state: Any) -> None:
+    def _ready_to_run(self, state: Any) -> None:
         self.state = state
-        self._instance = instance
         if self.status == "restarting":
             # Counted from now, not from when the supervisor reports the
             # restart, so health does not flicker to HEALTHY in between.
@@ -256,44 +272,66 @@ class AgentCell:
     async def _start_up(self) -> Context:
         """Load (or make) the state, run ``on_start``, commit, replay the
         durable log, register: everything before ``task_status.started()``."""
-        instance, ctx, decode = self._begin()
-        found, state = await self.store.load(decode)
+        self._begin()
+        ctx = self._new_instance()
+        instance = self._instance
+        assert instance is not None
+        found, state = await self.store.load(self._decode_state)
         state = self._initial(found, state)
         started = await instance.on_start(state)
         if started is not None:
             state = started
         await self.store.commit(state)
         self.state = state
-        self._instance = instance
         await self._replay_log()
         await self.comm.registry.register(self.ref, self.registry_metadata())
-        self._ready_to_run(instance, state)
+        self._ready_to_run(state)
         return ctx
 
-    def registry_metadata(self) -> dict[str, Any]:
+    def registry_metadata(self) -> Mapping[str, Any]:
         """The registry entry's metadata: the agent's own, plus its restart
-        type, so failover restarts the agent on another node the same way."""
-        return {**(self.metadata or {}), RESTART_KEY: self.restart}
+        type, so failover restarts the agent on another node the same way
+        (one shared read-only mapping per restart type for agents without
+        metadata of their own)."""
+        if not self.metadata:
+            shared = _RESTART_METADATA.get(self.restart)
+            if shared is None:
+                shared = _RESTART_METADATA[self.restart] = MappingProxyType(
+                    {RESTART_KEY: self.restart}
+                )
+            return shared
+        return {**self.metadata, RESTART_KEY: self.restart}
 
-    def can_start_now(self) -> bool:
-        """Whether :meth:`start_now` can do the start-up synchronously: state
-        in the plain in-memory backend, a registry that registers without
-        awaiting, no ``on_start`` override, nothing in the durable log."""
-        return (
-            self.store.synchronous
-            and self.cls.on_start is Agent.on_start
-            and register_nowait(self.comm.registry, self.ref) is not None
-            and not self.store.has_log(self.log_stream)
-        )
-
-    def start_now(self) -> None:
-        """:meth:`_start_up` without awaiting (only if :meth:`can_start_now`);
-        the incarnation's task then goes straight to its loop. The caller
-        announces it (:meth:`announce_started`) once the task is spawned."""
+    def nowait_register(self) -> NowaitRegister | None:
+        """The registry's synchronous ``register`` that :meth:`start_now`
+        needs, or ``None`` when the start-up cannot be done synchronously.
+        It can with state in the plain in-memory backend, a registry that
+        registers without awaiting, no ``on_start`` override and nothing in
+        the durable log."""
+        if not self.store.synchronous or self.cls.on_start is not Agent.on_start:
+            return None
         register = register_nowait(self.comm.registry, self.ref)
-        assert register is not None
-        instance, ctx, decode = self._begin()
-        found, state = self.store.load_nowait(decode)
+        if register is None or self.store.has_log(self.log_stream):
+            return None
+        return register
+
+    def start_now(self, register: NowaitRegister) -> None:
+        """:meth:`_start_up` without awaiting, with the ``register`` that
+        :meth:`nowait_register` gave; the incarnation's task, once it has one,
+        goes straight to its loop. The caller announces it
+        (:meth:`announce_started`) and hands it to its supervisor.
+
+        An agent class with the default ``__init__`` gets its instance (and
+        context) only when it first runs: nothing of its code can run before.
+        """
+        self._begin()
+        cls = self.cls
+        if cls.__init__ is object.__init__ and cls.__new__ is object.__new__:
+            self._instance = None
+            self._ready = True
+        else:
+            self._ready = self._new_instance()
+        found, state = self.store.load_nowait(self._decode_state)
         if found or self.initial_state is not None:
             state = self._initial(found, state)
             self.store.commit_nowait(state)
@@ -304,10 +342,8 @@ class AgentCell:
             state = self.cls.State()
             encode_state(state)
         self.state = state
-        self._instance = instance
         register(self.ref, self.registry_metadata())
-        self._ready_to_run(instance, state)
-        self._ready = ctx
+        self._ready_to_run(state)
 
     def announce_started(self) -> None:
         self.comm.emit("jido_trio_agent_started", ref=self.ref)
@@ -335,6 +371,13 @@ class AgentCell:
         return seen
 
     # ------------------------------------------------------------ supervisor callbacks
+
+    def on_cancelled_dormant(self) -> None:
+        """Started by :meth:`start_now`, never woken, and its supervisor was
+        cancelled: what the waiting task's cancellation reports in :meth:`serve`."""
+        self.mailbox.disarm()
+        self._ready = False
+        self.comm.emit("jido_trio_agent_stopped", ref=self.ref, reason="shutdown")
 
     def on_exit(self, error: BaseException | None, will_restart: bool) -> None:
         self.status = "restarting" if will_restart else self.status
@@ -366,6 +409,7 @@ class AgentCell:
             else:
                 self.comm.dead_letter(delivery.message, f"agent stopped ({reason})")
 
+        self.mailbox.disarm()  # a dormant agent that is gone is not woken
         self.mailbox.close(error, drop)
         self.pending.clear()
         if self._crash_seen is not None:

@@ -4,6 +4,11 @@ A deque plus the single consumer task (and a parking lot for senders waiting
 for room) instead of a memory channel: the agent drains everything queued in
 one go (one wake-up per batch, not per message), and the mailbox outlives the
 agent task so messages wait through a restart.
+
+The consumer may also be *dormant*: an agent that has no task yet leaves an
+activation callback (:meth:`Mailbox.arm`) where a parked task would be; the
+first thing that would wake a task (an item, :meth:`wake`, :meth:`close`)
+calls it instead, once, and the callback gives the agent its task.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ __all__ = ["Mailbox", "MailboxClosed"]
 
 T = TypeVar("T")
 
+_Task = trio.lowlevel.Task
+
 
 class MailboxClosed(Exception):
     """Internal: the mailbox was closed; carries the error senders should see."""
@@ -31,7 +38,8 @@ class Mailbox(Generic[T]):
     """FIFO of at most ``capacity`` items; senders wait while it is full.
 
     One consumer at a time (the agent's current incarnation) waits in
-    :meth:`wait`; it is rescheduled directly, without a parking lot.
+    :meth:`wait`; it is rescheduled directly, without a parking lot. Instead
+    of a waiting task, the box may hold an activation callback (:meth:`arm`).
     """
 
     __slots__ = ("_closed", "_items", "_not_full", "_waiter", "capacity")
@@ -43,7 +51,10 @@ class Mailbox(Generic[T]):
         # Allocated on first use: an idle agent's empty mailbox stays small
         # (an empty deque alone is ~600 bytes, a parking lot ~300).
         self._items: deque[T] | None = None
-        self._waiter: trio.lowlevel.Task | None = None
+        #: The consumer task parked in :meth:`wait`, or the callback that
+        #: activates a dormant consumer (:meth:`arm`): whatever wakes one calls
+        #: the other, so queueing costs the same either way.
+        self._waiter: trio.lowlevel.Task | Callable[[], object] | None = None
         self._not_full: trio.lowlevel.ParkingLot | None = None
         self._closed: BaseException | None = None
 
@@ -129,11 +140,27 @@ class Mailbox(Generic[T]):
         self._waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    def _wake(self) -> None:
-        task = self._waiter
-        if task is not None:
+    def arm(self, activate: Callable[[], object]) -> None:
+        """Call ``activate()`` (once) at the next wake-up: an item queued or put
+        back, :meth:`wake` or :meth:`close`. For a consumer without a task (a
+        dormant agent); :meth:`disarm` takes it back."""
+        if self._waiter is not None:
+            raise RuntimeError("a mailbox has one consumer at a time")
+        self._waiter = activate
+
+    def disarm(self) -> None:
+        """Forget the callback :meth:`arm` left, if it was not called yet."""
+        if self._waiter is not None and type(self._waiter) is not _Task:
             self._waiter = None
-            trio.lowlevel.reschedule(task)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if type(waiter) is _Task:
+                trio.lowlevel.reschedule(waiter)
+            else:
+                waiter()  # type: ignore[operator]
 
     def wake(self) -> None:
         """Wake the consumer (to notice a stop or crash request)."""

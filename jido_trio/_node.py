@@ -13,7 +13,7 @@ import pluggy
 import trio
 
 from ._agent import Agent
-from ._agent_server import AgentCell
+from ._agent_server import AgentCell, NowaitRegister
 from ._communication import Communication
 from ._config import Config
 from ._context import current_node_name
@@ -45,7 +45,7 @@ ROOT_SUPERVISOR = "root"
 #: started (no task starts more in a row; see docs/performance.md).
 START_SCHEDULE_EVERY = 64
 
-_start_schedule_point = ScheduleBudget(START_SCHEDULE_EVERY).schedule_point
+_start_budget = ScheduleBudget(START_SCHEDULE_EVERY)
 
 
 @attrs.define(eq=False)
@@ -71,6 +71,8 @@ class Node:
         init=False
     )
     _closing: bool = attrs.field(default=False, init=False)
+    #: The child spec of the agents of a class and restart type (shared).
+    _agent_specs: dict[tuple[type[Agent], str], ChildSpec] = attrs.field(factory=dict, init=False)
     #: The node's signal bus: ``publish`` and ``subscribe`` (see :class:`SignalBus`).
     signals: SignalBus = attrs.field(init=False)
 
@@ -172,11 +174,12 @@ class Node:
 
         With the built-in in-memory state backend and local registry, an agent
         class without ``on_start`` and nothing in the agent's durable log, the
-        start-up runs synchronously and the agent's task is spawned without
-        waiting for it; the call is then a cancel point, and a schedule point
-        only once every :data:`START_SCHEDULE_EVERY` such starts (no task makes
-        more in a row; docs/performance.md). Otherwise it awaits the agent's start-up
-        in its task. To start many agents of one class, :meth:`start_agents`.
+        start-up runs synchronously and the agent gets its task only once it
+        first has work (a message, a stop...); the call is then a cancel point,
+        and a schedule point only once every :data:`START_SCHEDULE_EVERY` such
+        starts (no task makes more in a row; docs/performance.md). Otherwise it
+        awaits the agent's start-up in its task. To start many agents of one
+        class, :meth:`start_agents`.
 
         :raises AgentAlreadyExists: ``agent_id`` names a live agent.
         :raises TypeError: ``cls`` is not an :class:`Agent` subclass with a ``type``.
@@ -186,9 +189,11 @@ class Node:
         await trio.lowlevel.checkpoint_if_cancelled()
         parent = self._supervisor(supervisor)
         cell, spec = self._new_cell(cls, agent_id, parent, state, restart, metadata)
-        if self._can_start_now(cell, parent):
-            self._start_now(cell, spec, parent)
-            await _start_schedule_point()
+        register = self._nowait_register(cell, parent)
+        if register is not None:
+            self._start_now(cell, spec, parent, register)
+            if _start_budget.count():
+                await trio.lowlevel.cancel_shielded_checkpoint()
         else:
             await self._start_awaiting(cell, spec, parent)
         return cell.ref
@@ -232,10 +237,14 @@ class Node:
             await trio.lowlevel.checkpoint()
         for agent_id in ids:
             await trio.lowlevel.checkpoint_if_cancelled()
+            # Again: another task may have started it while this one yielded.
+            self._check_new_agent_id(agent_id)
             cell, spec = self._new_cell(cls, agent_id, parent, None, restart, metadata)
-            if self._can_start_now(cell, parent):
-                self._start_now(cell, spec, parent)
-                await _start_schedule_point()
+            register = self._nowait_register(cell, parent)
+            if register is not None:
+                self._start_now(cell, spec, parent, register)
+                if _start_budget.count():
+                    await trio.lowlevel.cancel_shielded_checkpoint()
             else:
                 await self._start_awaiting(cell, spec, parent)
             refs.append(cell.ref)
@@ -266,7 +275,14 @@ class Node:
         restart: Restart,
         metadata: Mapping[str, Any] | None,
     ) -> tuple[AgentCell, ChildSpec]:
-        self._check_new_agent_id(agent_id)
+        """A cell for ``agent_id`` (checked by the caller) and the child spec
+        its supervisor gets (one per class and restart type)."""
+        spec = self._agent_specs.get((cls, restart))
+        if spec is None:
+            spec = ChildSpec(
+                id=cls.type, start=cls, restart=restart, shutdown=self.config.shutdown_timeout
+            )
+            self._agent_specs[cls, restart] = spec
         ref = AgentRef(id=agent_id, type=cls.type, node=self.name, metadata=metadata)
         # Not Mailbox[Delivery](...): calling a subscripted generic is ~10x slower.
         mailbox: Mailbox[Delivery] = Mailbox(self.config.mailbox_size)
@@ -285,53 +301,47 @@ class Node:
             metadata=metadata,
             supervisor=parent,
         )
-        spec = ChildSpec(
-            id=agent_id,
-            start=cls,
-            restart=restart,
-            shutdown=self.config.shutdown_timeout,
-            state=state,
-            metadata=metadata,
-        )
         return cell, spec
 
     @staticmethod
-    def _can_start_now(cell: AgentCell, parent: Supervisor) -> bool:
-        return cell.can_start_now() and parent.can_add_nowait(cell.ref.id)
+    def _nowait_register(cell: AgentCell, parent: Supervisor) -> NowaitRegister | None:
+        """What :meth:`_start_now` needs to start ``cell`` synchronously, or
+        ``None`` if it cannot."""
+        if not parent.can_add_nowait(cell.ref.id):
+            return None
+        return cell.nowait_register()
 
-    def _start_now(self, cell: AgentCell, spec: ChildSpec, parent: Supervisor) -> None:
-        """Start the agent without awaiting (only if :meth:`_can_start_now`):
-        its start-up runs here, its task is spawned and not waited for."""
+    def _start_now(
+        self, cell: AgentCell, spec: ChildSpec, parent: Supervisor, register: NowaitRegister
+    ) -> None:
+        """Start the agent without awaiting (only if :meth:`_nowait_register`
+        gave ``register``): its start-up runs here; it gets its task once it
+        first has work."""
         agent_id = cell.ref.id
         self._comm.add_cell(cell)
         try:
-            cell.start_now()
+            cell.start_now(register)
         except BaseException:
             if self._comm.cells.get(agent_id) is cell:
                 del self._comm.cells[agent_id]
             raise
         cell.announce_started()
-        parent.add_started_child(
-            spec,
-            run=cell,
-            kind="agent",
-            graceful=cell.request_stop,
-            observer=cell,
-            self_scoped=True,
+        # Dormant until it has work: its task is spawned by the first message,
+        # stop or crash request its mailbox sees.
+        cell.mailbox.arm(
+            parent.add_started_child(
+                spec, run=cell, kind="agent", observer=cell, self_scoped=True, child_id=agent_id
+            )
         )
-        self._subscribe_routes(cell.cls, cell.ref)
+        if cell.cls.signal_routes:
+            self._subscribe_routes(cell.cls, cell.ref)
 
     async def _start_awaiting(self, cell: AgentCell, spec: ChildSpec, parent: Supervisor) -> None:
         agent_id = cell.ref.id
         self._comm.add_cell(cell)
         try:
             await parent.add_child(
-                spec,
-                run=cell,
-                kind="agent",
-                graceful=cell.request_stop,
-                observer=cell,
-                self_scoped=True,
+                spec, run=cell, kind="agent", observer=cell, self_scoped=True, child_id=agent_id
             )
         except BaseException:
             if self._comm.cells.get(agent_id) is cell:
@@ -525,7 +535,6 @@ class Node:
                 spec,
                 run=sup.run,
                 kind="supervisor",
-                graceful=sup.request_shutdown,
                 observer=_SupervisorEntry(self._supervisors, sup),
                 supervisor=sup,
             )
@@ -639,6 +648,12 @@ class _SupervisorEntry:
 
     supervisors: dict[str, Supervisor]
     supervisor: Supervisor
+
+    def request_stop(self) -> None:
+        self.supervisor.request_shutdown()
+
+    def on_cancelled_dormant(self) -> None:
+        return None
 
     def on_exit(self, error: BaseException | None, will_restart: bool) -> None:
         return None

@@ -41,3 +41,14 @@ class ScheduleBudget:
         else:
             self._left = self.every
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def count(self) -> bool:
+        """:meth:`schedule_point` without the coroutine: count one call and
+        return whether the caller must yield now (``await
+        trio.lowlevel.cancel_shielded_checkpoint()``)."""
+        left = self._left - 1
+        if left > 0:
+            self._left = left
+            return False
+        self._left = self.every
+        return True

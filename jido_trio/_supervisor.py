@@ -11,6 +11,7 @@ its parent handles like any other child failure.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import random
@@ -123,6 +124,18 @@ class SupervisorInfo:
 class ChildObserver(Protocol):
     """Callbacks a child's owner (the node, for agents) receives."""
 
+    def request_stop(self) -> None:
+        """Stop gracefully: the supervisor then waits up to ``spec.shutdown``
+        for the child's task to end before it cancels it."""
+        ...
+
+    def on_cancelled_dormant(self) -> None:
+        """A dormant child (see :meth:`Supervisor.add_started_child`) ended
+        with its supervisor's nursery, cancelled from outside, before anything
+        woke it: it never had a task, so this says what its task's
+        cancellation would have said."""
+        ...
+
     def on_exit(self, error: BaseException | None, will_restart: bool) -> None: ...
 
     def on_restart(self, restarts: int) -> None: ...
@@ -168,10 +181,15 @@ def describe(error: BaseException | None) -> str | None:
 
 @attrs.define(eq=False)
 class _Child:
+    #: The child's id: ``spec.id``, unless its owner gave another (the agents
+    #: of one class share one spec).
+    id: str
+    #: How it is started and stopped.
     spec: ChildSpec
     run: Callable[..., Awaitable[Any]]
     kind: Literal["agent", "worker", "supervisor"]
-    graceful: Callable[[], None] | None = None
+    #: Stops the child gracefully (:meth:`ChildObserver.request_stop`); without
+    #: one, the supervisor cancels the child to stop it.
     observer: ChildObserver | None = None
     supervisor: Supervisor | None = None
     status: Status = "stopped"
@@ -184,21 +202,37 @@ class _Child:
     self_scoped: bool = False
     #: How the current incarnation ended (set before it is marked finished).
     exit_error: BaseException | None = None
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     #: The current incarnation's task has ended.
     finished: bool = False
+    #: The current incarnation is started but has no task yet: it gets one
+    #: when something calls the child (see :meth:`Supervisor.add_started_child`).
+    dormant: bool = False
+    #: The supervisor that activates a dormant child.
+    owner: Supervisor | None = attrs.field(default=None, repr=False)
+    #: The current incarnation's cancel scope (made on first use: a dormant
+    #: child holds none).
+    _scope: trio.CancelScope | None = None
     #: Made only when someone waits for the end (most children never need one).
     _done: trio.Event | None = None
 
     @property
-    def id(self) -> str:
-        return self.spec.id
+    def scope(self) -> trio.CancelScope:
+        scope = self._scope
+        if scope is None:
+            scope = self._scope = trio.CancelScope()
+        return scope
+
+    def __call__(self) -> None:
+        """Activate the child if it is dormant: the callback a dormant child's
+        owner arms (e.g. on the agent's mailbox)."""
+        if self.dormant and self.owner is not None:
+            self.owner._activate(self)
 
     def new_incarnation(self) -> int:
         self.incarnation += 1
         self.stopping = False
-        if self.incarnation > 1:
-            self.scope = trio.CancelScope()  # a scope can be entered once
+        self.dormant = False
+        self._scope = None  # a scope can be entered once
         self.finished = False
         self._done = None
         self.exit_error = None
@@ -243,6 +277,9 @@ class Supervisor:
     _restart_times: deque[float] = attrs.field(factory=deque, init=False)
     _exits: Any = attrs.field(default=None, init=False)
     _shutdown_requested: trio.Event = attrs.field(factory=trio.Event, init=False)
+    #: The context dormant children's tasks start in (a copy of the
+    #: supervisor's own, like a restarted child's), not the waker's.
+    _context: contextvars.Context | None = attrs.field(default=None, init=False)
     status: Status = attrs.field(default="stopped", init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -343,27 +380,32 @@ class Supervisor:
         *,
         run: Callable[..., Awaitable[Any]],
         kind: Literal["agent", "worker", "supervisor"],
-        graceful: Callable[[], None] | None = None,
         observer: ChildObserver | None = None,
         supervisor: Supervisor | None = None,
         self_scoped: bool = False,
+        child_id: str | None = None,
     ) -> None:
         """Add and start a child; on failure to start, forget it and re-raise.
 
+        ``observer`` hears of the child's exits and is asked to stop it
+        gracefully; without one, the supervisor cancels the child to stop it.
         ``self_scoped``: ``run`` takes a ``cancel_scope=`` keyword and runs its
         whole body inside that scope (the supervisor cancels it to stop the
-        child hard).
+        child hard). ``child_id`` is ``spec.id`` unless given (the agents of
+        one class share one spec).
         """
+        if child_id is None:
+            child_id = spec.id
         self._check_accepting()
         async with self._lock:
             self._check_accepting()
-            if spec.id in self._children:
-                raise ValueError(f"supervisor {self.id!r} already has a child {spec.id!r}")
+            if child_id in self._children:
+                raise ValueError(f"supervisor {self.id!r} already has a child {child_id!r}")
             child = _Child(
+                id=child_id,
                 spec=spec,
                 run=run,
                 kind=kind,
-                graceful=graceful,
                 observer=observer,
                 supervisor=supervisor,
                 self_scoped=self_scoped,
@@ -393,34 +435,74 @@ class Supervisor:
         *,
         run: Callable[..., Awaitable[Any]],
         kind: Literal["agent", "worker", "supervisor"],
-        graceful: Callable[[], None] | None = None,
-        observer: ChildObserver | None = None,
+        observer: ChildObserver,
         self_scoped: bool = False,
-    ) -> None:
+        child_id: str | None = None,
+    ) -> Callable[[], None]:
         """Add a child that is ready already (its owner did the start-up work
-        synchronously) and spawn its task without waiting for it: no temporary
-        nursery, no scheduler round. Only after :meth:`can_add_nowait` said so.
+        synchronously) and leave it *dormant*: it runs (its task is spawned in
+        this supervisor's nursery) only once the returned callback is called,
+        by whatever first has work for it. Only after :meth:`can_add_nowait`
+        said so.
 
-        ``run`` is called like any child's, with a ``task_status`` whose
+        The owner arms the callback where work arrives (an agent's mailbox)
+        and makes :meth:`ChildObserver.request_stop` call it too: stopping
+        the child, or restarting its siblings, activates it like any other
+        work. A dormant child still present when the supervisor's nursery is
+        cancelled from outside never gets a task; its observer hears
+        :meth:`ChildObserver.on_cancelled_dormant` instead.
+
+        ``run`` is then called like any child's, with a ``task_status`` whose
         ``started()`` does nothing; later incarnations (restarts) start the
-        usual way.
+        usual way. ``child_id`` is as for :meth:`add_child`.
         """
-        assert self._nursery is not None and self.can_add_nowait(spec.id)
+        if child_id is None:
+            child_id = spec.id
+        assert self._nursery is not None and child_id not in self._children
+        # Its first incarnation, started already (what new_incarnation and
+        # _start would set), and dormant.
         child = _Child(
+            id=child_id,
             spec=spec,
             run=run,
             kind=kind,
-            graceful=graceful,
             observer=observer,
             self_scoped=self_scoped,
+            owner=self,
+            incarnation=1,
+            dormant=True,
+            status="running",
         )
-        self._children[child.id] = child
-        incarnation = child.new_incarnation()
-        self._nursery.start_soon(
-            self._run_child, child, incarnation, _ALREADY_STARTED, name=_task_name(child)
-        )
-        child.status = "running"
+        self._children[child_id] = child
         self._emit(child, "started")
+        return child
+
+    def _activate(self, child: _Child) -> None:
+        """Spawn a dormant child's task (sync; from whichever task woke it)."""
+        nursery = self._nursery
+        if nursery is None or self._children.get(child.id) is not child:
+            # Its supervisor is leaving (cancelled): it stays dormant, and
+            # ends with the nursery (_end_dormant).
+            return
+        child.dormant = False
+        context = self._context
+        assert context is not None
+        context.run(self._spawn_started, nursery, child)
+
+    def _spawn_started(self, nursery: trio.Nursery, child: _Child) -> None:
+        nursery.start_soon(
+            self._run_child, child, child.incarnation, _ALREADY_STARTED, name=_task_name(child)
+        )
+
+    def _end_dormant(self) -> None:
+        """End the children still dormant when the nursery has closed (it was
+        cancelled from outside): as their tasks' cancellation would have."""
+        for child in reversed(list(self._children.values())):
+            if child.dormant:
+                child.dormant = False
+                if child.observer is not None:
+                    self._notify(child.observer.on_cancelled_dormant)
+                child.mark_finished(child.incarnation)
 
     async def _start(self, child: _Child) -> None:
         assert self._nursery is not None
@@ -471,20 +553,28 @@ class Supervisor:
         self._exits = (send, receive)
         self._shutdown_requested = trio.Event()
         self._restart_times.clear()
+        self._context = contextvars.copy_context()
         failure: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.status = "running"
-                async with self._lock:
-                    failure = await self._start_all()
-                if failure is None:
-                    task_status.started(self)
-                    failure = await self._watch(receive)
-                nursery.cancel_scope.cancel()
+                try:
+                    self.status = "running"
+                    async with self._lock:
+                        failure = await self._start_all()
+                    if failure is None:
+                        task_status.started(self)
+                        failure = await self._watch(receive)
+                    nursery.cancel_scope.cancel()
+                finally:
+                    # Done, or cancelled from outside: from here on no dormant
+                    # child gets a task (the nursery closes once the running
+                    # ones have ended); those still dormant end below.
+                    self._nursery = None
         finally:
             self._nursery = None
             self._exits = None
+            self._end_dormant()
         if failure is not None:
             self.status = "failed"
             raise failure
@@ -614,8 +704,12 @@ class Supervisor:
                 child.status = "stopped"
             return
         child.stopping = True
-        if child.graceful is not None:
-            child.graceful()
+        if child.observer is not None:
+            child.observer.request_stop()
+            if child.dormant:
+                # Its owner's stop request woke nothing: give it its task now
+                # so that it stops the way a running child does.
+                self._activate(child)
         else:
             child.scope.cancel()
         with trio.move_on_after(child.spec.shutdown):

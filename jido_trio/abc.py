@@ -46,6 +46,8 @@ Consistency = Literal["strong", "eventual", "weak"]
 
 
 def _frozen_map(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if isinstance(value, MappingProxyType):
+        return value  # read-only already (shared by many entries, e.g. the restart type)
     return MappingProxyType({} if value is None else dict(value))
 
 

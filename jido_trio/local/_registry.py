@@ -6,6 +6,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -32,6 +33,8 @@ class LocalRegistry(Registry):
     _watchers: set[trio.MemorySendChannel[RegistryEvent]] = attrs.field(factory=set, init=False)
 
     def _emit(self, kind: Any, entry: RegistryEntry) -> None:
+        if not self._watchers:
+            return
         event = RegistryEvent(kind=kind, entry=entry)
         for channel in list(self._watchers):
             try:
@@ -59,7 +62,11 @@ class LocalRegistry(Registry):
         entry = RegistryEntry(
             ref=ref,
             epoch=epoch,
-            metadata={**ref.metadata, **(metadata or {})},
+            metadata=(
+                metadata  # read-only: shared as it is
+                if not ref.metadata and isinstance(metadata, MappingProxyType)
+                else {**ref.metadata, **(metadata or {})}
+            ),
             registered_at=time.time(),
         )
         self._entries[ref.id] = entry
