@@ -697,7 +697,9 @@ def notes(run: Run) -> list[str]:
         "Medians of the repetitions; ratios = jido_trio / baseline, both measured in this run "
         "(interleaved repetition by repetition inside each family).",
         "(a) one sender, one agent, default mailbox (1024); the raw channels use the same "
-        "capacity. Timed until the agent has applied every instruction (a final call).",
+        "capacity. Timed until the agent has applied every instruction (a final call). "
+        "The agent's action builds its new state directly (CounterState(count + by)), "
+        "as small as the raw consumer's got += 1; each send builds a new Instruction.",
         "(c) each spawn measurement runs in a fresh process, all under the root supervisor: "
         "node.start_agents (the documented bulk path, 4096 ids per call) and start_agent "
         "awaited one after another (the default path); bare tasks: open_memory_channel + "

@@ -86,14 +86,16 @@ class AgentCell:
 
     ref: AgentRef
     cls: type[Agent]
-    comm: Communication
+    # Back-references left out of the repr: with them, the repr of a node (or
+    # of a pytest failure around one) lists every agent once per agent.
+    comm: Communication = attrs.field(repr=False)
     store: AgentStore
     mailbox: Mailbox[Delivery]
     restart: str
     shutdown_timeout: float
     initial_state: Any = None
     metadata: Any = None
-    supervisor: Supervisor | None = None
+    supervisor: Supervisor | None = attrs.field(default=None, repr=False)
     status: CellStatus = "starting"
     restarts: int = 0
     last_restart_at: float = -math.inf

@@ -68,7 +68,7 @@ def encode_state(state: Any) -> bytes:
 class AgentStore:
     """Loads and commits one agent's state and its dedupe window."""
 
-    backend: StateBackend
+    backend: StateBackend = attrs.field(repr=False)  # shared by every agent
     agent_id: str
     window: int
     version: int = 0

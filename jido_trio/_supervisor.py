@@ -190,7 +190,7 @@ class _Child:
     kind: Literal["agent", "worker", "supervisor"]
     #: Stops the child gracefully (:meth:`ChildObserver.request_stop`); without
     #: one, the supervisor cancels the child to stop it.
-    observer: ChildObserver | None = None
+    observer: ChildObserver | None = attrs.field(default=None, repr=False)
     supervisor: Supervisor | None = None
     status: Status = "stopped"
     restarts: int = 0
@@ -271,7 +271,7 @@ class Supervisor:
     on_event: EventCallback | None = None
     node_name: str | None = None
     # By id, in start order (dicts keep insertion order): O(1) lookups at any size.
-    _children: dict[str, _Child] = attrs.field(factory=dict, init=False)
+    _children: dict[str, _Child] = attrs.field(factory=dict, init=False, repr=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _restart_times: deque[float] = attrs.field(factory=deque, init=False)

@@ -114,17 +114,17 @@ async def test_local_tell_waits_for_room_when_the_mailbox_is_full(
 ) -> None:
     async with jt.open_node(jt.Config(node_name="n", mailbox_size=1)) as node:
         ref = await node.start_agent(Counter, "c")
-        # The agent is busy for 5 s, so the mailbox (1 slot) fills up: the
+        # The agent is busy for 3 s, so the mailbox (1 slot) fills up: the
         # next tell takes the slow path and waits for room, within its timeout.
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(node.call, ref, jt.Instruction("slow", {"seconds": 5}))
+            nursery.start_soon(node.call, ref, jt.Instruction("slow", {"seconds": 3}))
             await trio.testing.wait_all_tasks_blocked()
             await node.send_instruction(ref, jt.Instruction("increment"))
             with pytest.raises(jt.MailboxFull):
                 await node.send_instruction(ref, jt.Instruction("increment"), timeout=1)
             start = trio.current_time()
             await node.send_instruction(ref, jt.Instruction("increment"), timeout=10)
-            assert trio.current_time() - start == pytest.approx(4, abs=0.1)
+            assert trio.current_time() - start == pytest.approx(2, abs=0.1)
         assert await node.call(ref, jt.Instruction("get")) == 2
 
 
