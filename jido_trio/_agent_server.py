@@ -20,7 +20,7 @@ import attrs
 import msgspec
 import trio
 
-from ._agent import Agent, Context
+from ._agent import ActionSpec, Agent, Context
 from ._delivery import Delivery
 from ._exceptions import (
     ActionError,
@@ -534,13 +534,41 @@ class AgentCell:
         crash: Exception | None = None
         commit_error: Exception | None = None
         index = 0
+        instance = self._instance
         try:
             for delivery in batch:
                 try:
-                    dirty |= await self._apply(delivery, ctx)
+                    spec = self._admit(delivery)
                 except Exception as exc:
                     crash = exc
                     break
+                if spec is not None:
+                    # The action runs here rather than in a helper coroutine:
+                    # one frame less per message on the hottest path.
+                    instruction = delivery.instruction
+                    assert instruction is not None
+                    # Always a read-only proxy of a dict (Instruction makes it so).
+                    params: MappingProxyType[str, Any] = instruction.params  # type: ignore[assignment]
+                    method = getattr(instance, spec.method)
+                    ctx._delivery = delivery
+                    try:
+                        # ``**`` on a read-only mapping proxy takes CPython's
+                        # slow path; a dict copy of it is cheaper to unpack.
+                        result = await (
+                            method(self.state, **params.copy()) if params else method(self.state)
+                        )
+                    except Exception as exc:
+                        crash = exc
+                        break
+                    finally:
+                        ctx._delivery = None
+                    if result is not None:
+                        self.state = result
+                    self.store.mark(instruction.id)
+                    pending = self._pending
+                    if pending is not None:
+                        pending.discard(instruction.id)
+                    dirty = True
                 applied.append(delivery)
                 logged = logged or delivery.log_seq is not None
                 index += 1
@@ -654,21 +682,23 @@ class AgentCell:
                 interrupted.fail(action_error(self.ref.id, instruction.action, cause))
         self.mailbox.requeue_front(rest)
 
-    async def _apply(self, delivery: Delivery, ctx: Context) -> bool:
-        """Handle one delivery; return whether state or processed ids changed."""
+    def _admit(self, delivery: Delivery) -> ActionSpec | None:
+        """The action to run for ``delivery``; ``None`` when it is settled
+        here instead (a query, an abandoned call, a duplicate, an unknown
+        action). What the action returns is applied by :meth:`_run_batch`."""
         if delivery.kind == "query":
             delivery.reply_value = self.state
-            return False
+            return None
         instruction = delivery.instruction
         assert instruction is not None
         reply = delivery.reply
         if reply is not None and reply.abandoned:
             self.pending.discard(instruction.id)
-            return False
+            return None
         if instruction.id in self.store.seen:
             self.pending.discard(instruction.id)
             delivery.fail(AlreadyProcessed(f"instruction {instruction.id} was already applied"))
-            return False
+            return None
         spec = self.cls.actions.get(instruction.action)
         if spec is None:
             self.pending.discard(instruction.id)
@@ -678,16 +708,4 @@ class AgentCell:
             if reply is None:
                 self.comm.dead_letter(delivery.message, str(error))
             delivery.fail(error)
-            return False
-        ctx._delivery = delivery
-        try:
-            result = await getattr(self._instance, spec.method)(self.state, **instruction.params)
-        finally:
-            ctx._delivery = None
-        if result is not None:
-            self.state = result
-        self.store.mark(instruction.id)
-        pending = self._pending
-        if pending is not None:
-            pending.discard(instruction.id)
-        return True
+        return spec

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import attrs
@@ -37,7 +37,16 @@ from ._exceptions import (
 )
 from ._health import Health
 from ._mailbox import MailboxClosed
-from ._message import Instruction, Message, Receipt, decode_value, encode_value
+from ._message import (
+    EnvelopeParts,
+    Instruction,
+    Message,
+    Receipt,
+    build_envelope,
+    decode_value,
+    encode_value,
+    envelope_parts,
+)
 from ._persistence import encode_state
 from ._ref import AgentRef
 from ._resilience import (
@@ -76,11 +85,13 @@ TOMBSTONE_LIMIT = 100_000
 EmitFn = Callable[..., None]
 
 
-def _deadline(timeout: float | None, default: float) -> float:
+def _deadline(
+    timeout: float | None, default: float, now: Callable[[], float] = trio.current_time
+) -> float:
     t = default if timeout is None else timeout
     if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0 or math.isnan(t):
         raise ValueError(f"timeout must be a non-negative number, got {timeout!r}")
-    return trio.current_time() + t
+    return now() + t
 
 
 #: A local ``send_instruction`` that finds room in the mailbox is a cancel
@@ -88,7 +99,9 @@ def _deadline(timeout: float | None, default: float) -> float:
 #: (no task makes more in a row; like Erlang reductions); see docs/performance.md.
 TELL_SCHEDULE_EVERY = 64
 
-_tell_schedule_point = ScheduleBudget(TELL_SCHEDULE_EVERY).schedule_point
+#: Counts local tells that took the hot path (see :meth:`Communication.tell_here`).
+TELL_BUDGET = ScheduleBudget(TELL_SCHEDULE_EVERY)
+_tell_schedule_point = TELL_BUDGET.schedule_point
 
 
 @attrs.define(eq=False)
@@ -113,6 +126,9 @@ class Communication:
     _retry: RetryPolicy = attrs.field(init=False)
     #: Deadlines of local calls waiting for a reply (no cancel scope per call).
     deadlines: ReplyDeadlines = attrs.field(factory=ReplyDeadlines, init=False)
+    #: ``trio.current_time``, or the running clock's own method once the node
+    #: runs (:meth:`use_clock`): the local call path reads the time 3 times.
+    now: Callable[[], float] = attrs.field(default=trio.current_time, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.breakers = BreakerRegistry(
@@ -122,6 +138,11 @@ class Communication:
             )
         )
         self._retry = RetryPolicy(max_attempts=self.config.retry_attempts)
+
+    def use_clock(self) -> None:
+        """Read the time from the current trio run's clock directly (the
+        node's run: a Communication never outlives it)."""
+        self.now = trio.lowlevel.current_clock().current_time
 
     @staticmethod
     def breaker_key(node: str | None, agent_id: str) -> str:
@@ -235,16 +256,15 @@ class Communication:
     ) -> Receipt:
         if delivery not in _DELIVERY_MODES:
             raise ValueError(f"delivery must be one of {', '.join(_DELIVERY_MODES)}")
-        if delivery == "at_most_once" and type(instruction) is Instruction:
-            cell = self._cell_here(ref)
-            if cell is not None:
-                if timeout is not None:
-                    _deadline(timeout, 0.0)  # only checked: no wait on this path
-                await trio.lowlevel.checkpoint_if_cancelled()
-                receipt = self._tell_nowait(cell, instruction, sender, trace_id, causation_id)
-                if receipt is not None:
-                    await _tell_schedule_point()
-                    return receipt
+        if delivery == "at_most_once":
+            if timeout is not None:
+                _deadline(timeout, 0.0)  # only checked: the hot path does not wait
+            await trio.lowlevel.checkpoint_if_cancelled()
+            receipt = self.tell_here(ref, instruction, sender, trace_id, causation_id)
+            if receipt is not None:
+                if TELL_BUDGET.count():
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return receipt
         target, message, deadline = await self._address(
             ref, instruction, timeout, sender, trace_id, causation_id
         )
@@ -271,6 +291,51 @@ class Communication:
             return self.cells.get(ref.id)
         return None
 
+    def tell_here(
+        self,
+        ref: AgentRef,
+        instruction: Instruction,
+        sender: AgentRef | None = None,
+        trace_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Receipt | None:
+        """The hot path of an at-most-once tell, without awaiting: a valid,
+        new instruction to an agent on this node whose mailbox has room is
+        queued at once. ``None``: anything else, for :meth:`send_instruction`.
+
+        The caller must have passed a cancel point just before, and count the
+        tell in :data:`TELL_BUDGET` (a schedule point every so many).
+        """
+        if type(instruction) is not Instruction:
+            return None
+        cell = self._cell_here(ref)
+        if cell is None:
+            return None
+        return self._tell_nowait(cell, instruction, sender, trace_id, causation_id)
+
+    def local_call(
+        self,
+        ref: AgentRef,
+        instruction: Instruction,
+        timeout: float | None,
+        sender: AgentRef | None = None,
+        trace_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Coroutine[Any, Any, Any] | None:
+        """The coroutine of a call to an agent on this node (for the caller
+        to await: no frame of its own in between), or ``None`` when ``ref``
+        is not here."""
+        if type(instruction) is not Instruction:
+            return None
+        cell = self._cell_here(ref)
+        if cell is None:
+            return None
+        # What _address does, minus the registry (and the envelope is built
+        # only if something reads it).
+        deadline = _deadline(timeout, self.config.operation_timeout, self.now)
+        parts = envelope_parts(sender, cell.ref, instruction, trace_id, causation_id)
+        return self.deliver_call(cell, parts, instruction, deadline)
+
     def _tell_nowait(
         self,
         cell: AgentCell,
@@ -289,12 +354,11 @@ class Communication:
         prepared = self._prepare_nowait(cell, instruction)
         if prepared is None or cell.seen(prepared.id):
             return None
-        message = Message.new(
-            sender, cell.ref, instruction, trace_id=trace_id, causation_id=causation_id
-        )
+        # The envelope is built only if something reads it (see Delivery).
+        parts = envelope_parts(sender, cell.ref, instruction, trace_id, causation_id)
         cell.pending.add(prepared.id)
-        mailbox.put_nowait(Delivery("instruction", message, prepared, None))
-        return Receipt._make(message.id, prepared.id, "accepted")
+        mailbox.put_nowait(Delivery("instruction", parts, prepared, None))
+        return Receipt._make(parts[0], prepared.id, "accepted")
 
     async def deliver_tell(
         self,
@@ -378,14 +442,9 @@ class Communication:
         trace_id: str | None = None,
         causation_id: str | None = None,
     ) -> Any:
-        cell = self._cell_here(ref) if type(instruction) is Instruction else None
-        if cell is not None:
-            # A local agent: what _address does, minus the registry.
-            deadline = _deadline(timeout, self.config.operation_timeout)
-            message = Message.new(
-                sender, cell.ref, instruction, trace_id=trace_id, causation_id=causation_id
-            )
-            return await self.deliver_call(cell, message, instruction, deadline)
+        local = self.local_call(ref, instruction, timeout, sender, trace_id, causation_id)
+        if local is not None:
+            return await local
         target, message, deadline = await self._address(
             ref, instruction, timeout, sender, trace_id, causation_id
         )
@@ -410,8 +469,13 @@ class Communication:
         return await self.deliver_call(target, message, instruction, deadline)
 
     async def deliver_call(
-        self, cell: AgentCell, message: Message, instruction: Instruction, deadline: float
+        self,
+        cell: AgentCell,
+        message: Message | EnvelopeParts,
+        instruction: Instruction,
+        deadline: float,
     ) -> Any:
+        await trio.lowlevel.checkpoint_if_cancelled()
         instruction = self._prepare_nowait(cell, instruction) or await self._prepare(
             cell, message, instruction
         )
@@ -428,13 +492,30 @@ class Communication:
             error = breaker.open_error()
             await trio.lowlevel.checkpoint()
             raise error
-        cell.pending.add(instruction.id)
-        started = trio.current_time()
+        reply = Reply()
+        item = Delivery("instruction", message, instruction, reply)
+        mailbox = cell.mailbox
+        started = self.now()
         outcome: Literal["success", "failure", "release"] = "release"
         try:
-            value = await self._enqueue_and_wait(
-                cell, Delivery("instruction", message, instruction, Reply()), deadline, started
-            )
+            if started < deadline and mailbox.has_room():
+                # The hot path (_enqueue_and_wait's, inlined: one coroutine
+                # frame less to pass on suspend and resume). Queued at once;
+                # the node's deadline heap, not a cancel scope of this call,
+                # expires the reply.
+                cell.pending.add(instruction.id)
+                mailbox.put_nowait(item)
+                self.deadlines.add(deadline, reply)
+                try:
+                    reply.prepare_wait()
+                    await trio.lowlevel.wait_task_rescheduled(reply.abort_wait)
+                finally:
+                    if not reply.done:
+                        reply.abandoned = True
+                value = self._reply_value(cell, reply)
+            else:
+                cell.pending.add(instruction.id)
+                value = await self._enqueue_and_wait(cell, item, deadline, started)
         except CallTimeout:
             outcome = "failure"
             raise
@@ -442,8 +523,14 @@ class Communication:
             outcome = "success"
         finally:
             breaker.report(epoch, outcome)
-        self.latency.record(cell.ref.id, trio.current_time() - started)
+        self.latency.record(cell.ref.id, self.now() - started)
         return value
+
+    @staticmethod
+    def _reply_value(cell: AgentCell, reply: Reply) -> Any:
+        if reply.expired:
+            raise CallTimeout(f"no reply from agent {cell.ref.id!r} before the deadline")
+        return reply.result()
 
     async def _enqueue_and_wait(
         self, cell: AgentCell, item: Delivery, deadline: float, now: float | None = None
@@ -452,7 +539,7 @@ class Communication:
         assert reply is not None
         instruction_id = None if item.instruction is None else item.instruction.id
         if now is None:
-            now = trio.current_time()
+            now = self.now()
         if now < deadline and cell.mailbox.has_room():
             # The hot path: queue at once, and let the node's deadline heap
             # (not a cancel scope of this call) expire the reply.
@@ -467,17 +554,12 @@ class Communication:
             try:
                 # reply.wait() inlined: one coroutine frame less to pass on
                 # suspend and resume (the agent cannot have answered yet).
-                if reply.done:  # pragma: no cover - defensive
-                    await trio.lowlevel.checkpoint()
-                else:
-                    reply.prepare_wait()
-                    await trio.lowlevel.wait_task_rescheduled(reply.abort_wait)
+                reply.prepare_wait()
+                await trio.lowlevel.wait_task_rescheduled(reply.abort_wait)
             finally:
                 if not reply.done:
                     reply.abandoned = True
-            if reply.expired:
-                raise CallTimeout(f"no reply from agent {cell.ref.id!r} before the deadline")
-            return reply.result()
+            return self._reply_value(cell, reply)
         queued = False
         try:
             with trio.move_on_at(deadline) as scope:
@@ -505,12 +587,14 @@ class Communication:
             return None
 
     async def _prepare(
-        self, cell: AgentCell, message: Message, instruction: Instruction
+        self, cell: AgentCell, message: Message | EnvelopeParts, instruction: Instruction
     ) -> Instruction:
         try:
             return cell.cls.prepare(instruction)
         except InvalidMessage as exc:
             # Refused input is set aside where an operator can see it.
+            if not isinstance(message, Message):
+                message = build_envelope(message)
             await cell.store_dead_letter(message, str(exc))
             raise
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import trio
 
-from ._message import Instruction, Message
+from ._message import EnvelopeParts, Instruction, Message, build_envelope
 
 __all__ = ["Delivery", "Reply", "ReplyDeadlines"]
 
@@ -188,14 +188,19 @@ class ReplyDeadlines:
 
 
 class Delivery:
-    """A message queued for an agent."""
+    """A message queued for an agent.
+
+    Its envelope may be given as :class:`EnvelopeParts` (a local send): the
+    :class:`Message` is then built the first time :attr:`message` is read,
+    which for most local messages is never.
+    """
 
     __slots__ = (
+        "_message",
         "attempts",
         "instruction",
         "kind",
         "log_seq",
-        "message",
         "replied",
         "reply",
         "reply_value",
@@ -204,13 +209,13 @@ class Delivery:
     def __init__(
         self,
         kind: Literal["instruction", "query"],
-        message: Message,
+        message: Message | EnvelopeParts,
         instruction: Instruction | None,
         reply: Reply | None,
         log_seq: int | None = None,
     ) -> None:
         self.kind = kind
-        self.message = message
+        self._message = message
         self.instruction = instruction
         self.reply = reply
         self.replied = False
@@ -218,6 +223,15 @@ class Delivery:
         #: Sequence number in the agent's durable mailbox log (at-least-once only).
         self.log_seq = log_seq
         self.attempts = 0
+
+    @property
+    def message(self) -> Message:
+        """The envelope (built now if it was deferred)."""
+        message = self._message
+        if type(message) is tuple:
+            message = self._message = build_envelope(message)
+        assert isinstance(message, Message)
+        return message
 
     def resolve(self) -> None:
         if self.reply is not None:

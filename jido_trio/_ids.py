@@ -16,29 +16,37 @@ __all__ = ["id_time", "new_id"]
 
 _RANDOM_BITS = 80
 _RANDOM_MAX = (1 << _RANDOM_BITS) - 1
+#: A bit above the 128 of an id: ``hex()`` of the sum always has 33 digits
+#: after "0x1", so slicing off 3 characters leaves the zero-padded 32 (a
+#: format spec with padding costs twice as much).
+_SENTINEL = 1 << 128
 
+_time_ns = time.time_ns
+_hex = hex
 _last_ms = -1
-_last_rand = 0
-_last_prefix = ""
+#: The last id as an int (with the sentinel bit), and the largest value the
+#: same millisecond may reach before its random part would overflow.
+_last_value = 0
+_last_limit = -1
 
 
 def new_id() -> str:
     """Return a new 32-character id that sorts after every id made before it here."""
-    global _last_ms, _last_rand, _last_prefix
-    ms = time.time_ns() // 1_000_000
+    global _last_ms, _last_value, _last_limit
+    ms = _time_ns() // 1_000_000
     if ms <= _last_ms:
-        rand = _last_rand + 1
-        if rand <= _RANDOM_MAX:
-            _last_rand = rand
-            return f"{_last_prefix}{rand:020x}"
+        value = _last_value + 1
+        if value <= _last_limit:
+            _last_value = value
+            return _hex(value)[3:]
         ms = _last_ms + 1
     # One bit short of full width leaves room to increment within the ms;
     # random reseeds itself in forked children, so processes do not collide.
-    rand = random.getrandbits(_RANDOM_BITS - 1)
+    base = _SENTINEL | (ms << _RANDOM_BITS)
     _last_ms = ms
-    _last_rand = rand
-    _last_prefix = f"{ms:012x}"
-    return f"{_last_prefix}{rand:020x}"
+    _last_value = base | random.getrandbits(_RANDOM_BITS - 1)
+    _last_limit = base | _RANDOM_MAX
+    return _hex(_last_value)[3:]
 
 
 def id_time(identifier: str) -> float:

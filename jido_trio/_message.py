@@ -96,12 +96,17 @@ class Instruction:
         if version is not None and (type(version) is not int or version < 1):
             raise TypeError("instruction version must be a positive int or None")
         _set_action(self, action)
-        _set_params(self, _EMPTY_PARAMS if params is None else _params(params))
+        if params is None:
+            _set_params(self, _EMPTY_PARAMS)
+        elif type(params) is dict:
+            _set_params(self, MappingProxyType(params.copy()))
+        else:
+            _set_params(self, _params(params))
         _set_id(self, new_id() if id is None else _id_or_new(id))
         _set_version(self, version)
 
 
-def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+def slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
     """Set one field of a slotted frozen attrs instance through its slot
     descriptor, skipping the class's refusing ``__setattr__``; for
     constructors on hot paths only."""
@@ -110,10 +115,10 @@ def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
 
 
 _EMPTY_PARAMS: Mapping[str, Any] = MappingProxyType({})
-_set_action = _slot_setter(Instruction, "action")
-_set_params = _slot_setter(Instruction, "params")
-_set_id = _slot_setter(Instruction, "id")
-_set_version = _slot_setter(Instruction, "version")
+_set_action = slot_setter(Instruction, "action")
+_set_params = slot_setter(Instruction, "params")
+_set_id = slot_setter(Instruction, "id")
+_set_version = slot_setter(Instruction, "version")
 
 
 @attrs.frozen(kw_only=True)
@@ -180,20 +185,17 @@ class Message:
         messages started here shares one trace.
         """
         message_id = new_id()
-        # Field by field through the slots rather than through __init__: one
-        # envelope is built for every message sent (twice as fast).
-        message = _new_object(cls)
-        _msg_id(message, message_id)
-        _msg_version(message, ENVELOPE_VERSION)
-        _msg_sender(message, sender)
-        _msg_recipient(message, recipient)
-        _msg_payload(message, payload)
-        _msg_metadata(message, {} if metadata is None else dict(metadata))
-        _msg_timestamp(message, _time())
-        _msg_trace_id(message, message_id if trace_id is None else trace_id)
-        _msg_causation_id(message, causation_id)
-        _msg_correlation_id(message, correlation_id)
-        return message
+        return _build_message(
+            message_id,
+            sender,
+            recipient,
+            payload,
+            {} if metadata is None else dict(metadata),
+            _time(),
+            message_id if trace_id is None else trace_id,
+            causation_id,
+            correlation_id,
+        )
 
     def to_bytes(self) -> bytes:
         """Encode the envelope; raises :class:`InvalidMessage` if it holds
@@ -255,19 +257,81 @@ class Message:
 
 _new_object = object.__new__
 _time = time.time
-_receipt_message_id = _slot_setter(Receipt, "message_id")
-_receipt_instruction_id = _slot_setter(Receipt, "instruction_id")
-_receipt_status = _slot_setter(Receipt, "status")
-_msg_id = _slot_setter(Message, "id")
-_msg_version = _slot_setter(Message, "version")
-_msg_sender = _slot_setter(Message, "sender")
-_msg_recipient = _slot_setter(Message, "recipient")
-_msg_payload = _slot_setter(Message, "payload")
-_msg_metadata = _slot_setter(Message, "metadata")
-_msg_timestamp = _slot_setter(Message, "timestamp")
-_msg_trace_id = _slot_setter(Message, "trace_id")
-_msg_causation_id = _slot_setter(Message, "causation_id")
-_msg_correlation_id = _slot_setter(Message, "correlation_id")
+_receipt_message_id = slot_setter(Receipt, "message_id")
+_receipt_instruction_id = slot_setter(Receipt, "instruction_id")
+_receipt_status = slot_setter(Receipt, "status")
+_msg_id = slot_setter(Message, "id")
+_msg_version = slot_setter(Message, "version")
+_msg_sender = slot_setter(Message, "sender")
+_msg_recipient = slot_setter(Message, "recipient")
+_msg_payload = slot_setter(Message, "payload")
+_msg_metadata = slot_setter(Message, "metadata")
+_msg_timestamp = slot_setter(Message, "timestamp")
+_msg_trace_id = slot_setter(Message, "trace_id")
+_msg_causation_id = slot_setter(Message, "causation_id")
+_msg_correlation_id = slot_setter(Message, "correlation_id")
+
+
+def _build_message(
+    message_id: str,
+    sender: AgentRef | None,
+    recipient: AgentRef,
+    payload: Any,
+    metadata: Mapping[str, Any],
+    timestamp: float,
+    trace_id: str,
+    causation_id: str | None,
+    correlation_id: str | None,
+) -> Message:
+    # Field by field through the slots rather than through __init__: one
+    # envelope is built for every message sent (twice as fast).
+    message: Message = _new_object(Message)
+    _msg_id(message, message_id)
+    _msg_version(message, ENVELOPE_VERSION)
+    _msg_sender(message, sender)
+    _msg_recipient(message, recipient)
+    _msg_payload(message, payload)
+    _msg_metadata(message, metadata)
+    _msg_timestamp(message, timestamp)
+    _msg_trace_id(message, trace_id)
+    _msg_causation_id(message, causation_id)
+    _msg_correlation_id(message, correlation_id)
+    return message
+
+
+#: An envelope not built yet: (id, sender, recipient, payload, timestamp,
+#: trace id, causation id), see :func:`envelope_parts`.
+EnvelopeParts = tuple[str, "AgentRef | None", AgentRef, Any, float, str, "str | None"]
+
+
+def envelope_parts(
+    sender: AgentRef | None,
+    recipient: AgentRef,
+    payload: Any,
+    trace_id: str | None,
+    causation_id: str | None,
+) -> EnvelopeParts:
+    """What :meth:`Message.new` would fix now (the id, the time, the trace),
+    for an envelope that may never be looked at: a local delivery builds its
+    :class:`Message` only when something reads it (:func:`build_envelope`)."""
+    message_id = new_id()
+    return (
+        message_id,
+        sender,
+        recipient,
+        payload,
+        _time(),
+        message_id if trace_id is None else trace_id,
+        causation_id,
+    )
+
+
+def build_envelope(parts: EnvelopeParts) -> Message:
+    """The :class:`Message` that :func:`envelope_parts` stood in for."""
+    message_id, sender, recipient, payload, timestamp, trace_id, causation_id = parts
+    return _build_message(
+        message_id, sender, recipient, payload, {}, timestamp, trace_id, causation_id, None
+    )
 
 
 def _envelope_from_list(raw: list[Any]) -> Message:

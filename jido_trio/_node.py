@@ -14,7 +14,7 @@ import trio
 
 from ._agent import Agent
 from ._agent_server import AgentCell, NowaitRegister
-from ._communication import Communication
+from ._communication import TELL_BUDGET, Communication
 from ._config import Config
 from ._context import current_node_name
 from ._delivery import Delivery
@@ -424,6 +424,14 @@ class Node:
         :raises RemoteNotSupported: remote ref, local-only transport.
         :raises Unreachable: the owning node cannot be reached.
         """
+        if delivery == "at_most_once" and timeout is None:
+            # Communication.send_instruction's hot path, without its frame.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            receipt = self._comm.tell_here(ref, instruction)
+            if receipt is not None:
+                if TELL_BUDGET.count():
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return receipt
         return await self._comm.send_instruction(
             ref, instruction, delivery=delivery, timeout=timeout
         )
@@ -440,6 +448,9 @@ class Node:
         :raises AgentNotFound, AgentUnavailable, RemoteNotSupported, Unreachable: as
             for :meth:`send_instruction`.
         """
+        local = self._comm.local_call(ref, instruction, timeout)
+        if local is not None:
+            return await local
         return await self._comm.call(ref, instruction, timeout=timeout)
 
     async def query_agent(
@@ -718,6 +729,7 @@ async def open_node(
                 state=state,
                 coordination=coordination,
             )
+            node._comm.use_clock()
             async with trio.open_nursery() as nursery:
                 background_done = trio.Event()
                 nursery.start_soon(node._run_background, background_done)

@@ -260,7 +260,8 @@ class CircuitBreaker:
             return  # admitted before the last transition: says nothing now
         if self._state == "closed":
             if outcome == "success":
-                self._failures = 0
+                if self._failures:  # attrs' validating __setattr__ is slow; skip a no-op
+                    self._failures = 0
             elif outcome == "failure":
                 self._failures += 1
                 if self._failures >= self.failure_threshold:

@@ -8,9 +8,23 @@ import attrs
 import trio
 
 from .._exceptions import StateConflict
+from .._message import slot_setter
 from ..abc import Consistency, LogEntry, StateBackend, Versioned
 
 __all__ = ["MemoryStateBackend"]
+
+_new_object = object.__new__
+_set_value = slot_setter(Versioned, "value")
+_set_version = slot_setter(Versioned, "version")
+
+
+def _versioned(value: bytes, version: int) -> Versioned:
+    """A :class:`Versioned` of a copy of ``value``, built without attrs'
+    keyword handling: an agent's commit writes one per batch."""
+    versioned: Versioned = _new_object(Versioned)
+    _set_value(versioned, bytes(value))
+    _set_version(versioned, version)
+    return versioned
 
 
 def _seq(entry: LogEntry) -> int:
@@ -53,7 +67,7 @@ class MemoryStateBackend(StateBackend):
     async def write(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
         await trio.lowlevel.checkpoint()
         version = self._check(key, expected_version) + 1
-        self._data[key] = Versioned(value=bytes(value), version=version)
+        self._data[key] = _versioned(value, version)
         return version
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> None:
@@ -78,7 +92,7 @@ class MemoryStateBackend(StateBackend):
 
     def _write_nowait(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
         version = self._check(key, expected_version) + 1
-        self._data[key] = Versioned(value=bytes(value), version=version)
+        self._data[key] = _versioned(value, version)
         return version
 
     def _delete_nowait(self, key: str) -> None:
