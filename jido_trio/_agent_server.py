@@ -535,17 +535,26 @@ class AgentCell:
         commit_error: Exception | None = None
         index = 0
         instance = self._instance
+        store = self.store
+        actions = self.cls.actions
         try:
             for delivery in batch:
+                instruction = delivery.instruction
                 try:
-                    spec = self._admit(delivery)
+                    if (
+                        instruction is None
+                        or delivery.reply is not None
+                        or instruction.id in store.seen
+                    ):
+                        spec = self._admit(delivery)
+                    else:  # a new one-way instruction: only the action to find
+                        spec = actions.get(instruction.action) or self._admit(delivery)
                 except Exception as exc:
                     crash = exc
                     break
                 if spec is not None:
                     # The action runs here rather than in a helper coroutine:
                     # one frame less per message on the hottest path.
-                    instruction = delivery.instruction
                     assert instruction is not None
                     # Always a read-only proxy of a dict (Instruction makes it so).
                     params: MappingProxyType[str, Any] = instruction.params  # type: ignore[assignment]
@@ -564,7 +573,7 @@ class AgentCell:
                         ctx._delivery = None
                     if result is not None:
                         self.state = result
-                    self.store.mark(instruction.id)
+                    store.mark(instruction.id)
                     pending = self._pending
                     if pending is not None:
                         pending.discard(instruction.id)
@@ -604,7 +613,9 @@ class AgentCell:
                 commit_error = exc
         if commit_error is None:
             for delivery in applied:
-                delivery.resolve()
+                reply = delivery.reply
+                if reply is not None:
+                    reply.set(delivery.reply_value)
         else:
             error = AgentUnavailable(f"agent {self.ref.id!r} could not persist its state")
             for delivery in applied:

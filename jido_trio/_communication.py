@@ -306,12 +306,29 @@ class Communication:
         The caller must have passed a cancel point just before, and count the
         tell in :data:`TELL_BUDGET` (a schedule point every so many).
         """
-        if type(instruction) is not Instruction:
+        # One function, not a chain of helpers: this runs for every local tell.
+        if type(instruction) is not Instruction or type(ref) is not AgentRef:
             return None
-        cell = self._cell_here(ref)
+        node = ref.node
+        if node is not None and node != self.node_name:
+            return None
+        cell = self.cells.get(ref.id)
         if cell is None:
             return None
-        return self._tell_nowait(cell, instruction, sender, trace_id, causation_id)
+        mailbox = cell.mailbox
+        if not mailbox.has_room():
+            return None
+        try:
+            prepared = cell.cls.prepare(instruction)
+        except InvalidMessage:
+            return None  # refused: send_instruction sets it aside and raises
+        if cell.seen(prepared.id):
+            return None
+        # The envelope is built only if something reads it (see Delivery).
+        parts = envelope_parts(sender, cell.ref, instruction, trace_id, causation_id)
+        cell.pending.add(prepared.id)
+        mailbox.put_nowait(Delivery("instruction", parts, prepared, None))
+        return Receipt._make(parts[0], prepared.id, "accepted")
 
     def local_call(
         self,
@@ -335,30 +352,6 @@ class Communication:
         deadline = _deadline(timeout, self.config.operation_timeout, self.now)
         parts = envelope_parts(sender, cell.ref, instruction, trace_id, causation_id)
         return self.deliver_call(cell, parts, instruction, deadline)
-
-    def _tell_nowait(
-        self,
-        cell: AgentCell,
-        instruction: Instruction,
-        sender: AgentRef | None,
-        trace_id: str | None,
-        causation_id: str | None,
-    ) -> Receipt | None:
-        """The hot path of an at-most-once tell to a local agent, without
-        awaiting: an instruction that is valid, new, and finds room in the
-        mailbox is queued at once. ``None``: anything else, for
-        :meth:`deliver_tell` to handle (refusals, duplicates, a full mailbox)."""
-        mailbox = cell.mailbox
-        if not mailbox.has_room():
-            return None
-        prepared = self._prepare_nowait(cell, instruction)
-        if prepared is None or cell.seen(prepared.id):
-            return None
-        # The envelope is built only if something reads it (see Delivery).
-        parts = envelope_parts(sender, cell.ref, instruction, trace_id, causation_id)
-        cell.pending.add(prepared.id)
-        mailbox.put_nowait(Delivery("instruction", parts, prepared, None))
-        return Receipt._make(parts[0], prepared.id, "accepted")
 
     async def deliver_tell(
         self,

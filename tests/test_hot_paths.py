@@ -5,6 +5,7 @@ synchronous commits on the in-memory backend."""
 from __future__ import annotations
 
 import functools
+import time
 
 import attrs
 import pytest
@@ -142,6 +143,54 @@ async def test_envelopes_built_on_the_fast_paths_carry_sender_and_trace() -> Non
         assert (message.trace_id, message.causation_id, message.version) == ("t1", "c1", 1)
         assert jt.Message.from_bytes(message.to_bytes()) == message
         await node.call(ref, jt.Instruction("get"))
+
+
+class Envelopes(jt.Agent):
+    """Keeps the envelope of every message it handles."""
+
+    type = "envelopes"
+    seen: list[jt.Message | None] = []
+
+    @jt.action("keep")
+    async def keep(self, state: None) -> None:
+        message = self.ctx.message
+        assert message is self.ctx.message  # built once, then the same object
+        self.seen.append(message)
+        self.ctx.reply(message)
+
+
+async def test_local_envelopes_built_on_first_read_are_the_full_envelope() -> None:
+    Envelopes.seen = []
+    async with jt.open_node(name="n") as node:
+        ref = await node.start_agent(Envelopes, "e")
+        before = time.time()
+        instruction = jt.Instruction("keep", id="i1")
+        receipt = await node.send_instruction(ref, instruction)
+        answered = await node.call(ref, jt.Instruction("keep", id="i2"))
+        after = time.time()
+        told, called = Envelopes.seen
+        assert called is answered
+        for message, instruction_id in ((told, "i1"), (called, "i2")):
+            assert isinstance(message, jt.Message)
+            assert message.recipient == ref and message.sender is None
+            assert message.payload.id == instruction_id
+            assert message.trace_id == message.id and message.causation_id is None
+            assert before <= message.timestamp <= after
+            assert message.metadata == {} and message.version == 1
+            assert jt.Message.from_bytes(message.to_bytes()) == message
+        assert told is not None and told.id == receipt.message_id
+        assert told.payload == instruction
+
+
+async def test_a_call_refused_on_the_local_path_is_dead_lettered_with_its_envelope() -> None:
+    async with jt.open_node(name="n") as node:
+        ref = await node.start_agent(Counter, "c")
+        newer = jt.Instruction("increment", version=99, id="v99")
+        with pytest.raises(jt.InvalidMessage, match="newer"):
+            await node.call(ref, newer)
+        (letter,) = await node.dead_letters(ref)
+        assert letter.payload == newer and letter.recipient == ref
+        assert letter.trace_id == letter.id
 
 
 def test_instruction_constructor_checks_its_fields() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import pickle
+import time
 from typing import Any
 
 import msgspec
@@ -114,10 +115,34 @@ def test_new_sets_ids_time_and_trace() -> None:
 
 
 def test_ids_are_unique_and_time_sortable() -> None:
+    before = time.time()
     ids = [new_id() for _ in range(50_000)]
+    after = time.time()
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)
-    assert all(len(i) == 32 for i in ids[:10])
+    assert all(len(i) == 32 and set(i) <= set("0123456789abcdef") for i in ids)
+    assert before - 0.001 <= id_time(ids[0]) <= id_time(ids[-1]) <= after
+
+
+def test_ids_roll_into_the_next_millisecond_when_one_is_used_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jido_trio import _ids
+
+    # Restored afterwards: later ids must not carry this test's future time.
+    for name in ("_last_ms", "_last_value", "_last_limit"):
+        monkeypatch.setattr(_ids, name, getattr(_ids, name))
+    ms = time.time_ns() // 1_000_000 + 60_000  # a clock ahead of every id so far
+    monkeypatch.setattr(_ids, "_time_ns", lambda: ms * 1_000_000)  # and standing still
+    first = new_id()
+    # Leave two ids in this millisecond's random range.
+    monkeypatch.setattr(_ids, "_last_value", _ids._last_limit - 2)
+    same_ms = [new_id(), new_id()]
+    next_ms = [new_id(), new_id()]
+    ids = [first, *same_ms, *next_ms]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert [id_time(i) for i in ids] == [ms / 1000] * 3 + [(ms + 1) / 1000] * 2
+    assert same_ms[-1].endswith("f" * 20)
 
 
 def test_instruction_defaults_and_validation() -> None:
