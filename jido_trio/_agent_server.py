@@ -150,6 +150,19 @@ class AgentCell:
             pending = self._pending = set()
         return pending
 
+    def accept(self, instruction_id: str) -> bool:
+        """Count ``instruction_id`` as queued, unless it was applied or is
+        queued already (then ``False``): :meth:`seen`, then ``pending.add``."""
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = set()
+        elif instruction_id in pending:
+            return False
+        if instruction_id in self.store.seen:
+            return False
+        pending.add(instruction_id)
+        return True
+
     def seen(self, instruction_id: str) -> bool:
         """Applied, or accepted and still queued."""
         pending = self._pending

@@ -322,11 +322,10 @@ class Communication:
             prepared = cell.cls.prepare(instruction)
         except InvalidMessage:
             return None  # refused: send_instruction sets it aside and raises
-        if cell.seen(prepared.id):
-            return None
+        if not cell.accept(prepared.id):
+            return None  # a duplicate: send_instruction answers "already_processed"
         # The envelope is built only if something reads it (see Delivery).
         parts = envelope_parts(sender, cell.ref, instruction, trace_id, causation_id)
-        cell.pending.add(prepared.id)
         mailbox.put_nowait(Delivery("instruction", parts, prepared, None))
         return Receipt._make(parts[0], prepared.id, "accepted")
 
@@ -678,19 +677,25 @@ class Communication:
             self.emit("jido_trio_health_changed", ref=cell.ref, old=old, new=new)
 
     def local_health(self, cell: AgentCell) -> Health:
-        if cell.status == "stopped":
+        # Runs for every agent started: the cheap checks first, and no clock
+        # read, key or lookup for what a brand-new agent cannot have yet.
+        status = cell.status
+        if status == "stopped":
             return Health.NOT_FOUND
-        if cell.status != "running":
+        if status != "running":
             return Health.DEGRADED
-        if len(cell.mailbox) > cell.mailbox.capacity * self.config.mailbox_high_water:
+        mailbox = cell.mailbox
+        if len(mailbox) > mailbox.capacity * self.config.mailbox_high_water:
             return Health.DEGRADED
-        if trio.current_time() - cell.last_restart_at < self.config.max_seconds:
+        restarted = cell.last_restart_at
+        if restarted != -math.inf and self.now() - restarted < self.config.max_seconds:
             return Health.DEGRADED
-        if self.latency.is_slow(cell.ref.id, self.config.slow_call_threshold):
+        if self.latency and self.latency.is_slow(cell.ref.id, self.config.slow_call_threshold):
             return Health.DEGRADED
-        breaker = self.breakers.peek(self.breaker_key(self.node_name, cell.ref.id))
-        if breaker is not None and breaker.state != "closed":
-            return Health.DEGRADED
+        if self.breakers:
+            breaker = self.breakers.peek(self.breaker_key(self.node_name, cell.ref.id))
+            if breaker is not None and breaker.state != "closed":
+                return Health.DEGRADED
         return Health.HEALTHY
 
     async def lookup(self, agent_id: str) -> AgentRef:

@@ -78,8 +78,6 @@ class AgentStore:
     next_chunk: int = 0
     #: The backend when it can be used synchronously (see the module docstring).
     _sync: MemoryStateBackend | None = attrs.field(init=False, default=None)
-    #: :attr:`key`, made on first use (an idle agent holds no copy).
-    _key: str | None = attrs.field(init=False, default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         backend = self.backend
@@ -93,10 +91,7 @@ class AgentStore:
 
     @property
     def key(self) -> str:
-        key = self._key
-        if key is None:
-            key = self._key = state_key(self.agent_id)
-        return key
+        return state_key(self.agent_id)
 
     def _chunk_key(self, n: int) -> str:
         return f"{self.key}/ids/{n}"
