@@ -33,7 +33,7 @@ from ._exceptions import (
 from ._health import Health
 from ._mailbox import Mailbox
 from ._message import Instruction, Message
-from ._persistence import AgentStore, encode_state
+from ._persistence import AgentStore, encode_state, state_key, synchronous_backend
 from ._ref import AgentRef
 from ._supervisor import Supervisor, describe
 from .abc import RegistryEntry
@@ -89,7 +89,6 @@ class AgentCell:
     # Back-references left out of the repr: with them, the repr of a node (or
     # of a pytest failure around one) lists every agent once per agent.
     comm: Communication = attrs.field(repr=False)
-    store: AgentStore
     mailbox: Mailbox[Delivery]
     restart: str
     shutdown_timeout: float
@@ -116,6 +115,8 @@ class AgentCell:
     log_seen: int = 0
     max_attempts: int = 3
     _instance: Agent | None = None
+    #: See :attr:`store`; ``None`` until first needed.
+    _store: AgentStore | None = attrs.field(default=None, repr=False)
     _scope: trio.CancelScope | None = None
     _injected: BaseException | None = None
     _crash_seen: trio.Event | None = None
@@ -142,6 +143,19 @@ class AgentCell:
         return f"deadletter/{self.ref.id}"
 
     @property
+    def store(self) -> AgentStore:
+        """Loads and commits the state and processed ids. Made on first use:
+        an agent started without a stored record or given state has nothing
+        to load, and holds no store until it applies something (or restarts)."""
+        store = self._store
+        if store is None:
+            comm = self.comm
+            store = self._store = AgentStore(
+                backend=comm.state, agent_id=self.ref.id, window=comm.config.dedupe_window
+            )
+        return store
+
+    @property
     def pending(self) -> set[str]:
         """Ids of instructions accepted and still queued (made on first use,
         dropped when empty and the mailbox is drained: idle agents hold none)."""
@@ -158,17 +172,18 @@ class AgentCell:
             pending = self._pending = set()
         elif instruction_id in pending:
             return False
-        if instruction_id in self.store.seen:
+        store = self._store
+        if store is not None and instruction_id in store.seen:
             return False
         pending.add(instruction_id)
         return True
 
     def seen(self, instruction_id: str) -> bool:
         """Applied, or accepted and still queued."""
-        pending = self._pending
-        return (
-            pending is not None and instruction_id in pending
-        ) or instruction_id in self.store.seen
+        if self._pending is not None and instruction_id in self._pending:
+            return True
+        store = self._store
+        return store is not None and instruction_id in store.seen
 
     # ------------------------------------------------------------ lifecycle
 
@@ -323,10 +338,11 @@ class AgentCell:
         It can with state in the plain in-memory backend, a registry that
         registers without awaiting, no ``on_start`` override and nothing in
         the durable log."""
-        if not self.store.synchronous or self.cls.on_start is not Agent.on_start:
+        sync = synchronous_backend(self.comm.state)
+        if sync is None or self.cls.on_start is not Agent.on_start:
             return None
         register = register_nowait(self.comm.registry, self.ref)
-        if register is None or self.store.has_log(self.log_stream):
+        if register is None or sync._has_log(self.log_stream):
             return None
         return register
 
@@ -346,7 +362,9 @@ class AgentCell:
             self._ready = True
         else:
             self._ready = self._new_instance()
-        found, state = self.store.load_nowait(self._decode_state)
+        found = False
+        if self._store is not None or self.initial_state is not None or self._has_record():
+            found, state = self.store.load_nowait(self._decode_state)
         if found or self.initial_state is not None:
             state = self._initial(found, state)
             self.store.commit_nowait(state)
@@ -359,6 +377,12 @@ class AgentCell:
         self.state = state
         register(self.ref, self.registry_metadata())
         self._ready_to_run(state)
+
+    def _has_record(self) -> bool:
+        """Whether the (synchronous) backend holds a state record for this agent."""
+        sync = synchronous_backend(self.comm.state)
+        assert sync is not None
+        return sync._read_nowait(state_key(self.ref.id)) is not None
 
     def announce_started(self) -> None:
         self.comm.emit("jido_trio_agent_started", ref=self.ref)

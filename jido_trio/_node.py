@@ -24,7 +24,6 @@ from ._groups import single_failure
 from ._health import Health
 from ._mailbox import Mailbox
 from ._message import Instruction, Message, Receipt
-from ._persistence import AgentStore
 from ._plugins import collect_backends, make_plugin_manager
 from ._ref import AgentRef
 from ._resilience import FailureDetector
@@ -290,9 +289,6 @@ class Node:
             ref=ref,
             cls=cls,
             comm=self._comm,
-            store=AgentStore(
-                backend=self.state, agent_id=agent_id, window=self.config.dedupe_window
-            ),
             mailbox=mailbox,
             restart=restart,
             shutdown_timeout=self.config.shutdown_timeout,

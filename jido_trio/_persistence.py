@@ -64,6 +64,14 @@ def encode_state(state: Any) -> bytes:
         ) from exc
 
 
+def synchronous_backend(backend: StateBackend) -> MemoryStateBackend | None:
+    """``backend`` if the ``_*_nowait`` methods may stand in for its async
+    ones (the built-in in-memory backend, not customised), else ``None``."""
+    if isinstance(backend, MemoryStateBackend) and backend._nowait_ok():
+        return backend
+    return None
+
+
 @attrs.define(eq=False)
 class AgentStore:
     """Loads and commits one agent's state and its dedupe window."""
@@ -80,9 +88,7 @@ class AgentStore:
     _sync: MemoryStateBackend | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
-        backend = self.backend
-        if isinstance(backend, MemoryStateBackend) and backend._nowait_ok():
-            self._sync = backend
+        self._sync = synchronous_backend(self.backend)
 
     @property
     def synchronous(self) -> bool:
