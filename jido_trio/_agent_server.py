@@ -36,7 +36,6 @@ from ._message import Instruction, Message
 from ._persistence import AgentStore, encode_state, state_key, synchronous_backend
 from ._ref import AgentRef
 from ._supervisor import Supervisor, describe
-from .abc import RegistryEntry
 from .local._registry import register_nowait
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ CellStatus = Literal["starting", "running", "restarting", "stopped"]
 _decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
 #: A registry's synchronous ``register(ref, metadata)`` (see ``register_nowait``).
-NowaitRegister = Callable[[AgentRef, Mapping[str, Any] | None], RegistryEntry]
+NowaitRegister = Callable[[AgentRef, Mapping[str, Any] | None], None]
 
 #: Registry metadata of agents without metadata of their own, by restart type.
 _RESTART_METADATA: dict[str, Mapping[str, Any]] = {}

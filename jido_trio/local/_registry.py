@@ -24,13 +24,42 @@ WATCH_BUFFER = 1024
 
 @attrs.define(eq=False)
 class LocalRegistry(Registry):
-    """A dict of entries; watchers get events through bounded channels."""
+    """Entries in dicts; watchers get events through bounded channels.
 
-    _entries: dict[str, RegistryEntry] = attrs.field(factory=dict, init=False)
+    An entry is kept as its parts rather than as a :class:`RegistryEntry`:
+    the ref (the agent's own object), its metadata (often one mapping shared
+    by many agents) and an ``(epoch, registered_at)`` pair, which the garbage
+    collector stops tracking. A node of 100k idle agents then holds no
+    per-agent object here for the collector to walk; entries are built when
+    asked for.
+    """
+
+    _refs: dict[str, AgentRef] = attrs.field(factory=dict, init=False)
+    _metadata: dict[str, Mapping[str, Any]] = attrs.field(factory=dict, init=False)
+    _stamps: dict[str, tuple[int, float]] = attrs.field(factory=dict, init=False)
     # One counter for every id: an id's epoch grows with each (re)registration,
     # even across unregister, without remembering ids that are gone.
     _epochs: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _watchers: set[trio.MemorySendChannel[RegistryEvent]] = attrs.field(factory=set, init=False)
+
+    def _entry(self, agent_id: str) -> RegistryEntry | None:
+        ref = self._refs.get(agent_id)
+        if ref is None:
+            return None
+        epoch, registered_at = self._stamps[agent_id]
+        return RegistryEntry(
+            ref=ref,
+            epoch=epoch,
+            metadata=self._metadata[agent_id],
+            registered_at=registered_at,
+        )
+
+    def _store(self, entry: RegistryEntry) -> RegistryEntry:
+        agent_id = entry.ref.id
+        self._refs[agent_id] = entry.ref
+        self._metadata[agent_id] = entry.metadata
+        self._stamps[agent_id] = (entry.epoch, entry.registered_at)
+        return entry
 
     def _emit(self, kind: Any, entry: RegistryEntry) -> None:
         if not self._watchers:
@@ -48,36 +77,35 @@ class LocalRegistry(Registry):
         self, ref: AgentRef, metadata: Mapping[str, Any] | None = None
     ) -> RegistryEntry:
         await trio.lowlevel.checkpoint()
-        return self._register_nowait(ref, metadata)
+        self._register_nowait(ref, metadata)
+        entry = self._entry(ref.id)
+        assert entry is not None
+        return entry
 
-    def _register_nowait(
-        self, ref: AgentRef, metadata: Mapping[str, Any] | None = None
-    ) -> RegistryEntry:
+    def _register_nowait(self, ref: AgentRef, metadata: Mapping[str, Any] | None = None) -> None:
         if ref.node is None:
             raise ValueError("a registered ref must name its owning node")
-        current = self._entries.get(ref.id)
-        if current is not None and current.ref.node != ref.node:
-            raise AgentAlreadyExists(f"agent {ref.id!r} is owned by node {current.ref.node!r}")
-        epoch = next(self._epochs)
-        entry = RegistryEntry(
-            ref=ref,
-            epoch=epoch,
-            metadata=(
-                metadata  # read-only: shared as it is
-                if not ref.metadata and isinstance(metadata, MappingProxyType)
-                else {**ref.metadata, **(metadata or {})}
-            ),
-            registered_at=time.time(),
-        )
-        self._entries[ref.id] = entry
-        self._emit("registered", entry)
-        return entry
+        agent_id = ref.id
+        current = self._refs.get(agent_id)
+        if current is not None and current.node != ref.node:
+            raise AgentAlreadyExists(f"agent {agent_id!r} is owned by node {current.node!r}")
+        if not ref.metadata and isinstance(metadata, MappingProxyType):
+            frozen: Mapping[str, Any] = metadata  # read-only: shared as it is
+        else:
+            frozen = MappingProxyType({**ref.metadata, **(metadata or {})})
+        self._refs[agent_id] = ref
+        self._metadata[agent_id] = frozen
+        self._stamps[agent_id] = (next(self._epochs), time.time())
+        if self._watchers:
+            entry = self._entry(agent_id)
+            assert entry is not None
+            self._emit("registered", entry)
 
     async def take_over(self, ref: AgentRef, *, epoch: int) -> RegistryEntry:
         await trio.lowlevel.checkpoint()
         if ref.node is None:
             raise ValueError("a registered ref must name its owning node")
-        current = self._entries.get(ref.id)
+        current = self._entry(ref.id)
         if current is None:
             raise AgentNotFound(f"no agent registered as {ref.id!r}")
         if current.epoch != epoch:
@@ -85,34 +113,41 @@ class LocalRegistry(Registry):
                 f"agent {ref.id!r} is at epoch {current.epoch}, not {epoch}: "
                 f"node {current.ref.node!r} owns it"
             )
-        entry = RegistryEntry(
-            ref=attrs.evolve(current.ref, node=ref.node),
-            epoch=next(self._epochs),
-            metadata=current.metadata,
-            registered_at=time.time(),
+        entry = self._store(
+            RegistryEntry(
+                ref=attrs.evolve(current.ref, node=ref.node),
+                epoch=next(self._epochs),
+                metadata=current.metadata,
+                registered_at=time.time(),
+            )
         )
-        self._entries[ref.id] = entry
         self._emit("updated", entry)
         return entry
 
     async def unregister(self, agent_id: str, *, node: str | None = None) -> None:
         await trio.lowlevel.checkpoint()
-        entry = self._entries.get(agent_id)
+        entry = self._entry(agent_id)
         if entry is None or (node is not None and entry.ref.node != node):
             return
-        del self._entries[agent_id]
+        del self._refs[agent_id], self._metadata[agent_id], self._stamps[agent_id]
         self._emit("unregistered", entry)
 
     async def lookup(self, agent_id: str) -> RegistryEntry:
         await trio.lowlevel.checkpoint()
-        try:
-            return self._entries[agent_id]
-        except KeyError:
-            raise AgentNotFound(f"no agent registered as {agent_id!r}") from None
+        entry = self._entry(agent_id)
+        if entry is None:
+            raise AgentNotFound(f"no agent registered as {agent_id!r}")
+        return entry
 
     def lookup_nowait(self, agent_id: str) -> RegistryEntry | None:
         """Synchronous lookup for the node's hot path; ``None`` if absent."""
-        return self._entries.get(agent_id)
+        return self._entry(agent_id)
+
+    def owner_nowait(self, agent_id: str) -> str | None:
+        """The node owning ``agent_id`` (``None``: not registered), without
+        building its entry."""
+        ref = self._refs.get(agent_id)
+        return None if ref is None else ref.node
 
     async def select(
         self,
@@ -123,27 +158,29 @@ class LocalRegistry(Registry):
     ) -> list[RegistryEntry]:
         await trio.lowlevel.checkpoint()
         wanted = dict(metadata or {})
-        return [
-            e
-            for e in self._entries.values()
-            if (type is None or e.ref.type == type)
-            and (node is None or e.ref.node == node)
-            and all(k in e.metadata and e.metadata[k] == v for k, v in wanted.items())
-        ]
+        found = []
+        for agent_id, ref in self._refs.items():
+            if (type is not None and ref.type != type) or (node is not None and ref.node != node):
+                continue
+            meta = self._metadata[agent_id]
+            if all(k in meta and meta[k] == v for k, v in wanted.items()):
+                entry = self._entry(agent_id)
+                assert entry is not None
+                found.append(entry)
+        return found
 
     async def update_metadata(self, agent_id: str, metadata: Mapping[str, Any]) -> RegistryEntry:
         await trio.lowlevel.checkpoint()
-        entry = self._entries.get(agent_id)
+        entry = self._entry(agent_id)
         if entry is None:
             raise AgentNotFound(f"no agent registered as {agent_id!r}")
-        entry = attrs.evolve(entry, metadata={**entry.metadata, **metadata})
-        self._entries[agent_id] = entry
+        entry = self._store(attrs.evolve(entry, metadata={**entry.metadata, **metadata}))
         self._emit("updated", entry)
         return entry
 
     async def count(self) -> int:
         await trio.lowlevel.checkpoint()
-        return len(self._entries)
+        return len(self._refs)
 
     @asynccontextmanager
     async def watch(self) -> AsyncIterator[AsyncIterator[RegistryEvent]]:
@@ -159,7 +196,7 @@ class LocalRegistry(Registry):
 
 def register_nowait(
     registry: object, ref: AgentRef
-) -> Callable[[AgentRef, Mapping[str, Any] | None], RegistryEntry] | None:
+) -> Callable[[AgentRef, Mapping[str, Any] | None], None] | None:
     """A synchronous ``register`` of ``ref`` for the node's start path, or
     ``None`` when the caller must await ``registry.register`` instead: the
     registry is not a :class:`LocalRegistry`, or its ``register`` is
@@ -170,7 +207,7 @@ def register_nowait(
         isinstance(registry, LocalRegistry) and type(registry).register is LocalRegistry.register
     ):
         return None
-    current = registry.lookup_nowait(ref.id)
-    if current is not None and current.ref.node != ref.node:
+    owner = registry.owner_nowait(ref.id)
+    if owner is not None and owner != ref.node:
         return None
     return registry._register_nowait
