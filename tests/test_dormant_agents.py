@@ -7,6 +7,7 @@ before."""
 from __future__ import annotations
 
 import contextvars
+import gc
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -16,6 +17,7 @@ import trio
 import trio.testing
 
 import jido_trio as jt
+from jido_trio.abc import RegistryEntry
 from jido_trio.testing import crash_agent
 
 from ._agents import Counter, CounterState
@@ -104,6 +106,51 @@ async def test_idle_agents_hold_no_task_until_they_have_work() -> None:
         assert await node.query_agent(refs[8]) == CounterState()
         await trio.testing.wait_all_tasks_blocked()
         assert agent_tasks() == 3
+
+
+@pytest.mark.local_only  # in-process engines: the objects counted live here
+async def test_idle_agents_hold_no_state_store_and_no_registry_entry_object() -> None:
+    async with jt.open_node(name="n") as node:
+        gc.collect()
+        entries_before = _instances(RegistryEntry)
+        refs = await node.start_agents(Counter, [f"a{i}" for i in range(1000)])
+        gc.collect()
+        assert _instances(RegistryEntry) == entries_before
+        cells = node._comm.cells
+        assert all(cells[ref.id]._store is None for ref in refs)
+        # The registry still answers with full entries, built when asked for.
+        entry = await node.registry.lookup("a5")
+        assert (entry.ref, entry.node) == (refs[5], "n")
+        assert entry.metadata == {"jido.restart": "permanent"}
+        later = await node.registry.lookup("a6")
+        assert later.epoch > entry.epoch and later.registered_at >= entry.registered_at
+        assert len(await node.registry.select(type="counter")) == 1000
+        # The first instruction applied makes the store, and commits through it.
+        await node.send_instruction(refs[3], jt.Instruction("increment", {"by": 4}))
+        assert await node.call(refs[3], jt.Instruction("get")) == 4
+        assert cells["a3"]._store is not None
+        assert await node.query_agent(refs[3], consistency="eventual") == CounterState(4)
+        # Nothing was stored for the others: an eventual read gives the default.
+        assert await node.query_agent(refs[4], consistency="eventual") == CounterState()
+
+
+@pytest.mark.local_only
+async def test_an_agent_with_a_stored_record_or_given_state_loads_it_at_start() -> None:
+    async with jt.open_node(name="n") as node:
+        ref = await node.start_agent(Counter, "kept")
+        await node.call(ref, jt.Instruction("increment", {"by": 2}, id="once"))
+        await node.stop_agent(ref)
+        again = await node.start_agent(Counter, "kept")
+        assert await node.call(again, jt.Instruction("get")) == 2
+        with pytest.raises(jt.AlreadyProcessed):  # its dedupe window was loaded too
+            await node.call(again, jt.Instruction("increment", {"by": 2}, id="once"))
+        given = await node.start_agent(Counter, "given", state=CounterState(9))
+        assert node._comm.cells["given"]._store is not None
+        assert await node.query_agent(given, consistency="eventual") == CounterState(9)
+
+
+def _instances(cls: type) -> int:
+    return sum(1 for obj in gc.get_objects() if type(obj) is cls)
 
 
 async def test_a_dormant_agent_answers_calls_tells_and_queries() -> None:
