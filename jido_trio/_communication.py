@@ -492,14 +492,10 @@ class Communication:
         try:
             if started < deadline and mailbox.has_room():
                 # The hot path (_enqueue_and_wait's, inlined: one coroutine
-                # frame less to pass on suspend and resume). Queued at once;
-                # the node's deadline heap, not a cancel scope of this call,
-                # expires the reply.
+                # frame less to pass on suspend and resume).
                 cell.pending.add(instruction.id)
-                mailbox.put_nowait(item)
-                self.deadlines.add(deadline, reply)
+                self._queue_for_reply(cell, item, reply, deadline)
                 try:
-                    reply.prepare_wait()
                     await trio.lowlevel.wait_task_rescheduled(reply.abort_wait)
                 finally:
                     if not reply.done:
@@ -517,6 +513,16 @@ class Communication:
             breaker.report(epoch, outcome)
         self.latency.record(cell.ref.id, self.now() - started)
         return value
+
+    def _queue_for_reply(
+        self, cell: AgentCell, item: Delivery, reply: Reply, deadline: float
+    ) -> None:
+        """Queue a call or query (the mailbox has room) and make its reply
+        ready to be waited on; the node's deadline heap, not a cancel scope
+        of the caller, expires it."""
+        cell.mailbox.put_nowait(item)
+        self.deadlines.add(deadline, reply)
+        reply.prepare_wait()  # the agent cannot have answered yet
 
     @staticmethod
     def _reply_value(cell: AgentCell, reply: Reply) -> Any:
@@ -541,12 +547,10 @@ class Communication:
                 if instruction_id is not None:
                     cell.pending.discard(instruction_id)
                 raise
-            cell.mailbox.put_nowait(item)
-            self.deadlines.add(deadline, reply)
+            self._queue_for_reply(cell, item, reply, deadline)
             try:
                 # reply.wait() inlined: one coroutine frame less to pass on
-                # suspend and resume (the agent cannot have answered yet).
-                reply.prepare_wait()
+                # suspend and resume.
                 await trio.lowlevel.wait_task_rescheduled(reply.abort_wait)
             finally:
                 if not reply.done:
