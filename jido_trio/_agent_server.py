@@ -171,18 +171,30 @@ class AgentCell:
             pending = self._pending = set()
         elif instruction_id in pending:
             return False
-        store = self._store
+        store = self._store  # (applied_before, inlined: once per local tell)
         if store is not None and instruction_id in store.seen:
             return False
         pending.add(instruction_id)
         return True
 
+    def applied_before(self, instruction_id: str) -> bool:
+        """Whether ``instruction_id`` is in the dedupe window of applied ids
+        (an agent without a store yet has applied nothing)."""
+        store = self._store
+        return store is not None and instruction_id in store.seen
+
+    def _commits_nowait(self) -> bool:
+        """Whether a batch is committed synchronously (see :meth:`_settle_nowait`)."""
+        store = self._store
+        if store is None:  # nothing applied yet: asks without making a store
+            return synchronous_backend(self.comm.state) is not None
+        return store.synchronous
+
     def seen(self, instruction_id: str) -> bool:
         """Applied, or accepted and still queued."""
         if self._pending is not None and instruction_id in self._pending:
             return True
-        store = self._store
-        return store is not None and instruction_id in store.seen
+        return self.applied_before(instruction_id)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -571,8 +583,8 @@ class AgentCell:
         commit_error: Exception | None = None
         index = 0
         instance = self._instance
-        store = self.store
         actions = self.cls.actions
+        store = self._store  # made by the first mark if there is none yet
         try:
             for delivery in batch:
                 instruction = delivery.instruction
@@ -580,45 +592,47 @@ class AgentCell:
                     if (
                         instruction is None
                         or delivery.reply is not None
-                        or instruction.id in store.seen
+                        or (store is not None and instruction.id in store.seen)
                     ):
                         spec = self._admit(delivery)
                     else:  # a new one-way instruction: only the action to find
                         spec = actions.get(instruction.action) or self._admit(delivery)
+                    if spec is not None:
+                        # The action runs here rather than in a helper
+                        # coroutine: one frame less per message on the
+                        # hottest path.
+                        assert instruction is not None
+                        # Always a read-only proxy of a dict (Instruction makes it so).
+                        params: MappingProxyType[str, Any] = instruction.params  # type: ignore[assignment]
+                        method = getattr(instance, spec.method)
+                        ctx._delivery = delivery
+                        try:
+                            # ``**`` on a read-only mapping proxy takes
+                            # CPython's slow path; a dict copy is cheaper.
+                            result = await (
+                                method(self.state, **params.copy())
+                                if params
+                                else method(self.state)
+                            )
+                        finally:
+                            ctx._delivery = None
+                        if result is not None:
+                            self.state = result
+                        if store is None:
+                            store = self.store
+                        store.mark(instruction.id)
+                        pending = self._pending
+                        if pending is not None:
+                            pending.discard(instruction.id)
+                        dirty = True
                 except Exception as exc:
                     crash = exc
                     break
-                if spec is not None:
-                    # The action runs here rather than in a helper coroutine:
-                    # one frame less per message on the hottest path.
-                    assert instruction is not None
-                    # Always a read-only proxy of a dict (Instruction makes it so).
-                    params: MappingProxyType[str, Any] = instruction.params  # type: ignore[assignment]
-                    method = getattr(instance, spec.method)
-                    ctx._delivery = delivery
-                    try:
-                        # ``**`` on a read-only mapping proxy takes CPython's
-                        # slow path; a dict copy of it is cheaper to unpack.
-                        result = await (
-                            method(self.state, **params.copy()) if params else method(self.state)
-                        )
-                    except Exception as exc:
-                        crash = exc
-                        break
-                    finally:
-                        ctx._delivery = None
-                    if result is not None:
-                        self.state = result
-                    store.mark(instruction.id)
-                    pending = self._pending
-                    if pending is not None:
-                        pending.discard(instruction.id)
-                    dirty = True
                 applied.append(delivery)
                 logged = logged or delivery.log_seq is not None
                 index += 1
         finally:
-            if crash is None and index == len(batch) and not logged and self.store.synchronous:
+            if crash is None and index == len(batch) and not logged and self._commits_nowait():
                 # Everything applied, nothing logged, state in memory: commit
                 # and answer synchronously (no shielded scope needed).
                 commit_error = self._settle_nowait(applied, dirty)
@@ -742,7 +756,7 @@ class AgentCell:
         if reply is not None and reply.abandoned:
             self.pending.discard(instruction.id)
             return None
-        if instruction.id in self.store.seen:
+        if self.applied_before(instruction.id):
             self.pending.discard(instruction.id)
             delivery.fail(AlreadyProcessed(f"instruction {instruction.id} was already applied"))
             return None

@@ -256,7 +256,11 @@ class Communication:
     ) -> Receipt:
         if delivery not in _DELIVERY_MODES:
             raise ValueError(f"delivery must be one of {', '.join(_DELIVERY_MODES)}")
-        if delivery == "at_most_once":
+        if (
+            delivery == "at_most_once"
+            and type(instruction) is Instruction
+            and self._cell_here(ref) is not None
+        ):
             if timeout is not None:
                 _deadline(timeout, 0.0)  # only checked: the hot path does not wait
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -265,6 +269,22 @@ class Communication:
                 if TELL_BUDGET.count():
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return receipt
+        return await self.send_past_hot_path(
+            ref, instruction, delivery, sender, timeout, trace_id, causation_id
+        )
+
+    async def send_past_hot_path(
+        self,
+        ref: AgentRef,
+        instruction: Instruction,
+        delivery: str,
+        sender: AgentRef | None = None,
+        timeout: float | None = None,
+        trace_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Receipt:
+        """:meth:`send_instruction` once :meth:`tell_here` said no (or was
+        not asked): resolve, wrap, deliver locally or remotely."""
         target, message, deadline = await self._address(
             ref, instruction, timeout, sender, trace_id, causation_id
         )

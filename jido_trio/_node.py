@@ -428,6 +428,7 @@ class Node:
                 if TELL_BUDGET.count():
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return receipt
+            return await self._comm.send_past_hot_path(ref, instruction, delivery)
         return await self._comm.send_instruction(
             ref, instruction, delivery=delivery, timeout=timeout
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import Any
 
 import attrs
 import pytest
@@ -191,6 +192,31 @@ async def test_a_call_refused_on_the_local_path_is_dead_lettered_with_its_envelo
         (letter,) = await node.dead_letters(ref)
         assert letter.payload == newer and letter.recipient == ref
         assert letter.trace_id == letter.id
+
+
+class BrokenLookup(Counter):
+    """Its ``increment`` action cannot even be looked up on the instance."""
+
+    type = "broken-lookup"
+
+    @property
+    def increment(self) -> Any:  # type: ignore[override]
+        raise RuntimeError("lookup failed")
+
+
+async def test_an_action_that_fails_before_it_runs_fails_its_call_like_any_action() -> None:
+    async with jt.open_node(name="n") as node:
+        ref = await node.start_agent(BrokenLookup, "b")
+        with pytest.raises(jt.ActionError, match="lookup failed"):
+            await node.call(ref, jt.Instruction("increment"))
+        await node.send_instruction(ref, jt.Instruction("increment"))  # dead-lettered
+        # Each failure is settled once (no redelivery loop up to the
+        # supervisor's restart limit), and the agent keeps answering.
+        assert await node.call(ref, jt.Instruction("get")) == 0
+        with pytest.raises(jt.ActionError, match="lookup failed"):
+            await node.call(ref, jt.Instruction("increment"))
+        assert await node.call(ref, jt.Instruction("get")) == 0
+        assert node._comm.cells["b"].restarts <= 3
 
 
 def test_instruction_constructor_checks_its_fields() -> None:
