@@ -33,7 +33,7 @@ from ._exceptions import (
 from ._health import Health
 from ._mailbox import Mailbox
 from ._message import Instruction, Message
-from ._persistence import AgentStore, encode_state, state_key, synchronous_backend
+from ._persistence import AgentStore, encode_state, state_key
 from ._ref import AgentRef
 from ._supervisor import Supervisor, describe
 from .local._registry import register_nowait
@@ -187,7 +187,7 @@ class AgentCell:
         """Whether a batch is committed synchronously (see :meth:`_settle_nowait`)."""
         store = self._store
         if store is None:  # nothing applied yet: asks without making a store
-            return synchronous_backend(self.comm.state) is not None
+            return self.comm.sync_state is not None
         return store.synchronous
 
     def seen(self, instruction_id: str) -> bool:
@@ -349,7 +349,7 @@ class AgentCell:
         It can with state in the plain in-memory backend, a registry that
         registers without awaiting, no ``on_start`` override and nothing in
         the durable log."""
-        sync = synchronous_backend(self.comm.state)
+        sync = self.comm.sync_state
         if sync is None or self.cls.on_start is not Agent.on_start:
             return None
         register = register_nowait(self.comm.registry, self.ref)
@@ -391,7 +391,7 @@ class AgentCell:
 
     def _has_record(self) -> bool:
         """Whether the (synchronous) backend holds a state record for this agent."""
-        sync = synchronous_backend(self.comm.state)
+        sync = self.comm.sync_state
         assert sync is not None
         return sync._read_nowait(state_key(self.ref.id)) is not None
 

@@ -47,7 +47,7 @@ from ._message import (
     encode_value,
     envelope_parts,
 )
-from ._persistence import encode_state
+from ._persistence import encode_state, synchronous_backend
 from ._ref import AgentRef
 from ._resilience import (
     BreakerConfig,
@@ -63,6 +63,7 @@ from .abc import Consistency, Registry, StateBackend, Transport
 
 if TYPE_CHECKING:
     from ._config import Config
+    from .local._state import MemoryStateBackend
 
 __all__ = ["Communication", "Delivery"]
 
@@ -129,8 +130,12 @@ class Communication:
     #: ``trio.current_time``, or the running clock's own method once the node
     #: runs (:meth:`use_clock`): the local call path reads the time 3 times.
     now: Callable[[], float] = attrs.field(default=trio.current_time, init=False)
+    #: :attr:`state` when agents may start and commit through it synchronously
+    #: (see ``synchronous_backend``), else ``None``; fixed for the node's life.
+    sync_state: MemoryStateBackend | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
+        self.sync_state = synchronous_backend(self.state)
         self.breakers = BreakerRegistry(
             config=BreakerConfig(
                 failure_threshold=self.config.breaker_failure_threshold,
