@@ -130,7 +130,7 @@ def test_ids_roll_into_the_next_millisecond_when_one_is_used_up(
     from jido_trio import _ids
 
     # Restored afterwards: later ids must not carry this test's future time.
-    for name in ("_last_ms", "_last_value", "_last_limit"):
+    for name in ("_last_ms", "_last_value", "_last_limit", "_next_ms_ns"):
         monkeypatch.setattr(_ids, name, getattr(_ids, name))
     ms = time.time_ns() // 1_000_000 + 60_000  # a clock ahead of every id so far
     monkeypatch.setattr(_ids, "_time_ns", lambda: ms * 1_000_000)  # and standing still
