@@ -699,7 +699,9 @@ def notes(run: Run) -> list[str]:
         "(a) one sender, one agent, default mailbox (1024); the raw channels use the same "
         "capacity. Timed until the agent has applied every instruction (a final call). "
         "The agent's action builds its new state directly (CounterState(count + by)), "
-        "as small as the raw consumer's got += 1; each send builds a new Instruction.",
+        "as small as the raw consumer's got += 1; each send builds a new Instruction "
+        "(about a fifth of a tell's cost: with the instructions built beforehand, the same "
+        "loop ran about 1.25x faster when measured).",
         "(c) each spawn measurement runs in a fresh process, all under the root supervisor: "
         "node.start_agents (the documented bulk path, 4096 ids per call) and start_agent "
         "awaited one after another (the default path); bare tasks: open_memory_channel + "
