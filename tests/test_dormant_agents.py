@@ -115,7 +115,7 @@ async def test_idle_agents_hold_no_state_store_and_no_registry_entry_object() ->
         entries_before = _instances(RegistryEntry)
         refs = await node.start_agents(Counter, [f"a{i}" for i in range(1000)])
         gc.collect()
-        assert _instances(RegistryEntry) == entries_before
+        assert _instances(RegistryEntry) <= entries_before  # none per agent
         cells = node._comm.cells
         assert all(cells[ref.id]._store is None for ref in refs)
         # The registry still answers with full entries, built when asked for.
