@@ -261,13 +261,9 @@ class Communication:
     ) -> Receipt:
         if delivery not in _DELIVERY_MODES:
             raise ValueError(f"delivery must be one of {', '.join(_DELIVERY_MODES)}")
-        if (
-            delivery == "at_most_once"
-            and type(instruction) is Instruction
-            and self._cell_here(ref) is not None
-        ):
+        if delivery == "at_most_once" and type(instruction) is Instruction:
             if timeout is not None:
-                _deadline(timeout, 0.0)  # only checked: the hot path does not wait
+                _deadline(timeout, 0.0)  # checked first, as on every path
             await trio.lowlevel.checkpoint_if_cancelled()
             receipt = self.tell_here(ref, instruction, sender, trace_id, causation_id)
             if receipt is not None:
@@ -331,7 +327,8 @@ class Communication:
         The caller must have passed a cancel point just before, and count the
         tell in :data:`TELL_BUDGET` (a schedule point every so many).
         """
-        # One function, not a chain of helpers: this runs for every local tell.
+        # One function, not a chain of helpers (_cell_here is inlined): this
+        # runs for every local tell.
         if type(instruction) is not Instruction or type(ref) is not AgentRef:
             return None
         node = ref.node
