@@ -1,0 +1,57 @@
+"""A quick, steadier check of the two local ratios, for working on the hot paths.
+
+Alternates ``--rounds`` rounds of the same four measurements ``nox -s bench``
+makes in section (a) and (b) -- the raw awaited channel, the local tell, raw
+ping-pong and the local call, each over ``--n`` messages -- in one process, and
+keeps the *best* rate of each. On a noisy machine the best of many short
+alternated runs moves much less from one try to the next than a median does,
+so a change of a few percent shows. The published figures stay the medians of
+``nox -s bench``.
+
+Usage::
+
+    python bench/quick_ratios.py [--rounds 15] [--n 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+
+import trio
+from cases import Counter, jido_call, jido_tell, raw_channel_awaited, raw_ping_pong
+
+import jido_trio as jt
+
+
+async def main(rounds: int, n: int) -> None:
+    best: dict[str, float] = {}
+
+    def keep(name: str, rate: float) -> None:
+        best[name] = max(best.get(name, 0.0), rate)
+
+    async with jt.open_node(jt.Config(node_name="quick")) as node:
+        ref = await node.start_agent(Counter, "target")
+        await jido_tell(node, ref, n)  # warm-up
+        await jido_call(node, ref, n)
+        for _ in range(rounds):
+            for name, measure in (
+                ("raw channel", lambda: raw_channel_awaited(n, 1024)),
+                ("tell", lambda: jido_tell(node, ref, n)),
+                ("raw ping-pong", lambda: raw_ping_pong(n)),
+                ("call", lambda: jido_call(node, ref, n)),
+            ):
+                gc.collect()
+                keep(name, await measure())
+    for name, rate in best.items():
+        print(f"{name:>14}: {rate:>10,.0f}/s  ({1e6 / rate:.2f} us each)")
+    print(f"tell / raw channel: {best['tell'] / best['raw channel']:.2f}x")
+    print(f"call / raw ping-pong: {best['call'] / best['raw ping-pong']:.2f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--n", type=int, default=5000)
+    args = parser.parse_args()
+    trio.run(main, args.rounds, args.n)
