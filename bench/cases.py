@@ -30,6 +30,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,106 @@ def settle() -> None:
     gc.collect()
 
 
+# ---------------------------------------------------------------- the floor
+
+
+class _FloorReply:
+    __slots__ = ("task", "value")
+
+    def __init__(self) -> None:
+        self.task: Any = None
+        self.value: Any = None
+
+
+def _no_abort(_: object) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
+
+
+class FloorActor:
+    """The smallest actor one can write on Trio's low-level API, as a floor
+    under (a) and (b): a deque for a mailbox, one parked task woken with
+    ``reschedule``, an ``async def`` action looked up and called per message,
+    and for a call a reply slot the caller parks on. None of what an agent
+    must have (ids, envelope, receipt, dedupe, params check, deadline,
+    breaker, commit, supervision): its ratios bound what any runtime whose
+    messages are handled by their own task can reach on Trio."""
+
+    def __init__(self) -> None:
+        self.mailbox: deque[tuple[str, dict[str, Any], _FloorReply | None]] = deque()
+        self.parked: Any = None
+        self.count = 0
+
+    async def increment(self, by: int = 1) -> None:
+        self.count += by
+
+    async def get(self) -> int:
+        return self.count
+
+    def put(self, action: str, params: dict[str, Any], reply: _FloorReply | None) -> None:
+        self.mailbox.append((action, params, reply))
+        task = self.parked
+        if task is not None:
+            self.parked = None
+            trio.lowlevel.reschedule(task)
+
+    async def call(self, action: str) -> Any:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        reply = _FloorReply()
+        reply.task = trio.lowlevel.current_task()
+        self.put(action, {}, reply)
+        await trio.lowlevel.wait_task_rescheduled(_no_abort)
+        return reply.value
+
+    async def run(self) -> None:
+        mailbox = self.mailbox
+        while True:
+            while mailbox:
+                action, params, reply = mailbox.popleft()
+                if not action:
+                    return
+                value = await getattr(self, action)(**params)
+                if reply is not None:
+                    reply.value = value
+                    trio.lowlevel.reschedule(reply.task)
+            self.parked = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(_no_abort)
+
+
+async def floor_tell(n: int) -> float:
+    """:class:`FloorActor`, told n times by one sender with a cancel point per
+    send and a schedule point per 64 (as the local tell), then called once:
+    messages/s."""
+    actor = FloorActor()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(actor.run)
+        await trio.lowlevel.checkpoint()
+        t0 = perf()
+        for i in range(n):
+            await trio.lowlevel.checkpoint_if_cancelled()
+            actor.put("increment", {"by": 1}, None)
+            if i % 64 == 63:
+                await trio.lowlevel.checkpoint()
+        count = await actor.call("get")
+        elapsed = perf() - t0
+        assert count == n, (count, n)
+        actor.put("", {}, None)
+    return n / elapsed
+
+
+async def floor_call(n: int) -> float:
+    """:class:`FloorActor` called n times one after another: round trips/s."""
+    actor = FloorActor()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(actor.run)
+        await trio.lowlevel.checkpoint()
+        t0 = perf()
+        for _ in range(n):
+            await actor.call("get")
+        elapsed = perf() - t0
+        actor.put("", {}, None)
+    return n / elapsed
+
+
 # ---------------------------------------------------------------- (a) throughput
 
 
@@ -203,12 +304,14 @@ async def family_throughput(args: argparse.Namespace) -> dict[str, Any]:
     raw_await: list[float] = []
     raw_nowait: list[float] = []
     tell: list[float] = []
+    floor: list[float] = []
     async with jt.open_node(jt.Config(node_name="bench-a", mailbox_size=cap)) as node:
         ref = await node.start_agent(Counter, "tell-target")
         # warm-up (imports, caches, first allocations)
         await raw_channel_awaited(n // 10, cap)
         await raw_channel_nowait(n // 10, cap)
         await jido_tell(node, ref, n // 10)
+        await floor_tell(n // 10)
         for _ in range(reps):
             settle()
             raw_await.append(await raw_channel_awaited(n, cap))
@@ -217,11 +320,14 @@ async def family_throughput(args: argparse.Namespace) -> dict[str, Any]:
             settle()
             with prof:
                 tell.append(await jido_tell(node, ref, n))
+            settle()
+            floor.append(await floor_tell(n))
     prof.dump()
     return {
         "a.raw_channel_await": metric("msg/s", raw_await, n=n, capacity=cap),
         "a.raw_channel_nowait": metric("msg/s", raw_nowait, n=n * 10, capacity=cap),
         "a.jido_tell": metric("msg/s", tell, n=n, mailbox_size=cap),
+        "a.floor_tell": metric("msg/s", floor, n=n),
     }
 
 
@@ -260,20 +366,25 @@ async def family_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
     prof = Profiler(args.profile)
     raw: list[float] = []
     call: list[float] = []
+    floor: list[float] = []
     async with jt.open_node(jt.Config(node_name="bench-b")) as node:
         ref = await node.start_agent(Counter, "call-target")
         await raw_ping_pong(n // 10)
         await jido_call(node, ref, n // 10)
+        await floor_call(n // 10)
         for _ in range(reps):
             settle()
             raw.append(await raw_ping_pong(n))
             settle()
             with prof:
                 call.append(await jido_call(node, ref, n))
+            settle()
+            floor.append(await floor_call(n))
     prof.dump()
     return {
         "b.raw_ping_pong": metric("rt/s", raw, n=n),
         "b.jido_call": metric("rt/s", call, n=n),
+        "b.floor_call": metric("rt/s", floor, n=n),
     }
 
 

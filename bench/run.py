@@ -268,7 +268,7 @@ class Run:
         self.step(
             "(a) tell throughput vs raw channel",
             lambda: self.cases("throughput", "--n", str(s["tell_n"]), "--reps", reps),
-            ["a.raw_channel_await", "a.raw_channel_nowait", "a.jido_tell"],
+            ["a.raw_channel_await", "a.raw_channel_nowait", "a.jido_tell", "a.floor_tell"],
         )
         # (b): jido_trio and its in-process baseline, triotp and pykka run in
         # separate processes, so they alternate one repetition at a time: load
@@ -283,7 +283,7 @@ class Run:
             self.step(
                 f"(b) call round trips vs raw ping-pong, {label}",
                 lambda: self.cases("roundtrip", "--n", str(s["call_n"]), "--reps", "1"),
-                ["b.raw_ping_pong", "b.jido_call"],
+                ["b.raw_ping_pong", "b.jido_call", "b.floor_call"],
             )
             if peers and not self.peers.get("triotp", "").startswith("unavailable"):
                 self.step(
@@ -449,6 +449,8 @@ class Report:
             target=1.5,
         )
         self.add("a", "tell (send_instruction, 1 sender)", "a.jido_tell", "a.raw_channel_nowait")
+        self.add("a", "tell (send_instruction, 1 sender)", "a.jido_tell", "a.floor_tell")
+        self.add("a", "floor: bare Trio actor, tell", "a.floor_tell", "a.raw_channel_await")
         self.add("b", "call round trip", "b.jido_call", "b.raw_ping_pong", target=0.8)
         self.add(
             "b",
@@ -465,6 +467,8 @@ class Report:
             "b.pykka_ask",
             note=self.run.peers.get("pykka", ""),
         )
+        self.add("b", "call round trip", "b.jido_call", "b.floor_call")
+        self.add("b", "floor: bare Trio actor, call", "b.floor_call", "b.raw_ping_pong")
         self._spawn_rows(s)
         self.add(
             "d",
@@ -624,6 +628,8 @@ BASELINE_LABELS = {
     "f.raw.publish": "raw nats-py publish + one flush",
     "a.raw_channel_await": "raw channel await send/async for",
     "a.raw_channel_nowait": "raw channel nowait batching",
+    "a.floor_tell": "bare Trio actor (floor)",
+    "b.floor_call": "bare Trio actor (floor)",
     "b.raw_ping_pong": "raw trio ping-pong",
     "b.triotp_call": "triotp gen_server.call",
     "b.pykka_ask": "pykka ask",
@@ -702,6 +708,12 @@ def notes(run: Run) -> list[str]:
         "as small as the raw consumer's got += 1; each send builds a new Instruction "
         "(about a fifth of a tell's cost: with the instructions built beforehand, the same "
         "loop ran about 1.25x faster when measured).",
+        "Floor: the smallest actor one can write on Trio's low-level API (bench/cases.py "
+        "FloorActor): a deque mailbox, one parked task woken with reschedule, an async "
+        "action looked up and called per message, a reply slot for a call. It has none of "
+        "an agent's guarantees (ids, envelope, receipt, dedupe, params check, deadline, "
+        "breaker, commit, supervision), so it bounds what any runtime on Trio can reach; "
+        "jido_trio / floor is the share of that bound left after the guarantees.",
         "(c) each spawn measurement runs in a fresh process, all under the root supervisor: "
         "node.start_agents (the documented bulk path, 4096 ids per call) and start_agent "
         "awaited one after another (the default path); bare tasks: open_memory_channel + "
