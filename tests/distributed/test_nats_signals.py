@@ -1,5 +1,5 @@
 """Signals across nodes on a real nats-server: one publish per signal on
-``<namespace>.signal.<type tokens>``, NATS wildcards for the subscriptions."""
+``<namespace>.topic.signal.<type tokens>``, NATS wildcards for the subscriptions."""
 
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ async def test_untrusted_input_is_dropped(
     async with nodes(nats_options, "a", "b") as (a, b), b.signals.subscribe("x.*") as sub:
         ta = transport_of(a)
         nc = ta.conn.nc
-        subject = ta.conn.subject(signal_topic("x.y"))
+        subject = ta.topic_subject(signal_topic("x.y"))
         good = []
 
         async def capture(topic: str, data: bytes) -> None:
@@ -246,6 +246,44 @@ async def test_untrusted_input_is_dropped(
         assert any("dropped a topic message of version 9" in m for m in messages)
         assert any("dropped a malformed signal" in m for m in messages)
         assert any("type 'x.frame' published on topic signal.x.y" in m for m in messages)
+
+
+async def test_topics_cannot_reach_or_overhear_the_engines_subjects(
+    nats_options: dict[str, Any],
+) -> None:
+    """A topic named like an engine's subject ("node.b", "wq.jobs.p1") stays a
+    topic, and a subscription to every topic (">") hears no node traffic."""
+    async with nodes(nats_options, "a", "b") as (a, b):
+        ta, tb = transport_of(a), transport_of(b)
+        heard: list[tuple[str, bytes]] = []
+
+        async def capture(topic: str, data: bytes) -> None:
+            heard.append((topic, data))
+
+        await tb.subscribe_topics([">"], capture)
+        raw: list[str] = []
+
+        async def watch_namespace() -> Any:
+            async def record(msg: Any) -> None:
+                raw.append(msg.subject)
+
+            return await ta.conn.nc.subscribe(ta.conn.subject(">"), cb=record)
+
+        watch = await ta.conn.bridge.run(watch_namespace)
+        try:
+            shipper = await b.start_agent(Shipper, "shipper")
+            await a.call(shipper, jt.Instruction("ship", {"order": "o-1"}))  # node traffic
+            await ta.publish_topic("node.b", b"one")
+            await ta.publish_topic("wq.jobs.p1", b"two")
+            await eventually(trio.lowlevel.checkpoint, lambda _: len(heard) >= 2)
+        finally:
+            await ta.conn.bridge.run(watch.unsubscribe)
+        assert heard == [("node.b", b"one"), ("wq.jobs.p1", b"two")]
+        ns = ta.conn.namespace
+        assert f"{ns}.topic.node.b" in raw and f"{ns}.topic.wq.jobs.p1" in raw
+        assert not any(s.startswith(f"{ns}.wq.") for s in raw)
+        # The call went over the engines' own subjects, which ">" did not hear.
+        assert any(s.startswith(f"{ns}.node.") for s in raw)
 
 
 async def test_types_too_long_for_a_subject_are_sent_per_member(

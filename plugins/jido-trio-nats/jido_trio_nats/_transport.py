@@ -38,7 +38,9 @@ may take over, or at once when another incarnation holds its key. Leaving
 deletes the key, so peers see the node go at once.
 
 Topics (:meth:`NatsTransport.publish_topic`, :meth:`NatsTransport.subscribe_topics`).
-Topic ``T`` is the subject ``<namespace>.T``; topic patterns use NATS' own
+Topic ``T`` is the subject ``<namespace>.topic.T``: under a root of its own,
+so no topic can reach (or a ``>`` pattern overhear) the subjects the engines
+use themselves (``node.``, ``log.``, ``wq.``...). Topic patterns use NATS' own
 wildcards ``*`` and ``>``, one subscription per pattern. Each message starts
 with a 17-byte header (version, a random id of the publishing transport, a
 sequence number): a node drops its own messages (no echo) and a message it already
@@ -118,6 +120,8 @@ TOPIC_DEDUPE = 4096
 _TOPIC_HEAD = struct.Struct(">B8sQ")
 _TOPIC_VERSION = 1
 _TOPIC_TOKEN = r"[-/_=A-Za-z0-9]+"
+#: The subject token every topic lives under (see the module docstring).
+_TOPIC_ROOT = "topic"
 _TOPIC_RE = re.compile(rf"{_TOPIC_TOKEN}(?:\.{_TOPIC_TOKEN})*")
 _TOPIC_PATTERN_RE = re.compile(rf"(?:{_TOPIC_TOKEN}|\*)(?:\.(?:{_TOPIC_TOKEN}|\*))*(?:\.>)?|>")
 
@@ -617,7 +621,7 @@ class NatsTransport(Transport):
     # ------------------------------------------------------------ topics
 
     async def publish_topic(self, topic: str, data: bytes) -> None:
-        """Publish ``data`` on the subject ``<namespace>.<topic>``, one-way.
+        """Publish ``data`` on the subject ``<namespace>.topic.<topic>``, one-way.
 
         :raises ValueError: ``topic`` is not a valid topic.
         :raises InvalidMessage: ``data`` (plus a 17-byte header) is larger
@@ -637,10 +641,14 @@ class NatsTransport(Transport):
             raise
         await trio.lowlevel.checkpoint()
         head = _TOPIC_HEAD.pack(_TOPIC_VERSION, topics.origin, next(topics.seq))
-        await self._outbox.put(_Out(self.conn.subject(topic), head + data))
+        await self._outbox.put(_Out(self.topic_subject(topic), head + data))
+
+    def topic_subject(self, topic: str) -> str:
+        """The NATS subject of ``topic`` (or of a topic pattern)."""
+        return self.conn.subject(_TOPIC_ROOT, topic)
 
     async def subscribe_topics(self, patterns: Collection[str], handler: TopicHandler) -> None:
-        """Subscribe to ``<namespace>.<pattern>`` for each pattern, replacing
+        """Subscribe to ``<namespace>.topic.<pattern>`` for each pattern, replacing
         the previous set (new subscriptions are confirmed with a flush before
         the old ones go).
 
@@ -669,7 +677,7 @@ class NatsTransport(Transport):
         nc, subs = self.conn.nc, self._topics.subs
         for pattern in added:
             subs[pattern] = await nc.subscribe(
-                self.conn.subject(pattern),
+                self.topic_subject(pattern),
                 cb=self._on_topic,
                 pending_msgs_limit=SUB_PENDING[0],
                 pending_bytes_limit=SUB_PENDING[1],
@@ -696,7 +704,7 @@ class NatsTransport(Transport):
                 return
             if origin == topics.origin or not topics.first_time((origin, seq)):
                 return  # our own, or a copy through another subscription
-            item = (msg.subject[len(self.conn.namespace) + 1 :], data[_TOPIC_HEAD.size :])
+            item = (msg.subject[len(self.topic_subject("")) :], data[_TOPIC_HEAD.size :])
             await topics.put(self.conn.bridge.loop, item)
         except Exception:
             log.exception("could not take a topic message")
