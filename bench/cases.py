@@ -31,7 +31,8 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -188,14 +189,22 @@ class FloorActor:
             await trio.lowlevel.wait_task_rescheduled(_no_abort)
 
 
-async def floor_tell(n: int) -> float:
-    """:class:`FloorActor`, told n times by one sender with a cancel point per
-    send and a schedule point per 64 (as the local tell), then called once:
-    messages/s."""
+@asynccontextmanager
+async def running_floor_actor() -> AsyncIterator[FloorActor]:
+    """A :class:`FloorActor` with its task running, stopped on leaving."""
     actor = FloorActor()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(actor.run)
         await trio.lowlevel.checkpoint()
+        yield actor
+        actor.put("", {}, None)
+
+
+async def floor_tell(n: int) -> float:
+    """:class:`FloorActor`, told n times by one sender with a cancel point per
+    send and a schedule point per 64 (as the local tell), then called once:
+    messages/s."""
+    async with running_floor_actor() as actor:
         t0 = perf()
         for i in range(n):
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -204,22 +213,17 @@ async def floor_tell(n: int) -> float:
                 await trio.lowlevel.checkpoint()
         count = await actor.call("get")
         elapsed = perf() - t0
-        assert count == n, (count, n)
-        actor.put("", {}, None)
+    assert count == n, (count, n)
     return n / elapsed
 
 
 async def floor_call(n: int) -> float:
     """:class:`FloorActor` called n times one after another: round trips/s."""
-    actor = FloorActor()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(actor.run)
-        await trio.lowlevel.checkpoint()
+    async with running_floor_actor() as actor:
         t0 = perf()
         for _ in range(n):
             await actor.call("get")
         elapsed = perf() - t0
-        actor.put("", {}, None)
     return n / elapsed
 
 
