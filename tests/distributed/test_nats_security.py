@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 import jido_trio as jt
 from jido_trio_nats.testing import start_nats_server
@@ -89,6 +92,52 @@ async def test_tls(tmp_path: Path) -> None:
             await _round_trip(_config([url], tls={}, connect_timeout=1.0))
 
 
+async def test_tls_is_never_downgraded_to_plaintext() -> None:
+    """A server that does not start TLS (misconfigured, or someone answering
+    for it) is refused before the client sends its CONNECT: the password
+    never travels in clear."""
+    received = bytearray()
+    info = {"server_id": "fake", "version": "2.10.0", "max_payload": 1 << 20}
+
+    async def fake_server(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"INFO " + json.dumps({**info, "auth_required": True}).encode())
+        await stream.send_all(b"\r\n")
+        with trio.move_on_after(5):
+            async for chunk in stream:
+                received.extend(chunk)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, fake_server, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        for servers, tls in (
+            ([f"tls://127.0.0.1:{port}"], None),
+            ([f"nats://127.0.0.1:{port}"], {}),
+        ):
+            with pytest.raises(jt.Unreachable, match="did not start TLS"):
+                await _round_trip(
+                    _config(
+                        servers,
+                        user="jido",
+                        password="s3cret-pw",
+                        connect_timeout=1.0,
+                        reconnect_time_wait=0.1,
+                        **({} if tls is None else {"tls": tls}),
+                    )
+                )
+        nursery.cancel_scope.cancel()
+    assert b"s3cret-pw" not in received
+    assert b"CONNECT" not in received
+
+
+async def test_a_plain_server_is_refused_when_tls_is_configured() -> None:
+    with start_nats_server(user="jido", password="s3cret") as server:
+        plain = f"tls://127.0.0.1:{server.port}"
+        with pytest.raises(jt.Unreachable, match="did not start TLS"):
+            await _round_trip(_config([plain], user="jido", password="s3cret", connect_timeout=1.0))
+
+
 async def test_bad_options_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(jt.ConfigError, match="unknown plugin_options\\['nats'\\] key"):
         await _round_trip(_config(["nats://127.0.0.1:1"], sever="typo"))
@@ -96,3 +145,5 @@ async def test_bad_options_are_config_errors(tmp_path: Path) -> None:
         await _round_trip(_config(["nats://127.0.0.1:1"], creds=str(tmp_path / "missing.creds")))
     with pytest.raises(jt.ConfigError, match="unknown plugin_options\\['nats'\\]\\['tls'\\]"):
         await _round_trip(_config(["nats://127.0.0.1:1"], tls={"ca": "x"}))
+    with pytest.raises(jt.ConfigError, match=r"key_file.*needs 'cert_file'"):
+        await _round_trip(_config(["nats://127.0.0.1:1"], tls={"key_file": "client.key"}))

@@ -221,6 +221,33 @@ class _Shared:
 _shared: dict[tuple[str, NatsOptions], _Shared] = {}
 
 
+class _Client(Client):
+    """nats-py's client, refusing to send its CONNECT (and credentials) in
+    plaintext when TLS is required.
+
+    nats-py upgrades a connection to TLS only when the server's INFO asks for
+    it, even for a ``tls://`` URL with a TLS context: a misconfigured server,
+    or anyone in the middle answering for it, would otherwise get the
+    password or token in clear. With ``tls_handshake_first`` no byte is sent
+    before TLS anyway.
+    """
+
+    require_tls = False
+
+    def _connect_command(self) -> bytes:
+        if self.require_tls and not _uses_tls(self._transport):
+            raise nats.errors.Error(
+                "nats: TLS is configured but the server did not start TLS; credentials not sent"
+            )
+        command: bytes = super()._connect_command()
+        return command
+
+
+def _uses_tls(transport: Any) -> bool:
+    writer = getattr(transport, "_io_writer", None)
+    return writer is not None and writer.get_extra_info("ssl_object") is not None
+
+
 async def _connect(
     options: NatsOptions, client_name: str, seen: list[Exception] | None = None
 ) -> Client:
@@ -235,16 +262,23 @@ async def _connect(
     async def reconnected_cb() -> None:
         log.warning("NATS client %s reconnected", client_name)
 
-    return await nats.connect(
+    client = _Client()
+    client.require_tls = options.requires_tls
+    await client.connect(
         **options.connect_kwargs(client_name),
         error_cb=error_cb,
         disconnected_cb=disconnected_cb,
         reconnected_cb=reconnected_cb,
     )
+    return client
 
 
-def _last(seen: list[Exception]) -> str:
-    return f" (last error: {seen[-1]})" if seen else ""
+def _reasons(seen: list[Exception]) -> str:
+    """The distinct errors the client reported, in order: the server's reason
+    (e.g. 'Authorization Violation') is often followed by a reset socket, and
+    the user needs the first."""
+    distinct = list(dict.fromkeys(str(exc) or repr(exc) for exc in seen))
+    return f" (errors: {'; '.join(distinct[:4])})" if distinct else ""
 
 
 @asynccontextmanager
@@ -277,11 +311,13 @@ async def open_connection(
             with trio.fail_after(opts.connect_timeout * 3 * len(opts.servers) + 1):
                 nc = await bridge.run(_connect, first, config.node_name, seen)
         except trio.TooSlowError:
-            raise Unreachable(f"cannot connect to NATS at {where}{_last(seen)}") from None
+            raise Unreachable(f"cannot connect to NATS at {where}{_reasons(seen)}") from None
         except (nats.errors.Error, OSError) as exc:
             # The server's reason (e.g. 'Authorization Violation') reached only
             # the error callback; the exception itself just says "no servers".
-            raise Unreachable(f"cannot connect to NATS at {where}: {exc!r}{_last(seen)}") from exc
+            raise Unreachable(
+                f"cannot connect to NATS at {where}: {exc!r}{_reasons(seen)}"
+            ) from exc
         nc.options["max_reconnect_attempts"] = opts.max_reconnect_attempts
         js = nc.jetstream(timeout=opts.request_timeout)
         connection = NatsConnection(

@@ -57,6 +57,8 @@ class NatsOptions:
     :param creds: path of a ``.creds`` file (JWT + nkey seed), for operator mode.
     :param nkeys_seed: path of an nkey seed file.
     :param tls: :class:`TlsOptions` as a mapping; ``tls://`` URLs need at least ``{}``.
+        With ``tls`` set or any ``tls://`` URL, a server that does not start TLS
+        is refused before any credentials are sent.
     :param connect_timeout: seconds to wait for each connection attempt.
     :param reconnect_time_wait: seconds between reconnection attempts to one server.
     :param max_reconnect_attempts: attempts per server before the client gives
@@ -140,6 +142,8 @@ class NatsOptions:
                     f"known: {', '.join(sorted(tls_known))}"
                 )
             values["tls"] = TlsOptions(**tls)
+            if values["tls"].key_file is not None and values["tls"].cert_file is None:
+                raise ConfigError("plugin_options['nats']['tls']['key_file'] needs 'cert_file'")
         namespace = values.get("namespace", "jido")
         if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
             raise ConfigError(
@@ -160,6 +164,13 @@ class NatsOptions:
         if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int)):
             raise ConfigError("plugin_options['nats']['max_reconnect_attempts'] must be an integer")
         return cls(**values)
+
+    @property
+    def requires_tls(self) -> bool:
+        """Whether every connection must be TLS: ``tls`` is set or a server
+        URL is ``tls://``. The client then refuses a server that does not
+        start TLS, before sending any credentials."""
+        return self.tls is not None or any(s.startswith("tls://") for s in self.servers)
 
     def connect_kwargs(self, client_name: str) -> dict[str, Any]:
         """Keyword arguments for ``nats.aio.client.Client.connect``."""
