@@ -105,6 +105,19 @@ TELL_BUDGET = ScheduleBudget(TELL_SCHEDULE_EVERY)
 _tell_schedule_point = TELL_BUDGET.schedule_point
 
 
+def _mailbox_full(cell: AgentCell) -> MailboxFull:
+    return MailboxFull(f"mailbox of agent {cell.ref.id!r} stayed full until the deadline")
+
+
+def _let_retry_in(cell: AgentCell, instruction_id: str) -> None:
+    """The caller gave up on a call (deadline, cancellation): the agent will
+    skip its queued copy, so the id is no longer pending, and a retry with
+    the same id is queued rather than refused as a duplicate. Had the agent
+    already begun the action, the retry reaches it after the action marked
+    the id as applied, and is answered ``AlreadyProcessed``."""
+    cell.pending.discard(instruction_id)
+
+
 @attrs.define(eq=False)
 class Communication:
     """Routes operations on refs to local cells or to other nodes."""
@@ -133,6 +146,9 @@ class Communication:
     #: :attr:`state` when agents may start and commit through it synchronously
     #: (see ``synchronous_backend``), else ``None``; fixed for the node's life.
     sync_state: MemoryStateBackend | None = attrs.field(default=None, init=False)
+    #: Agent ids whose registry entry a stopped agent is still removing (set
+    #: when it is gone): a new agent with the id registers only after that.
+    unregistering: dict[str, trio.Event] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.sync_state = synchronous_backend(self.state)
@@ -168,11 +184,23 @@ class Communication:
         while len(self._tombstones) > TOMBSTONE_LIMIT:
             self._tombstones.popitem(last=False)
         agent_id = cell.ref.id
+        removed = self.unregistering[agent_id] = trio.Event()
 
         async def unregister() -> None:
-            await self.registry.unregister(agent_id, node=self.node_name)
+            try:
+                await self.registry.unregister(agent_id, node=self.node_name)
+            finally:
+                removed.set()
+                if self.unregistering.get(agent_id) is removed:
+                    del self.unregistering[agent_id]
 
-        self.spawn(unregister)
+        try:
+            self.spawn(unregister)
+        except trio.ClosedResourceError:
+            # The node is closing: no agent starts any more, nobody waits.
+            removed.set()
+            del self.unregistering[agent_id]
+            raise
 
     def dead_letter(self, message: Message, reason: str) -> None:
         log.warning("dead letter %s to %s: %s", message.id, message.recipient.id, reason)
@@ -402,22 +430,9 @@ class Communication:
             await _tell_schedule_point()
             return Receipt._make(message.id, instruction.id, "accepted")
         cell.pending.add(instruction.id)
-        seq: int | None = None
         if durable:
-            # Logged before the receipt: from here on the agent applies it even
-            # if it (or this process) crashes before handling it.
-            token = object()
-            cell.appending[token] = cell.log_seen
-            try:
-                seq = await self.state.append(cell.log_stream, message.to_bytes())
-            except BaseException:
-                cell.pending.discard(instruction.id)
-                raise
-            finally:
-                del cell.appending[token]
-            cell.log_seen = max(cell.log_seen, seq)
-            cell.unacked[seq] = instruction.id
-        item = Delivery("instruction", message, instruction, None, log_seq=seq)
+            return await self._log_and_queue(cell, message, instruction, deadline)
+        item = Delivery("instruction", message, instruction, None)
         if cell.mailbox.put_nowait(item) if not cell.mailbox.closed else False:
             # Room in the mailbox: no cancel scope needed, just a checkpoint.
             await trio.lowlevel.checkpoint()
@@ -426,25 +441,55 @@ class Communication:
                 with trio.move_on_at(deadline) as scope:
                     await cell.mailbox.put(item)
             except MailboxClosed as closed:
-                self._unqueued(cell, instruction.id, seq)
+                cell.pending.discard(instruction.id)
                 raise closed.error from None
             except BaseException:
-                self._unqueued(cell, instruction.id, seq)
+                cell.pending.discard(instruction.id)
                 raise
             if scope.cancelled_caught:
-                self._unqueued(cell, instruction.id, seq)
-                raise MailboxFull(
-                    f"mailbox of agent {cell.ref.id!r} stayed full until the deadline"
-                )
+                cell.pending.discard(instruction.id)
+                raise _mailbox_full(cell)
         return Receipt._make(message.id, instruction.id, "accepted")
 
-    @staticmethod
-    def _unqueued(cell: AgentCell, instruction_id: str, seq: int | None) -> None:
-        # A logged message that missed the mailbox stays in the log: the
-        # agent's next start replays it (and a resend with the same id dedupes).
-        cell.pending.discard(instruction_id)
-        if seq is not None:
-            cell.unacked.pop(seq, None)
+    async def _log_and_queue(
+        self, cell: AgentCell, message: Message, instruction: Instruction, deadline: float
+    ) -> Receipt:
+        """The at-least-once send, its id already pending: room first, then
+        the log, then the mailbox. A send refused (``MailboxFull``, a stopped
+        agent) is not in the log, so no later restart applies it behind the
+        sender's back; one logged is queued at once."""
+        mailbox = cell.mailbox
+        try:
+            if not mailbox.has_room():
+                with trio.move_on_at(deadline) as scope:
+                    await mailbox.wait_for_room()
+                if scope.cancelled_caught:
+                    raise _mailbox_full(cell)
+            # Logged before the receipt: from here on the agent applies it even
+            # if it (or this process) crashes before handling it.
+            token = object()
+            cell.appending[token] = cell.log_seen
+            try:
+                seq = await self.state.append(cell.log_stream, message.to_bytes())
+            finally:
+                del cell.appending[token]
+        except MailboxClosed as closed:
+            cell.pending.discard(instruction.id)
+            raise closed.error from None
+        except BaseException:
+            cell.pending.discard(instruction.id)
+            raise
+        cell.log_seen = max(cell.log_seen, seq)
+        item = Delivery("instruction", message, instruction, None, log_seq=seq)
+        try:
+            mailbox.put_admitted(item)
+        except MailboxClosed as closed:
+            # Stopped during the append: it stays in the log, and the agent
+            # applies it when its id is started again.
+            cell.pending.discard(instruction.id)
+            raise closed.error from None
+        cell.unacked[seq] = instruction.id
+        return Receipt._make(message.id, instruction.id, "accepted")
 
     async def call(
         self,
@@ -522,6 +567,8 @@ class Communication:
                 finally:
                     if not reply.done:
                         reply.abandoned = True
+                    if reply.abandoned:
+                        _let_retry_in(cell, instruction.id)
                 value = self._reply_value(cell, reply)
             else:
                 cell.pending.add(instruction.id)
@@ -577,20 +624,20 @@ class Communication:
             finally:
                 if not reply.done:
                     reply.abandoned = True
+                if reply.abandoned and instruction_id is not None:
+                    _let_retry_in(cell, instruction_id)
             return self._reply_value(cell, reply)
-        queued = False
         try:
             with trio.move_on_at(deadline) as scope:
                 await cell.mailbox.put(item)
-                queued = True
                 return await reply.wait()
         except MailboxClosed as closed:
             raise closed.error from None
         finally:
             if not reply.done:
                 reply.abandoned = True
-                if instruction_id is not None and not queued:
-                    cell.pending.discard(instruction_id)
+                if instruction_id is not None:
+                    _let_retry_in(cell, instruction_id)
         if scope.cancelled_caught:
             raise CallTimeout(f"no reply from agent {cell.ref.id!r} before the deadline")
         raise AssertionError("unreachable")  # pragma: no cover

@@ -93,6 +93,38 @@ class Mailbox(Generic[T]):
             await self._not_full.park()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
+    async def wait_for_room(self) -> None:
+        """Wait until :meth:`put_nowait` would queue an item (bound the wait
+        with a cancel scope); for a sender with a step to finish before it
+        queues (see :meth:`put_admitted`).
+
+        :raises MailboxClosed: the box is closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self.has_room():
+            if self._closed is not None:
+                raise MailboxClosed(self._closed)
+            if self._not_full is None:
+                self._not_full = trio.lowlevel.ParkingLot()
+            await self._not_full.park()
+
+    def put_admitted(self, item: T) -> None:
+        """Queue ``item`` even if that goes over capacity: it was admitted by
+        :meth:`wait_for_room` before an await (a log append) during which
+        other senders may have filled the box. Over by at most the number of
+        such senders at once.
+
+        :raises MailboxClosed: the box is closed.
+        """
+        if self._closed is not None:
+            raise MailboxClosed(self._closed)
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        items.append(item)
+        if self._waiter is not None:
+            self._wake()
+
     def requeue_front(self, items: Iterable[T]) -> None:
         """Put items taken earlier back at the head, in their order (may exceed capacity
         briefly: they were already admitted)."""

@@ -186,6 +186,8 @@ class Node:
         self._check_agent_class(cls)
         self._check_new_agent_id(agent_id)
         await trio.lowlevel.checkpoint_if_cancelled()
+        if agent_id in self._comm.unregistering:
+            await self._after_unregistered(agent_id)
         parent = self._supervisor(supervisor)
         cell, spec = self._new_cell(cls, agent_id, parent, state, restart, metadata)
         register = self._nowait_register(cell, parent)
@@ -236,6 +238,8 @@ class Node:
             await trio.lowlevel.checkpoint()
         for agent_id in ids:
             await trio.lowlevel.checkpoint_if_cancelled()
+            if agent_id in self._comm.unregistering:
+                await self._after_unregistered(agent_id)
             # Again: another task may have started it while this one yielded.
             self._check_new_agent_id(agent_id)
             cell, spec = self._new_cell(cls, agent_id, parent, None, restart, metadata)
@@ -248,6 +252,16 @@ class Node:
                 await self._start_awaiting(cell, spec, parent)
             refs.append(cell.ref)
         return refs
+
+    async def _after_unregistered(self, agent_id: str) -> None:
+        """Wait until a stopped agent with this id is out of the registry
+        (its removal runs in the background): otherwise it could remove the
+        entry of the new agent. Bounded by ``operation_timeout``; then
+        checks the id again, as another task may have started it meanwhile."""
+        with trio.move_on_after(self.config.operation_timeout):
+            while (removed := self._comm.unregistering.get(agent_id)) is not None:
+                await removed.wait()
+        self._check_new_agent_id(agent_id)
 
     @staticmethod
     def _check_agent_class(cls: type[Agent]) -> None:

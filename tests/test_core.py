@@ -11,7 +11,7 @@ import trio
 
 import jido_trio as jt
 from jido_trio._persistence import CHUNK_SIZE
-from jido_trio.testing import crash_agent
+from jido_trio.testing import crash_agent, open_cluster
 
 from ._agents import Counter, CounterState
 
@@ -183,6 +183,29 @@ async def test_abandoned_call_is_not_applied(autojump_clock: trio.testing.MockCl
                 await node.call(ref, jt.Instruction("increment"), timeout=1.0)
         # The caller gave up before the agent reached it, so it was skipped.
         assert (await node.query_agent(ref)).count == 0
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["start_agent", "start_agents"])
+async def test_an_id_started_again_right_after_a_stop_stays_reachable(
+    autojump_clock: trio.testing.MockClock, bulk: bool
+) -> None:
+    """The stopped agent's registry entry is removed in the background; the
+    new agent with its id must not lose its own entry to that removal."""
+    async with open_cluster("n1", "n2") as cluster:
+        n1, n2 = cluster["n1"], cluster["n2"]
+        for i in range(5):
+            ref = await n1.start_agent(Counter, "a")
+            await n1.stop_agent(ref)
+            if bulk:
+                [ref] = await n1.start_agents(Counter, ["a"])
+            else:
+                ref = await n1.start_agent(Counter, "a")
+            await trio.sleep(1)  # every background job has run
+            assert (await n1.registry.lookup("a")).node == "n1"
+            seen_from_n2 = await n2.lookup("a")
+            await n2.send_instruction(seen_from_n2, jt.Instruction("increment"))
+            assert await n2.call(seen_from_n2, jt.Instruction("get")) == i + 1
+            await n1.stop_agent(ref)
 
 
 async def test_idempotent_instruction() -> None:

@@ -47,6 +47,34 @@ async def test_message_is_logged_before_the_receipt(autojump_clock: trio.testing
         assert again.status == "already_processed"
 
 
+async def test_an_at_least_once_send_waits_for_room_before_it_is_logged(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A full mailbox: the send waits for room, and only a send that got
+    room is logged. One refused with MailboxFull is in no log, so no later
+    restart applies it behind the sender's back (and out of order)."""
+    async with jt.open_node(jt.Config(node_name="n", mailbox_size=1)) as node:
+        ref = await node.start_agent(Counter, "c")
+        await node.send_instruction(ref, jt.Instruction("slow", {"seconds": 10}))
+        await trio.sleep(0.1)  # running it
+        await node.send_instruction(ref, jt.Instruction("slow", {"seconds": 10}))  # queued: full
+        refused = jt.Instruction("increment", {"by": 100}, id="refused")
+        with pytest.raises(jt.MailboxFull):
+            await node.send_instruction(ref, refused, delivery="at_least_once", timeout=1)
+        assert await node.state.read_log("mailbox/c") == []
+        # This one gets room when the first slow message is done (t=10).
+        receipt = await node.send_instruction(
+            ref, jt.Instruction("increment", id="waited"), delivery="at_least_once", timeout=30
+        )
+        assert receipt.status == "accepted"
+        assert trio.current_time() == pytest.approx(10, abs=0.2)
+        assert len(await node.state.read_log("mailbox/c")) == 1
+        assert await node.call(ref, jt.Instruction("get"), timeout=60) == 1
+        await crash_agent(node, ref)
+        await trio.sleep(1)
+        assert await node.call(ref, jt.Instruction("get")) == 1  # not 101
+
+
 async def test_replayed_after_restart_on_the_same_state(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

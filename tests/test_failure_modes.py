@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 
+import attrs
 import pytest
 import trio
 
 import jido_trio as jt
 
-from ._agents import Counter
+from ._agents import Counter, CounterState
 
 
 async def test_breaker_opens_after_repeated_timeouts_and_recovers(
@@ -110,3 +111,52 @@ async def test_every_operation_has_a_deadline(autojump_clock: trio.testing.MockC
                 await node.query_agent(ref)
             assert trio.current_time() - start == pytest.approx(2.0)
             nursery.cancel_scope.cancel()
+
+
+class SlowCounter(Counter):
+    type = "slow-counter"
+
+    @jt.action("slow_increment")
+    async def slow_increment(self, state: CounterState, seconds: float) -> CounterState:
+        await trio.sleep(seconds)
+        self.ctx.reply(state.count + 1)
+        return attrs.evolve(state, count=state.count + 1)
+
+
+@pytest.mark.parametrize("give_up", ["deadline", "cancelled"])
+async def test_a_call_given_up_while_queued_can_be_retried_with_its_id(
+    autojump_clock: trio.testing.MockClock, give_up: str
+) -> None:
+    """The caller gave up (deadline or cancellation) while its call waited
+    behind a slow message: the agent skips that copy, so a retry with the
+    same id is applied, once."""
+    async with jt.open_node(name="n") as node:
+        ref = await node.start_agent(Counter, "c")
+        await node.send_instruction(ref, jt.Instruction("slow", {"seconds": 5}))
+        instruction = jt.Instruction("increment", id="inc-1")
+        if give_up == "deadline":
+            with pytest.raises(jt.CallTimeout):
+                await node.call(ref, instruction, timeout=1)
+        else:
+            with trio.move_on_after(1) as scope:
+                await node.call(ref, instruction, timeout=10)
+            assert scope.cancelled_caught
+        await node.call(ref, instruction, timeout=10)
+        with pytest.raises(jt.AlreadyProcessed):
+            await node.call(ref, instruction)  # now it really was applied
+        assert await node.call(ref, jt.Instruction("get")) == 1
+
+
+async def test_a_retry_of_a_call_already_running_is_answered_already_processed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Given up while the agent was running it: the first copy is applied,
+    and the retry says so instead of applying it twice."""
+    async with jt.open_node(name="n") as node:
+        ref = await node.start_agent(SlowCounter, "c")
+        instruction = jt.Instruction("slow_increment", {"seconds": 5}, id="inc-1")
+        with pytest.raises(jt.CallTimeout):
+            await node.call(ref, instruction, timeout=1)
+        with pytest.raises(jt.AlreadyProcessed):
+            await node.call(ref, instruction, timeout=10)
+        assert await node.call(ref, jt.Instruction("get")) == 1
