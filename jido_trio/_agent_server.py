@@ -686,9 +686,16 @@ class AgentCell:
             if dirty:
                 await self.store.commit(self.state)
             committed = True
-            await self._ack(applied)
         except Exception as exc:
             commit_error = exc
+        if committed:
+            try:
+                await self._ack(applied)
+            except Exception as exc:
+                # Applied and committed: the callers get their answers. Trimming
+                # is only housekeeping: a replay skips ids already applied, and
+                # the next batch's trim takes these entries too.
+                log.warning("agent %r could not trim its durable log: %s", self.ref.id, exc)
         unsaved: list[Delivery] = []
         for delivery in applied:
             if commit_error is None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 
@@ -32,15 +33,28 @@ class FailingCommits(MemoryStateBackend):
         return await super().write(key, value, expected_version=expected_version)
 
 
+class FailingTrims(FailingCommits):
+    """Trims of durable logs fail while :attr:`trim_failures` is above zero."""
+
+    trim_failures: int = 0
+
+    async def trim_log(self, stream: str, *, upto: int) -> None:
+        if self.trim_failures > 0:
+            await trio.lowlevel.checkpoint()
+            self.trim_failures -= 1
+            raise jt.Unreachable("the state backend is away")
+        await super().trim_log(stream, upto=upto)
+
+
 class Plugin:
     def __init__(self) -> None:
-        self.backend = FailingCommits()
+        self.backend = FailingTrims()
 
     @jt.hookimpl
     def jido_trio_add_backends(self, backends: Any) -> None:
         backend = self.backend
 
-        def factory(config: jt.Config, options: Mapping[str, Any]) -> FailingCommits:
+        def factory(config: jt.Config, options: Mapping[str, Any]) -> FailingTrims:
             return backend
 
         backends.add_state("failing-commits", factory)
@@ -82,4 +96,29 @@ async def test_logged_messages_of_a_batch_whose_commit_failed_are_applied_again(
         [child] = node.supervision_tree().children
         assert child.restarts == 1
         await trio.sleep(1)
+        assert await node.state.read_log("mailbox/list") == []
+
+
+async def test_a_failed_trim_after_a_good_commit_does_not_fail_the_batch(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Committed is applied: the callers get their answers and the agent
+    goes on; the log entries the trim missed go with the next trim."""
+    plugin = Plugin()
+    config = jt.Config(node_name="n", state="failing-commits")
+    async with jt.open_node(config, plugins=[plugin]) as node:
+        ref = await node.start_agent(List, "list")
+        plugin.backend.trim_failures = 1
+        await node.send_instruction(
+            ref, jt.Instruction("add", {"item": "a"}), delivery="at_least_once"
+        )
+        assert await node.call(ref, jt.Instruction("add", {"item": "b"})) is None
+        assert await node.call(ref, jt.Instruction("get")) == ["a", "b"]
+        [child] = node.supervision_tree().children
+        assert child.restarts == 0
+        assert "could not trim its durable log" in caplog.text
+        await node.send_instruction(
+            ref, jt.Instruction("add", {"item": "c"}), delivery="at_least_once"
+        )
+        assert await node.call(ref, jt.Instruction("get")) == ["a", "b", "c"]
         assert await node.state.read_log("mailbox/list") == []
