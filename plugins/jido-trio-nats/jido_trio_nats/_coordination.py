@@ -213,7 +213,7 @@ class NatsCoordination(Coordination):
         self, name: str, *, ttl: float, holder: str | None = None
     ) -> AsyncIterator[Lease]:
         _check_ttl(ttl)
-        key = "lock/" + encode_token(name)
+        key = "lock/" + encode_token(name, "lock name")
         holder = holder or f"{self.conn.node_name}#{next(self._holders)}"
         record = self._record(holder, ttl)
         revision, started = await self._take(key, record, ttl)
@@ -225,7 +225,7 @@ class NatsCoordination(Coordination):
     @asynccontextmanager
     async def elect(self, group: str, *, candidate: str, ttl: float = 10.0) -> AsyncIterator[Lease]:
         _check_ttl(ttl)
-        key = "elect/" + encode_token(group)
+        key = "elect/" + encode_token(group, "election group")
         record = self._record(candidate, ttl)
         revision, started = await self._take(key, record, ttl)
         lease = Lease(name=group, holder=candidate, token=revision, expires_at=started + ttl)
@@ -246,7 +246,7 @@ class NatsCoordination(Coordination):
     async def barrier(self, name: str, parties: int) -> None:
         if parties < 1:
             raise ValueError("parties must be at least 1")
-        key = "barrier/" + encode_token(name)
+        key = "barrier/" + encode_token(name, "barrier name")
         try:
             await self.conn.bridge.run(self._barrier, key, parties)
         except _NATS_ERRORS as exc:

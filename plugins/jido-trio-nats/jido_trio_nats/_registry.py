@@ -48,7 +48,7 @@ from jido_trio import (
 from jido_trio.abc import Registry, RegistryEntry, RegistryEvent
 
 from ._connection import NatsConnection, open_connection
-from ._keys import decode_token, encode_token
+from ._keys import decode_token_or_none, encode_token
 
 __all__ = ["NatsRegistry", "kv_list", "kv_read", "kv_write", "open_registry"]
 
@@ -284,7 +284,7 @@ def _decode(data: bytes, key: str) -> _Stored | None:
     try:
         return _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        log.warning("ignoring malformed registry entry %r: %s", decode_token(key), exc)
+        log.warning("ignoring malformed registry entry %r: %s", key[:60], exc)
         return None
 
 
@@ -373,7 +373,7 @@ class NatsRegistry(Registry):
             )  # fmt: skip
             if await kv_write(self.kv, key, payload, last=current.revision, delete=True):
                 return
-        log.warning("gave up unregistering %r: the entry kept changing", decode_token(key))
+        log.warning("gave up unregistering %r: the entry kept changing", key[:60])
 
     async def _update_op(self, key: str, metadata: dict[str, Any]) -> Outcome:
         for _ in range(MAX_CAS_ATTEMPTS):
@@ -412,7 +412,7 @@ class NatsRegistry(Registry):
         outcome, detail = await self._run(
             f"registering agent {ref.id!r}",
             self._register_op,
-            encode_token(ref.id),
+            encode_token(ref.id, "agent id"),
             ref.node,
             value,
         )
@@ -429,7 +429,7 @@ class NatsRegistry(Registry):
         outcome, detail = await self._run(
             f"taking over agent {ref.id!r}",
             self._take_over_op,
-            encode_token(ref.id),
+            encode_token(ref.id, "agent id"),
             ref.node,
             epoch,
         )
@@ -447,11 +447,14 @@ class NatsRegistry(Registry):
 
     async def unregister(self, agent_id: str, *, node: str | None = None) -> None:
         await self._run(
-            f"unregistering agent {agent_id!r}", self._unregister_op, encode_token(agent_id), node
+            f"unregistering agent {agent_id!r}",
+            self._unregister_op,
+            encode_token(agent_id, "agent id"),
+            node,
         )
 
     async def lookup(self, agent_id: str) -> RegistryEntry:
-        key = encode_token(agent_id)
+        key = encode_token(agent_id, "agent id")
         current = await self._run(f"looking up agent {agent_id!r}", kv_read, self.kv, key)
         stored = None if current.data is None else _decode(current.data, key)
         if stored is None:
@@ -488,7 +491,10 @@ class NatsRegistry(Registry):
     async def update_metadata(self, agent_id: str, metadata: Mapping[str, Any]) -> RegistryEntry:
         _encode(_Stored(id="", type="", node="", metadata=dict(metadata)))  # fail early
         outcome, detail = await self._run(
-            f"updating agent {agent_id!r}", self._update_op, encode_token(agent_id), dict(metadata)
+            f"updating agent {agent_id!r}",
+            self._update_op,
+            encode_token(agent_id, "agent id"),
+            dict(metadata),
         )
         if outcome == "missing":
             raise AgentNotFound(f"no agent registered as {agent_id!r}")
@@ -563,7 +569,10 @@ def _event(msg: Msg, pre: str) -> RegistryEvent | None:
     if _is_delete(msg.headers):
         stored = _decode(msg.data, key) if msg.data else None
         if stored is None:  # deleted by someone else: all we know is the id
-            stored = _Stored(id=decode_token(key), type="", node="", epoch=revision)
+            agent_id = decode_token_or_none(key, "the registry bucket")
+            if agent_id is None:
+                return None
+            stored = _Stored(id=agent_id, type="", node="", epoch=revision)
         return RegistryEvent(kind="unregistered", entry=_entry(stored, revision))
     stored = _decode(msg.data, key)
     if stored is None:

@@ -38,7 +38,7 @@ from jido_trio.abc import Consistency, LogEntry, StateBackend, Versioned
 
 from ._bridge import single_failure
 from ._connection import NatsConnection, open_connection
-from ._keys import decode_token, encode_token
+from ._keys import MAX_SUBJECT_LENGTH, decode_token_or_none, encode_token
 
 __all__ = ["NatsStateBackend", "open_state"]
 
@@ -52,10 +52,6 @@ _WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 #: Bytes the compare-and-set header adds to a message at most
 #: ("NATS/1.0\r\n" + "<name>: <20 digits>\r\n" + "\r\n").
 _CAS_HEADER_BYTES = len(f"NATS/1.0\r\n{_EXPECTED_LAST}: {2**64}\r\n\r\n")
-#: Longest subject we send. The server closes the connection of a client whose
-#: protocol line exceeds ``max_control_line`` (4 KiB by default); subject,
-#: reply inbox and sizes share that line.
-MAX_SUBJECT_LENGTH = 2048
 #: Log records asked for per direct-get batch, and the byte budget of one batch.
 _LOG_BATCH = 1024
 _LOG_BATCH_BYTES = 8 * 1024 * 1024
@@ -253,7 +249,7 @@ class NatsStateBackend(StateBackend):
 
     def _subject(self, prefix: str, name: str, what: str) -> str:
         _check_name(name, what)
-        subject = prefix + encode_token(name)
+        subject = prefix + encode_token(name, f"state {what}")
         if len(subject) > MAX_SUBJECT_LENGTH:
             raise InvalidMessage(
                 f"state {what} {name[:40]!r}... is too long for NATS "
@@ -598,8 +594,8 @@ class NatsStateBackend(StateBackend):
         _check_name(prefix, "key prefix")
         subjects = await self._run("listing state keys", self._aio_keys)
         cut = len(self.kv_prefix)
-        found = (decode_token(subject[cut:]) for subject in subjects)
-        return sorted(key for key in found if key.startswith(prefix))
+        found = (decode_token_or_none(s[cut:], "the state bucket") for s in subjects)
+        return sorted(key for key in found if key is not None and key.startswith(prefix))
 
     # ------------------------------------------------------------ logs
 

@@ -78,7 +78,7 @@ from jido_trio.abc import NodeInfo, RequestHandler, TopicHandler, Transport
 
 from ._bridge import single_failure
 from ._connection import NatsConnection, open_connection
-from ._keys import decode_token, encode_token
+from ._keys import decode_token_or_none, encode_token
 from ._registry import NATS_ERRORS, kv_list, kv_read, kv_write
 
 __all__ = ["MAX_IN_FLIGHT", "MAX_PAYLOAD", "NatsTransport", "open_transport"]
@@ -350,7 +350,7 @@ class NatsTransport(Transport):
 
     @property
     def _key(self) -> str:
-        return encode_token(self.node_name)
+        return encode_token(self.node_name, "node name")
 
     @property
     def _value(self) -> bytes:
@@ -358,7 +358,7 @@ class NatsTransport(Transport):
         return _member_encoder.encode(member)
 
     def _subject(self, node: str) -> str:
-        return self.conn.subject("node", encode_token(node))
+        return self.conn.subject("node", encode_token(node, "node name"))
 
     @property
     def _limit(self) -> int:
@@ -450,7 +450,9 @@ class NatsTransport(Transport):
     async def _is_member(self, node: str) -> bool:
         """Whether ``node`` holds a membership lease (a read from the leader)."""
         try:
-            current = await self.conn.bridge.run(kv_read, self.nodes, encode_token(node))
+            current = await self.conn.bridge.run(
+                kv_read, self.nodes, encode_token(node, "node name")
+            )
         except NATS_ERRORS:
             return False
         return current.data is not None
@@ -755,8 +757,9 @@ class NatsTransport(Transport):
             headers_only=True,
             timeout=self.conn.options.request_timeout,
         )
+        names = ((decode_token_or_none(i.key, "the members bucket"), i) for i in items)
         return sorted(
-            (NodeInfo(name=decode_token(i.key), alive=True, last_seen=i.timestamp) for i in items),
+            (NodeInfo(name=name, alive=True, last_seen=i.timestamp) for name, i in names if name),
             key=lambda m: m.name,
         )
 

@@ -72,7 +72,7 @@ from jido_trio import (
 )
 
 from ._connection import NatsConnection
-from ._keys import decode_token, encode_token
+from ._keys import decode_token_or_none, encode_token
 
 if TYPE_CHECKING:
     from jido_trio._work_queue import WorkQueueBacking, WorkQueueSpec
@@ -122,7 +122,7 @@ def _token_priority(token: str) -> int | None:
 
 
 def _msg_id(job_id: str, epoch: int) -> str:
-    token = encode_token(job_id)
+    token = encode_token(job_id, "job id")
     return token if epoch == 0 else f"{token}@{epoch}"
 
 
@@ -257,10 +257,10 @@ class JetStreamQueue:
         return self.subject_prefix + _priority_token(priority)
 
     def _fail_key(self, job_id: str) -> str:
-        return f"{self.kv_prefix}{self.token}.fail.{encode_token(job_id)}"
+        return f"{self.kv_prefix}{self.token}.fail.{encode_token(job_id, 'job id')}"
 
     def _dead_key(self, job_id: str) -> str:
-        return f"{self.kv_prefix}{self.token}.dead.{encode_token(job_id)}"
+        return f"{self.kv_prefix}{self.token}.dead.{encode_token(job_id, 'job id')}"
 
     # ------------------------------------------------------------ plumbing
 
@@ -568,7 +568,9 @@ class JetStreamQueue:
         if revision <= self._dead_revisions.get(key, 0):
             return  # older than what this node wrote or saw
         self._dead_revisions[key] = revision
-        job_id = decode_token(str(entry.key).rsplit(".", 1)[1])
+        job_id = decode_token_or_none(str(entry.key).rsplit(".", 1)[1], f"work queue {self.name!r}")
+        if job_id is None:
+            return
         if entry.operation is not None or not entry.value:
             self._dead.pop(job_id, None)
             return
@@ -1121,7 +1123,8 @@ def _delivered(msg: Msg) -> int:
 
 
 def _stream_token(name: str) -> str:
-    token = encode_token(name)
+    # Encoding never shortens a name: a longer one goes straight to the hash.
+    token = name if len(name) > _MAX_TOKEN else encode_token(name)
     if len(token) > _MAX_TOKEN:
         token = "h" + hashlib.sha256(name.encode()).hexdigest()[:40]
     return token
