@@ -562,3 +562,64 @@ async def test_soak_exactly_once_under_random_crashes(nats_options: dict[str, An
             pending=0, delayed=0, in_flight=0, done=len(expected), dead=len(poison)
         )
         assert all(len(numbers) > 0 for numbers in done.values())
+
+
+async def test_malformed_records_in_the_bucket_are_ignored(
+    nats_options: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records anyone with access to the bucket may write: dead letters and
+    attempt records of the wrong shape are ignored with a warning, and the
+    queue goes on serving."""
+    caplog.set_level(logging.WARNING)
+    async with nats_node("n1", nats_options) as node:
+        ref = await node.start_agent(Worker, "w")
+        async with open_work_queue(node, "strict", consumers=[ref], action="work") as queue:
+            impl = backing(queue)
+            bad_dead_letters = {
+                "priority": [1, "priority", {}, "high", 1, None, 0, 0],
+                "attempts": [1, "attempts", {}, 0, -1, None, 0, 0],
+                "epoch": [1, "epoch", {}, 0, 1, None, "0", 0],
+                "error": [1, "error", {}, 0, 1, 42, 0, 0],
+                "renamed": [1, "someone-else", {}, 0, 1, None, 0, 0],
+            }
+
+            async def plant() -> None:
+                for job_id, record in bad_dead_letters.items():
+                    await impl.conn.js.publish(impl._dead_key(job_id), impl.spec.encode(record))
+                await impl.conn.js.publish(f"{impl.kv_prefix}{impl.token}.dead.x=zz", b"")
+
+            await impl.conn.bridge.run(plant)
+            await queue.put({"n": 1}, id="good")
+            with trio.fail_after(20):
+                await queue.join()
+            assert await queue.dead_letters() == []
+            assert queue.stats().dead == 0
+            # An attempt record with counts of the wrong type changes nothing.
+            held = _held(impl, "good")
+            impl._apply_record(held, impl.spec.encode([1, 0, "x", 0, None, None]))
+            assert (held.attempts, held.error) == (0, None)
+            await queue.put({"n": 2}, id="good-2")
+            with trio.fail_after(20):
+                await queue.join()
+        assert everything(await applied(node, [ref])) == [1, 2]
+    assert caplog.text.count("malformed dead letter") >= len(bad_dead_letters)
+    assert "malformed attempt record of 'good'" in caplog.text
+    assert "not an encoded name" in caplog.text
+
+
+def _held(impl: JetStreamQueue, job_id: str) -> Any:
+    from jido_trio_nats._work_queue import _Held
+
+    return _Held(
+        msg=None,  # type: ignore[arg-type]
+        job_id=job_id,
+        payload=None,
+        priority=0,
+        seq=1,
+        epoch=0,
+        deliveries=1,
+        attempts=0,
+        error=None,
+        affinity=None,
+        has_record=True,
+    )

@@ -577,6 +577,10 @@ class JetStreamQueue:
         try:
             fields = self.spec.decode(bytes(entry.value))
             _, rid, payload, priority, attempts, error, epoch, seq = fields[:8]
+            if rid != job_id or not (_counts(attempts, epoch, seq) and type(priority) is int):
+                raise TypeError("bad dead letter fields")
+            if error is not None and not isinstance(error, str):
+                raise TypeError("bad dead letter error")
         except (InvalidMessage, TypeError, ValueError):
             log.warning("work queue %r: malformed dead letter %r ignored", self.name, job_id)
             return
@@ -794,7 +798,14 @@ class JetStreamQueue:
         try:
             fields = self.spec.decode(record)
             _, epoch, attempts, deliveries, error, owner = fields[:6]
+            if not _counts(epoch, attempts, deliveries):
+                raise TypeError("bad attempt record fields")
+            if error is not None and not isinstance(error, str):
+                raise TypeError("bad attempt record error")
         except (InvalidMessage, TypeError, ValueError):
+            log.warning(
+                "work queue %r: malformed attempt record of %r ignored", self.name, held.job_id
+            )
             return
         if epoch != held.epoch:
             return  # left over from before a redrive
@@ -1120,6 +1131,12 @@ def _delivered(msg: Msg) -> int:
         return int(msg.metadata.num_delivered)
     except Exception:
         return 1
+
+
+def _counts(*values: object) -> bool:
+    """Whether every value is an int >= 0 (fields of records read back from
+    KV, which anyone with access may have written)."""
+    return all(type(v) is int and v >= 0 for v in values)
 
 
 def _stream_token(name: str) -> str:
