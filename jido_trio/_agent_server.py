@@ -544,8 +544,11 @@ class AgentCell:
 
     async def _dead_letter_logged(self, delivery: Delivery, reason: str) -> None:
         assert delivery.log_seq is not None
-        await self._ack([delivery])
+        # Kept as a dead letter before it leaves the mailbox log: a crash in
+        # between leaves it in both (a duplicate dead letter at worst), never
+        # in neither.
         await self.store_dead_letter(delivery.message, reason)
+        await self._ack([delivery])
 
     # ------------------------------------------------------------ the loop
 
@@ -738,10 +741,17 @@ class AgentCell:
                 rest = [interrupted, *rest]  # at-least-once: deliver it again after the restart
             else:
                 self.pending.discard(instruction.id)
-                await self._dead_letter_logged(
-                    interrupted,
-                    f"action failed {interrupted.attempts} times, last: {describe(cause)}",
-                )
+                try:
+                    await self._dead_letter_logged(
+                        interrupted,
+                        f"action failed {interrupted.attempts} times, last: {describe(cause)}",
+                    )
+                except BaseException:
+                    # Not kept as a dead letter, so still in the mailbox log:
+                    # it stays queued, to be dead-lettered on the next try.
+                    self.pending.add(instruction.id)
+                    self.mailbox.requeue_front([interrupted, *rest])
+                    raise
         else:
             self.pending.discard(instruction.id)
             if interrupted.reply is None:

@@ -34,9 +34,18 @@ class FailingCommits(MemoryStateBackend):
 
 
 class FailingTrims(FailingCommits):
-    """Trims of durable logs fail while :attr:`trim_failures` is above zero."""
+    """Trims of durable logs fail while :attr:`trim_failures` is above zero,
+    dead-letter appends while :attr:`dead_letter_failures` is."""
 
     trim_failures: int = 0
+    dead_letter_failures: int = 0
+
+    async def append(self, stream: str, data: bytes) -> int:
+        if stream.startswith("deadletter/") and self.dead_letter_failures > 0:
+            await trio.lowlevel.checkpoint()
+            self.dead_letter_failures -= 1
+            raise jt.Unreachable("the state backend is away")
+        return await super().append(stream, data)
 
     async def trim_log(self, stream: str, *, upto: int) -> None:
         if self.trim_failures > 0:
@@ -122,3 +131,33 @@ async def test_a_failed_trim_after_a_good_commit_does_not_fail_the_batch(
         )
         assert await node.call(ref, jt.Instruction("get")) == ["a", "b", "c"]
         assert await node.state.read_log("mailbox/list") == []
+
+
+async def test_a_dead_letter_that_cannot_be_stored_stays_in_the_mailbox_log(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Storing the dead letter fails: the message must still be somewhere,
+    so it stays in the mailbox log and is dead-lettered on a later try."""
+    plugin = Plugin()
+    config = jt.Config(
+        node_name="n", state="failing-commits", max_delivery_attempts=2, max_restarts=100
+    )
+    async with jt.open_node(config, plugins=[plugin]) as node:
+        ref = await node.start_agent(Poison, "p")
+        plugin.backend.dead_letter_failures = 1
+        await node.send_instruction(
+            ref, jt.Instruction("explode", id="poison-1"), delivery="at_least_once"
+        )
+        await trio.sleep(5)
+        letters = await node.dead_letters(ref)
+        assert [letter.payload.id for letter in letters] == ["poison-1"]
+        assert await node.state.read_log("mailbox/p") == []
+        assert await node.call(ref, jt.Instruction("get")) == []
+
+
+class Poison(List):
+    type = "commit-failure-poison"
+
+    @jt.action("explode")
+    async def explode(self, state: Items) -> None:
+        raise RuntimeError("poison")

@@ -21,6 +21,8 @@ from jido_trio.abc import LogEntry
 from jido_trio.local import SqliteStateBackend, open_sqlite_state_backend
 from jido_trio.local._sqlite import MAX_BATCH, _prefix_end
 
+from ._agents import Counter
+
 WORKER = Path(__file__).with_name("sqlite_worker.py")
 
 
@@ -117,13 +119,13 @@ async def test_an_engine_failure_fails_its_whole_batch_only(tmp_path: Path) -> N
         async def write(key: str) -> None:
             try:
                 await b.write(key, b"v")
-            except sqlite3.OperationalError as exc:
+            except jt.Unreachable as exc:
                 errors.append(exc)
 
         async def fail() -> None:
             try:
                 await b._submit(broken, writes=True)
-            except sqlite3.OperationalError as exc:
+            except jt.Unreachable as exc:
                 errors.append(exc)
 
         # Holding the thread limiter, all three land in the writer's next batch.
@@ -137,6 +139,7 @@ async def test_an_engine_failure_fails_its_whole_batch_only(tmp_path: Path) -> N
         assert len(errors) == 3
         assert len({id(e) for e in errors}) == 3, "each waiter raises its own exception"
         assert all("disk I/O error" in str(e) for e in errors)
+        assert all(isinstance(e.__cause__, sqlite3.OperationalError) for e in errors)
         assert await b.keys() == ["before"], "the failed batch was rolled back whole"
         assert await b.write("after", b"v") == 1
 
@@ -439,3 +442,28 @@ async def test_acknowledged_state_and_log_survive_sigkill(tmp_path: Path) -> Non
     counts_in_log = {int(data.split(":")[1]) for _, data in log}
     assert max(counts_in_log) <= persisted["count"]
     assert len(acked) == len(set(acked)), "no count was acknowledged twice across restarts"
+
+
+async def test_a_file_locked_by_another_process_is_unreachable_not_an_engine_error(
+    tmp_path: Path,
+) -> None:
+    """Past ``busy_timeout`` the caller gets the runtime's own error; the
+    refused at-least-once send was not logged, so it is never applied."""
+    path = tmp_path / "n.db"
+    options = {"path": str(path), "busy_timeout": 0.05}
+    config = jt.Config(node_name="n", state="sqlite", plugin_options={"sqlite": options})
+    async with jt.open_node(config) as node:
+        ref = await node.start_agent(Counter, "c")
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            with pytest.raises(jt.Unreachable, match="database is locked") as raised:
+                await node.send_instruction(
+                    ref, jt.Instruction("increment", {"by": 100}), delivery="at_least_once"
+                )
+            assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await node.send_instruction(ref, jt.Instruction("increment"), delivery="at_least_once")
+        assert await node.call(ref, jt.Instruction("get")) == 1

@@ -17,7 +17,10 @@ Design:
   strong (there is one file and one connection).
 - A write or append returns only after its transaction has committed. A
   compare-and-set that loses raises :class:`~jido_trio.StateConflict` for that
-  operation only; the rest of its batch commits.
+  operation only; the rest of its batch commits. A failure of SQLite itself
+  (the file locked by another process past ``busy_timeout``, an I/O error)
+  fails the whole batch with :class:`~jido_trio.Unreachable`, the engine's
+  error as its cause.
 
 Durability. WAL with ``synchronous=FULL`` (the default) fsyncs the WAL on every
 commit, so an acknowledged write survives a crash of the process *and* of the
@@ -45,7 +48,7 @@ import attrs
 import trio
 
 from .._config import Config
-from .._exceptions import ConfigError, StateConflict
+from .._exceptions import ConfigError, StateConflict, Unreachable
 from ..abc import Consistency, LogEntry, StateBackend, Versioned
 
 __all__ = ["MAX_BATCH", "SqliteStateBackend", "open_sqlite_state_backend", "sqlite_factory"]
@@ -131,6 +134,15 @@ def _int64(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     return min(max(value, _INT64_MIN), _INT64_MAX)
+
+
+def _engine_error(exc: sqlite3.Error) -> Unreachable:
+    """What a waiter raises when SQLite itself failed (locked by another
+    process past ``busy_timeout``, disk full, I/O error): an error of the
+    runtime's own hierarchy, the engine's as its cause."""
+    error = Unreachable(f"the sqlite state backend failed: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def _own_copy(exc: Exception) -> Exception:
@@ -238,6 +250,9 @@ class SqliteStateBackend(StateBackend):
                 # finishes and every waiter learns its outcome.
                 try:
                     await trio.to_thread.run_sync(self._run_batch, batch, limiter=self._limiter)
+                except sqlite3.Error as exc:  # the engine failed the whole transaction
+                    for op in batch:
+                        op.error = _engine_error(exc)
                 except Exception as exc:  # the whole transaction failed
                     for op in batch:
                         op.error = _own_copy(exc)

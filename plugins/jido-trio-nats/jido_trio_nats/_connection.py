@@ -144,7 +144,7 @@ class NatsConnection:
                     bucket = await self.bridge.run(self.js.create_key_value, config)
                 except nats.js.errors.BadRequestError:
                     # Made by an older version with another config: use it as it is.
-                    bucket = await self.bridge.run(self.js.key_value, self.name(kind))
+                    bucket = await self._existing(self.js.key_value, self.name(kind))
                 except (*CONNECTION_ERRORS, *TIMEOUT_ERRORS) as exc:
                     raise_unreachable(
                         exc,
@@ -180,12 +180,36 @@ class NatsConnection:
                 try:
                     await self.bridge.run(self.js.add_stream, stream_config)
                 except nats.js.errors.BadRequestError:
-                    await self.bridge.run(self.js.stream_info, name)
+                    await self._existing(self.js.stream_info, name)
                 except (*CONNECTION_ERRORS, *TIMEOUT_ERRORS) as exc:
                     raise_unreachable(exc, f"creating stream {name!r}")
                 await self._wait_for_leader(name)
                 self._streams.add(name)
         return name
+
+    async def _existing(self, get: Callable[[str], Awaitable[T]], name: str) -> T:
+        """``get(name)`` of a bucket or stream whose creation was refused as
+        existing. On a cluster, one another node is creating this very moment
+        may not be found for a moment yet: retried until ``request_timeout``."""
+        limit = self.options.request_timeout
+
+        async def poll() -> T:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + limit
+            while True:
+                try:
+                    return await get(name)
+                except nats.js.errors.NotFoundError:
+                    if loop.time() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+
+        try:
+            return await self.bridge.run(poll)
+        except nats.js.errors.NotFoundError as exc:
+            raise_unreachable(exc, f"opening {name!r}")
+        except (*CONNECTION_ERRORS, *TIMEOUT_ERRORS) as exc:
+            raise_unreachable(exc, f"opening {name!r}")
 
     async def _wait_for_leader(self, stream: str) -> None:
         """Wait until a new replicated stream has elected its leader: until
