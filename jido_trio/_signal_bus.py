@@ -227,7 +227,13 @@ class SignalBus:
     async def deliver_local(self, signal: Signal) -> int:
         """Deliver to this node's subscribers only (used for forwarded signals)."""
         delivered = 0
-        for target in self._router.match(signal):
+
+        def filter_failed(target: _Target, exc: Exception) -> None:
+            # One subscriber's broken filter must not fail the publisher or
+            # keep the signal from the others.
+            log.warning("signal %s: the filter of %r raised %r; skipped", signal.id, target, exc)
+
+        for target in self._router.match(signal, on_filter_error=filter_failed):
             try:
                 if await self._deliver(target, signal):
                     delivered += 1
@@ -257,8 +263,11 @@ class SignalBus:
                 return False
             return True
         if isinstance(target, _AgentTarget):
+            # One id per handler: two routes of one agent are two instructions.
             instruction = Instruction(
-                target.action, {"signal": signal}, id=f"signal:{signal.source}:{signal.id}"
+                target.action,
+                {"signal": signal},
+                id=f"{target.action}:{signal.source}:{signal.id}",
             )
             await self.comm.send_instruction(
                 target.ref,

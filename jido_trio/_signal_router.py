@@ -204,17 +204,35 @@ class SignalRouter(Generic[T]):
         self._cache.clear()
         return True
 
-    def match(self, signal: Signal | str) -> list[T]:
+    def match(
+        self,
+        signal: Signal | str,
+        *,
+        on_filter_error: Callable[[T, Exception], object] | None = None,
+    ) -> list[T]:
         """Targets of the routes matching a signal (or a bare signal type).
 
         Ordered by priority (higher first), then insertion order. Given a
         :class:`Signal`, routes whose filter rejects it are skipped; a filter
-        that raises propagates.
+        that raises propagates, unless ``on_filter_error`` is given: then that
+        route is skipped and ``on_filter_error(target, exception)`` called.
         """
-        if isinstance(signal, Signal):
-            routes = self._lookup(signal.type)
+        if not isinstance(signal, Signal):
+            return [r.target for r in self._lookup(signal)]
+        routes = self._lookup(signal.type)
+        if on_filter_error is None:
             return [r.target for r in routes if r.filter is None or r.filter(signal)]
-        return [r.target for r in self._lookup(signal)]
+        matched: list[T] = []
+        for route in routes:
+            if route.filter is not None:
+                try:
+                    if not route.filter(signal):
+                        continue
+                except Exception as exc:
+                    on_filter_error(route.target, exc)
+                    continue
+            matched.append(route.target)
+        return matched
 
     def clear(self) -> None:
         """Remove every route."""

@@ -111,6 +111,42 @@ async def test_agents_receive_signals_as_instructions_once() -> None:
         assert await node.publish(sig("order.lost")) == 0
 
 
+class TwoHandlers(Listener):
+    type = "two-handlers"
+
+    @jt.on_signal("order.created")
+    async def on_created(self, state: InboxState, signal: jt.Signal) -> InboxState:
+        return InboxState(types=(*state.types, "created:" + signal.type), causes=state.causes)
+
+
+async def test_every_matching_handler_of_an_agent_runs_once() -> None:
+    async with jt.open_node(name="n") as node:
+        ref = await node.start_agent(TwoHandlers, "two")
+        once = sig("order.created")
+        assert await node.publish(once) == 2
+        await node.publish(once)  # again: each handler still applies it once
+        assert sorted(await node.call(ref, jt.Instruction("get"))) == [
+            "created:order.created",
+            "order.created",
+        ]
+
+
+async def test_a_filter_that_raises_skips_only_its_own_subscriber(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with jt.open_node(name="n") as node:
+        bus = node.signals
+        async with (
+            bus.subscribe("order.*", filter=lambda s: s.data["total"] > 100) as picky,
+            bus.subscribe("order.*") as plain,
+        ):
+            assert await node.publish(sig("order.created", None)) == 1  # not a TypeError
+            assert (await plain.receive()).type == "order.created"
+            assert await node.publish(sig("order.paid", {"total": 500})) == 2
+            assert (await picky.receive()).type == "order.paid"
+        assert "raised TypeError" in caplog.text
+
+
 async def test_signals_cross_nodes() -> None:
     async with open_cluster("a", "b") as cluster:
         listener = await cluster["b"].start_agent(Listener, "l")
