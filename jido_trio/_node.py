@@ -563,18 +563,25 @@ class Node:
         except BaseException:
             del self._supervisors[sup_id]
             raise
-        for child in children:
-            if isinstance(child.start, type) and issubclass(child.start, Agent):
-                await self.start_agent(
-                    child.start,
-                    child.id,
-                    state=child.state,
-                    restart=child.restart,
-                    metadata=child.metadata,
-                    supervisor=sup,
-                )
-            else:
-                await sup.start_child(child)
+        try:
+            for child in children:
+                if isinstance(child.start, type) and issubclass(child.start, Agent):
+                    await self.start_agent(
+                        child.start,
+                        child.id,
+                        state=child.state,
+                        restart=child.restart,
+                        metadata=child.metadata,
+                        supervisor=sup,
+                    )
+                else:
+                    await sup.start_child(child)
+        except BaseException:
+            # As in OTP, a child that fails to start fails the supervisor's
+            # start as a whole: the children already started stop with it.
+            with trio.CancelScope(shield=True):
+                await parent.stop_child(sup_id)
+            raise
         return sup
 
     def supervision_tree(self) -> SupervisorInfo:

@@ -1171,3 +1171,27 @@ async def test_crash_agent_on_a_stopped_agent_is_unavailable() -> None:
             await crash_agent(node, ref)
         with pytest.raises(jt.AgentNotFound):
             await crash_agent(node, "never")
+
+
+class FailsToStart(jt.Agent):
+    type = "fails-to-start"
+
+    async def on_start(self, state: Any) -> None:
+        raise ValueError("cannot start")
+
+
+async def test_a_child_that_fails_to_start_fails_the_supervisor_start_as_a_whole(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """As in OTP: no half-built supervisor is left behind, and the same id
+    can be started again."""
+    async with jt.open_node(name="n") as node:
+        with pytest.raises(ValueError, match="cannot start"):
+            await node.start_supervisor(
+                "s", children=[agent_spec("good"), jt.ChildSpec(id="bad", start=FailsToStart)]
+            )
+        assert node.supervision_tree().children == ()
+        with pytest.raises(jt.AgentUnavailable):
+            await node.lookup("good")
+        sup = await node.start_supervisor("s", children=[agent_spec("good")])
+        assert [child.id for child in sup.info().children] == ["good"]
