@@ -272,6 +272,9 @@ class Supervisor:
     node_name: str | None = None
     # By id, in start order (dicts keep insertion order): O(1) lookups at any size.
     _children: dict[str, _Child] = attrs.field(factory=dict, init=False, repr=False)
+    #: Children asked to stop by a :meth:`stop_child` that was cancelled
+    #: before they ended: forgotten when their exit comes in.
+    _forget_on_exit: dict[str, _Child] = attrs.field(factory=dict, init=False, repr=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _restart_times: deque[float] = attrs.field(factory=deque, init=False)
@@ -338,9 +341,36 @@ class Supervisor:
         """
         async with self._lock:
             child = self._find(child_id)
-            await self._stop(child)
+            try:
+                await self._stop(child)
+            except BaseException:
+                # The caller gave up before the child ended. It was asked to
+                # stop, so it is forgotten once it has ended (never left
+                # "running" with nothing behind it), still within its
+                # shutdown deadline.
+                if child.finished:
+                    self._forget(child)
+                else:
+                    self._forget_on_exit[child.id] = child
+                    if self._nursery is not None:
+                        self._nursery.start_soon(self._enforce_shutdown, child, child.incarnation)
+                raise
+            self._forget(child)
+
+    def _forget(self, child: _Child) -> None:
+        """Drop a stopped child for good."""
+        if self._forget_on_exit.get(child.id) is child:
+            del self._forget_on_exit[child.id]
+        if self._children.get(child.id) is child:
+            child.status = "stopped"
             del self._children[child.id]
             self._finalize(child, "stopped")
+
+    async def _enforce_shutdown(self, child: _Child, incarnation: int) -> None:
+        with trio.move_on_after(child.spec.shutdown):
+            await child.wait_finished()
+        if not child.finished and child.incarnation == incarnation:
+            child.scope.cancel()
 
     def request_shutdown(self) -> None:
         """Ask the supervisor to stop its children (in reverse order) and exit."""
@@ -616,6 +646,9 @@ class Supervisor:
     async def _on_exit(
         self, child: _Child, incarnation: int, error: BaseException | None
     ) -> SupervisorEscalation | None:
+        if self._forget_on_exit.get(child.id) is child:
+            self._forget(child)
+            return None
         if (
             child.stopping
             or child.incarnation != incarnation

@@ -1195,3 +1195,37 @@ async def test_a_child_that_fails_to_start_fails_the_supervisor_start_as_a_whole
             await node.lookup("good")
         sup = await node.start_supervisor("s", children=[agent_spec("good")])
         assert [child.id for child in sup.info().children] == ["good"]
+
+
+class SlowToStop(jt.Agent):
+    type = "slow-to-stop"
+
+    @jt.action("ping")
+    async def ping(self, state: Any) -> None:
+        self.ctx.reply("pong")
+
+    async def on_stop(self, state: Any, reason: str) -> None:
+        await trio.sleep(REC.on_stop_delay.get(self.ctx.ref.id, 2))
+
+
+@pytest.mark.parametrize("clean_up", [2.0, 100.0], ids=["within-deadline", "past-deadline"])
+async def test_a_cancelled_stop_agent_still_stops_the_agent(
+    autojump_clock: trio.testing.MockClock, rec: Recorder, clean_up: float
+) -> None:
+    """The caller of stop_agent gave up while the agent cleaned up: the agent
+    still ends (by its shutdown deadline at the latest) and is gone, not
+    left "running" with nothing behind it."""
+    config = jt.Config(node_name="n", shutdown_timeout=5.0)
+    async with jt.open_node(config) as node:
+        ref = await node.start_agent(SlowToStop, "a")
+        rec.on_stop_delay["a"] = clean_up
+        assert await node.call(ref, jt.Instruction("ping")) == "pong"
+        with trio.move_on_after(1) as scope:
+            await node.stop_agent(ref)
+        assert scope.cancelled_caught
+        await trio.sleep(10)
+        assert node.supervision_tree().children == ()
+        with pytest.raises(jt.AgentUnavailable):
+            await node.send_instruction(ref, jt.Instruction("ping"))
+        again = await node.start_agent(SlowToStop, "a")
+        assert await node.call(again, jt.Instruction("ping")) == "pong"
