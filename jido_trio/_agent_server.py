@@ -691,6 +691,13 @@ class AgentCell:
             committed = True
         except Exception as exc:
             commit_error = exc
+        except BaseException:
+            # Cancelled: the commit outlived the shutdown timeout. Settled as a
+            # failed commit, synchronously, so that nothing logged is left
+            # counted as queued while it is not (the next incarnation's replay
+            # would skip it); what the batch did not reach stays queued.
+            self._requeue([*self._uncommitted(applied), *batch[index:]])
+            raise
         if committed:
             try:
                 await self._ack(applied)
@@ -700,30 +707,39 @@ class AgentCell:
                 # the next batch's trim takes these entries too.
                 log.warning("agent %r could not trim its durable log: %s", self.ref.id, exc)
         unsaved: list[Delivery] = []
-        for delivery in applied:
-            if commit_error is None:
+        if committed:
+            for delivery in applied:
                 delivery.resolve()
-            elif not committed and delivery.log_seq is not None:
+        else:
+            unsaved = self._uncommitted(applied)
+        if index < len(batch):
+            await self._settle_unfinished(batch[index], cause, batch[index + 1 :])
+        self._requeue(unsaved)  # ahead of the rest of the batch
+        return commit_error
+
+    def _uncommitted(self, applied: list[Delivery]) -> list[Delivery]:
+        """Settle what a batch applied when its commit failed: callers of
+        unlogged messages fail; logged ones are returned, to be queued again."""
+        unsaved: list[Delivery] = []
+        for delivery in applied:
+            if delivery.log_seq is not None:
                 # Logged, applied only in memory: the next incarnation reloads
                 # the last committed state and must apply it again (its seq
                 # stays in `unacked`, so the log replay counts on it being queued).
                 unsaved.append(delivery)
             else:
-                if delivery.log_seq is not None:
-                    # Applied but not durable: no longer queued anywhere, so
-                    # the restarted agent must take it from the log again.
-                    self.unacked.pop(delivery.log_seq, None)
                 delivery.fail(
                     AgentUnavailable(f"agent {self.ref.id!r} could not persist its state")
                 )
-        if index < len(batch):
-            await self._settle_unfinished(batch[index], cause, batch[index + 1 :])
-        if unsaved:
-            for delivery in unsaved:
-                assert delivery.instruction is not None
-                self.pending.add(delivery.instruction.id)
-            self.mailbox.requeue_front(unsaved)  # ahead of the rest of the batch
-        return commit_error
+        return unsaved
+
+    def _requeue(self, deliveries: list[Delivery]) -> None:
+        """Put deliveries back at the head of the mailbox, their ids pending again."""
+        if deliveries:
+            for delivery in deliveries:
+                if delivery.instruction is not None:
+                    self.pending.add(delivery.instruction.id)
+            self.mailbox.requeue_front(deliveries)
 
     async def _settle_unfinished(
         self, interrupted: Delivery, cause: BaseException | None, rest: list[Delivery]

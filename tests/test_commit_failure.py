@@ -24,12 +24,18 @@ class FailingCommits(MemoryStateBackend):
     """Writes of agent records fail while :attr:`failures` is above zero."""
 
     failures: int = 0
+    #: The next :attr:`hangs` writes of agent records first hang this long.
+    hangs: int = 0
+    hang_seconds: float = 10.0
 
     async def write(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
         if key.startswith("agent/") and "/ids/" not in key and self.failures > 0:
             await trio.lowlevel.checkpoint()
             self.failures -= 1
             raise jt.Unreachable("the state backend is away")
+        if key.startswith("agent/") and "/ids/" not in key and self.hangs > 0:
+            self.hangs -= 1
+            await trio.sleep(self.hang_seconds)
         return await super().write(key, value, expected_version=expected_version)
 
 
@@ -161,3 +167,28 @@ class Poison(List):
     @jt.action("explode")
     async def explode(self, state: Items) -> None:
         raise RuntimeError("poison")
+
+
+async def test_a_commit_past_the_shutdown_timeout_leaves_nothing_stranded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The batch's commit hangs past ``shutdown_timeout``: the agent restarts,
+    and its logged message is applied by the next incarnation (it was neither
+    lost nor left counted as queued while it was not)."""
+    plugin = Plugin()
+    config = jt.Config(node_name="n", state="failing-commits", shutdown_timeout=1.0)
+    async with jt.open_node(config, plugins=[plugin]) as node:
+        ref = await node.start_agent(List, "list")
+        plugin.backend.hangs = 1
+        await node.send_instruction(
+            ref, jt.Instruction("add", {"item": "a"}), delivery="at_least_once"
+        )
+        await trio.sleep(5)
+        [child] = node.supervision_tree().children
+        assert child.restarts == 1
+        assert await node.call(ref, jt.Instruction("get")) == ["a"]
+        await node.send_instruction(
+            ref, jt.Instruction("add", {"item": "b"}), delivery="at_least_once"
+        )
+        assert await node.call(ref, jt.Instruction("get")) == ["a", "b"]
+        assert await node.state.read_log("mailbox/list") == []
