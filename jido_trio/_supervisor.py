@@ -704,10 +704,20 @@ class Supervisor:
             if self.backoff is not None:
                 # Wait out the delay, unless a shutdown comes first: then the
                 # pending children stay down and the watch loop stops the rest.
-                with trio.move_on_after(self.backoff.delay(len(self._restart_times))):
-                    await self._shutdown_requested.wait()
+                # Without the lock, so that the supervisor can be managed
+                # meanwhile (a crash-looping child stopped, another started).
+                delay = self.backoff.delay(len(self._restart_times))
+                self._lock.release()
+                try:
+                    with trio.move_on_after(delay):
+                        await self._shutdown_requested.wait()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._lock.acquire()
                 if self._shutdown_requested.is_set():
                     return None
+                # Stopped (or replaced) while the lock was free: not restarted.
+                pending = [c for c in pending if self._children.get(c.id) is c]
             for child in list(pending):
                 child.restarts += 1
                 try:

@@ -1229,3 +1229,40 @@ async def test_a_cancelled_stop_agent_still_stops_the_agent(
             await node.send_instruction(ref, jt.Instruction("ping"))
         again = await node.start_agent(SlowToStop, "a")
         assert await node.call(again, jt.Instruction("ping")) == "pong"
+
+
+class FlakyStart(jt.Agent):
+    type = "flaky-start"
+    broken = False
+
+    async def on_start(self, state: Any) -> None:
+        if FlakyStart.broken:
+            raise ConnectionError("db down")
+
+    @jt.action("ping")
+    async def ping(self, state: Any) -> None:
+        self.ctx.reply("pong")
+
+
+async def test_a_supervisor_in_backoff_can_still_be_managed(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that keeps failing to start, restarted with a backoff slow
+    enough never to exceed the intensity: stopping it, or starting another
+    child, does not wait for the restart loop (it used to hold the lock)."""
+    async with jt.open_node(name="n") as node:
+        sup = await node.start_supervisor(
+            "s", max_restarts=3, max_seconds=5, backoff=jt.Backoff(initial=1.0, maximum=5.0)
+        )
+        looping = await node.start_agent(FlakyStart, "looping", supervisor=sup)
+        monkeypatch.setattr(FlakyStart, "broken", True)
+        await crash_agent(node, looping)
+        await trio.sleep(30)  # restarting, failing, backing off, over and over
+        with trio.fail_after(1):
+            await node.stop_agent(looping)
+        monkeypatch.setattr(FlakyStart, "broken", False)
+        with trio.fail_after(1):
+            other = await node.start_agent(FlakyStart, "other", supervisor=sup)
+        assert await node.call(other, jt.Instruction("ping")) == "pong"
+        await trio.sleep(30)
+        assert [child.id for child in sup.info().children] == ["other"]
