@@ -141,7 +141,8 @@ class Subscription:
 
     ``dropped`` counts signals lost to a full buffer (``overflow="drop"``).
     A durable subscription records its position as it goes; ``position`` is
-    the log sequence number of the last signal handed out.
+    the log sequence number of the last signal handed out (acknowledged, and
+    stored, by the next ``receive()``).
     """
 
     pattern: str
@@ -359,8 +360,10 @@ class SignalBus:
 
         ``*`` matches one dot-separated segment and ``**`` any number. With
         ``durable=NAME`` matching signals are logged even while nobody
-        listens, and the subscription resumes after the last position it
-        handed out before (the position is stored in the StateBackend).
+        listens, and delivered at least once: a ``receive()`` acknowledges
+        the signal the previous one returned, and a subscription with the same
+        name resumes after the last acknowledged signal (the position is
+        stored in the StateBackend).
         """
         validate_pattern(pattern)
         if overflow not in ("block", "drop"):
@@ -428,8 +431,10 @@ class SignalBus:
         position = 0 if found is None else int(msgspec.msgpack.decode(found.value))
         stream = _durable_log(name)
         pending: list[tuple[int, Signal]] = []
+        stored = position
 
         async def receive() -> Signal:
+            nonlocal stored
             while not pending:
                 target = self._durables[name][0]
                 appended = target.appended
@@ -443,10 +448,17 @@ class SignalBus:
                         subscription.position = entry.seq
                 if not pending:
                     await appended.wait()
-            seq, signal = pending.pop(0)
+            seq, signal = pending[0]
+            # Back for more: every signal before this one is processed (or
+            # filtered out). Stored before this one is handed out, so that a
+            # cancellation here loses nothing, and a consumer that stops
+            # before its next receive() gets this one again (at least once).
+            if seq - 1 > stored:
+                await self.comm.state.write(position_key, msgspec.msgpack.encode(seq - 1))
+                stored = seq - 1
+                await self.comm.state.trim_log(stream, upto=seq - 1)
+            pending.pop(0)
             subscription.position = seq
-            await self.comm.state.write(position_key, msgspec.msgpack.encode(seq))
-            await self.comm.state.trim_log(stream, upto=seq - 1)
             return signal
 
         subscription = Subscription(pattern=pattern, receive=receive, position=position)

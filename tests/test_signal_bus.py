@@ -173,7 +173,8 @@ async def test_durable_subscription_replays_after_restart(tmp_path: Path) -> Non
         jt.open_node(config) as node,  # a new node on the same file
         node.signals.subscribe("audit.*", durable="auditor") as sub,
     ):
-        assert [(await sub.receive()).data for _ in range(6)] == [2, 3, 4, 5, 6, 7]
+        # 1 again: its reader left before coming back for more (at least once).
+        assert [(await sub.receive()).data for _ in range(7)] == [1, 2, 3, 4, 5, 6, 7]
         await node.publish(sig("audit.event", 8))
         assert (await sub.receive()).data == 8
 
