@@ -13,7 +13,8 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import attrs
@@ -103,6 +104,20 @@ TELL_SCHEDULE_EVERY = 64
 #: Counts local tells that took the hot path (see :meth:`Communication.tell_here`).
 TELL_BUDGET = ScheduleBudget(TELL_SCHEDULE_EVERY)
 _tell_schedule_point = TELL_BUDGET.schedule_point
+
+
+@contextmanager
+def _pending_until_queued(cell: AgentCell, instruction_id: str) -> Iterator[None]:
+    """A send that fails before its message is queued takes its id out of
+    the agent's pending set again (a closed mailbox raises its own error)."""
+    try:
+        yield
+    except MailboxClosed as closed:
+        cell.pending.discard(instruction_id)
+        raise closed.error from None
+    except BaseException:
+        cell.pending.discard(instruction_id)
+        raise
 
 
 def _mailbox_full(cell: AgentCell) -> MailboxFull:
@@ -437,18 +452,11 @@ class Communication:
             # Room in the mailbox: no cancel scope needed, just a checkpoint.
             await trio.lowlevel.checkpoint()
         else:
-            try:
+            with _pending_until_queued(cell, instruction.id):
                 with trio.move_on_at(deadline) as scope:
                     await cell.mailbox.put(item)
-            except MailboxClosed as closed:
-                cell.pending.discard(instruction.id)
-                raise closed.error from None
-            except BaseException:
-                cell.pending.discard(instruction.id)
-                raise
-            if scope.cancelled_caught:
-                cell.pending.discard(instruction.id)
-                raise _mailbox_full(cell)
+                if scope.cancelled_caught:
+                    raise _mailbox_full(cell)
         return Receipt._make(message.id, instruction.id, "accepted")
 
     async def _log_and_queue(
@@ -459,7 +467,7 @@ class Communication:
         agent) is not in the log, so no later restart applies it behind the
         sender's back; one logged is queued at once."""
         mailbox = cell.mailbox
-        try:
+        with _pending_until_queued(cell, instruction.id):
             if not mailbox.has_room():
                 with trio.move_on_at(deadline) as scope:
                     await mailbox.wait_for_room()
@@ -473,12 +481,6 @@ class Communication:
                 seq = await self.state.append(cell.log_stream, message.to_bytes())
             finally:
                 del cell.appending[token]
-        except MailboxClosed as closed:
-            cell.pending.discard(instruction.id)
-            raise closed.error from None
-        except BaseException:
-            cell.pending.discard(instruction.id)
-            raise
         cell.log_seen = max(cell.log_seen, seq)
         item = Delivery("instruction", message, instruction, None, log_seq=seq)
         try:

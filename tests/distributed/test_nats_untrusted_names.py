@@ -16,22 +16,10 @@ from jido_trio_nats._state import NatsStateBackend
 from jido_trio_nats._transport import NatsTransport
 
 from .._agents import Counter
+from .test_nats_signals import nodes
 
 #: Bytes NATS KV accepts as a key, that encode_token never makes.
 FOREIGN_KEYS = ("x=zz", "a=", "=FF", "=41", "=e9")
-
-
-def _config(name: str, nats_options: dict[str, Any]) -> jt.Config:
-    return jt.Config(
-        node_name=name,
-        mode="datacenter",
-        registry="nats",
-        transport="nats",
-        state="nats",
-        coordination="nats",
-        failover=False,
-        plugin_options={"nats": {**nats_options, "lease_ttl": 2.0}},
-    )
 
 
 async def test_names_too_long_for_a_subject_are_refused_before_the_server(
@@ -39,7 +27,7 @@ async def test_names_too_long_for_a_subject_are_refused_before_the_server(
 ) -> None:
     """The server would close the whole connection on such a subject."""
     long_id = "." * (MAX_TOKEN_LENGTH // 3 + 1)  # each "." is "=2E" once encoded
-    async with jt.open_node(_config("a", nats_options)) as node:
+    async with nodes(nats_options, "a") as (node,):
         transport = node.transport
         assert isinstance(transport, NatsTransport)
         with pytest.raises(jt.InvalidMessage, match="too long for NATS"):
@@ -60,7 +48,7 @@ async def test_foreign_keys_in_the_buckets_are_skipped(
     nats_options: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    async with jt.open_node(_config("a", nats_options)) as a:
+    async with nodes({**nats_options, "lease_ttl": 2.0}, "a") as (a,):
         transport, state = a.transport, a.state
         assert isinstance(transport, NatsTransport)
         assert isinstance(state, NatsStateBackend)
