@@ -17,12 +17,12 @@ nox.options.error_on_missing_interpreters = True
 
 #: The suites that also run against the NATS plugin (``pytest --backend nats``).
 NATS_BACKEND_SUITES = [
-    "tests/test_core.py",
-    "tests/test_supervisor.py",
-    "tests/test_failure_modes.py",
-    "tests/test_delivery.py",
-    "tests/test_multinode.py",
-    "tests/test_failover.py",
+    "tests/core/test_core.py",
+    "tests/supervision/test_supervisor.py",
+    "tests/failure/test_failure_modes.py",
+    "tests/core/test_delivery.py",
+    "tests/distributed/test_multinode.py",
+    "tests/distributed/test_failover.py",
 ]
 
 

@@ -53,6 +53,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "local_only: the test needs the in-process engines (skipped on --backend nats)"
     )
+    config.addinivalue_line(
+        "markers",
+        "slow: soak, chaos and failover tests that take seconds each "
+        '(a quick run deselects them: pytest -m "not slow")',
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,0 +1,55 @@
+"""The Coordination protocol: locks, leader election and barriers."""
+
+from __future__ import annotations
+
+import abc
+from contextlib import AbstractAsyncContextManager
+
+import attrs
+
+__all__ = ["Coordination", "Lease"]
+
+
+@attrs.frozen(kw_only=True)
+class Lease:
+    """A held lock or leadership.
+
+    :param name: the lock or election group.
+    :param holder: who holds it.
+    :param token: fencing token; strictly greater for every new holder, so a
+        resource can refuse writes from a holder whose lease has expired.
+    :param expires_at: ``trio.current_time()`` at which the lease lapses.
+    """
+
+    name: str
+    holder: str
+    token: int
+    expires_at: float
+
+
+class Coordination(abc.ABC):
+    """Locks, leader election and barriers."""
+
+    @abc.abstractmethod
+    def lock(
+        self, name: str, *, ttl: float, holder: str | None = None
+    ) -> AbstractAsyncContextManager[Lease]:
+        """Hold the lock ``name`` for the body of an ``async with``.
+
+        Waits until the lock is free (use ``trio.fail_after`` to bound the
+        wait). A holder that does not leave within ``ttl`` seconds loses the
+        lease, and the next holder gets a larger fencing token.
+        """
+
+    @abc.abstractmethod
+    def elect(
+        self, group: str, *, candidate: str, ttl: float = 10.0
+    ) -> AbstractAsyncContextManager[Lease]:
+        """Wait to become leader of ``group``; leadership lasts for the body.
+
+        The lease is renewed while the body runs; leaving it resigns.
+        """
+
+    @abc.abstractmethod
+    async def barrier(self, name: str, parties: int) -> None:
+        """Wait until ``parties`` callers have reached the barrier ``name``."""

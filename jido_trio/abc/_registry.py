@@ -1,0 +1,132 @@
+"""The Registry protocol: where agent ids are mapped to their owning node."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from types import MappingProxyType
+from typing import Any, Literal
+
+import attrs
+
+from .._ref import AgentRef
+
+__all__ = ["Registry", "RegistryEntry", "RegistryEvent"]
+
+
+def _frozen_map(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if isinstance(value, MappingProxyType):
+        return value  # read-only already (shared by many entries, e.g. the restart type)
+    return MappingProxyType({} if value is None else dict(value))
+
+
+@attrs.frozen(kw_only=True)
+class RegistryEntry:
+    """One registered agent.
+
+    :param ref: the agent's ref; ``ref.node`` is the owning node.
+    :param epoch: ownership epoch, increased on every (re)registration, so a
+        stale owner can be told from the current one.
+    :param metadata: searchable metadata (see :meth:`Registry.select`).
+    :param registered_at: Unix time of the registration.
+    """
+
+    ref: AgentRef
+    epoch: int
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_map, eq=False)
+    registered_at: float
+
+    @property
+    def node(self) -> str | None:
+        """The owning node's name."""
+        return self.ref.node
+
+
+@attrs.frozen(kw_only=True)
+class RegistryEvent:
+    """A change seen by :meth:`Registry.watch`.
+
+    :param kind: ``"registered"``, ``"updated"`` or ``"unregistered"``.
+    """
+
+    kind: Literal["registered", "updated", "unregistered"]
+    entry: RegistryEntry
+
+
+class Registry(abc.ABC):
+    """Where agent ids are mapped to their owning node."""
+
+    @abc.abstractmethod
+    async def register(
+        self, ref: AgentRef, metadata: Mapping[str, Any] | None = None
+    ) -> RegistryEntry:
+        """Register ``ref`` (whose ``node`` must be set) as owner of ``ref.id``.
+
+        Registering again from the same node (an agent restart) bumps the epoch.
+
+        :raises AgentAlreadyExists: another node owns this id.
+        :raises ValueError: ``ref.node`` is ``None``.
+        """
+
+    async def take_over(self, ref: AgentRef, *, epoch: int) -> RegistryEntry:
+        """Move the entry of ``ref.id`` to ``ref.node`` if it is still at ``epoch``.
+
+        Failover calls this for agents of a node that left the cluster. It is
+        a compare-and-set on the stored entry: of several nodes trying at
+        once, exactly one wins, and an owner that registered again meanwhile
+        (a new epoch) keeps its agent. The entry keeps its metadata; the new
+        epoch is larger.
+
+        :raises AgentAlreadyExists: the entry is no longer at ``epoch``.
+        :raises AgentNotFound: no such entry.
+        :raises NotImplementedError: this registry cannot fail agents over
+            (the default).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support take_over")
+
+    @abc.abstractmethod
+    async def unregister(self, agent_id: str, *, node: str | None = None) -> None:
+        """Remove the entry; with ``node``, only if that node still owns it.
+
+        Unregistering an unknown id is not an error.
+        """
+
+    @abc.abstractmethod
+    async def lookup(self, agent_id: str) -> RegistryEntry:
+        """Return the entry for ``agent_id``.
+
+        :raises AgentNotFound: no such entry.
+        """
+
+    @abc.abstractmethod
+    async def select(
+        self,
+        *,
+        type: str | None = None,
+        node: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> list[RegistryEntry]:
+        """Return the entries matching every given criterion.
+
+        ``metadata`` matches entries whose metadata has each key with an equal value.
+        """
+
+    @abc.abstractmethod
+    async def update_metadata(self, agent_id: str, metadata: Mapping[str, Any]) -> RegistryEntry:
+        """Merge ``metadata`` into the entry's metadata.
+
+        :raises AgentNotFound: no such entry.
+        """
+
+    @abc.abstractmethod
+    async def count(self) -> int:
+        """Number of registered agents."""
+
+    @abc.abstractmethod
+    def watch(self) -> AbstractAsyncContextManager[AsyncIterator[RegistryEvent]]:
+        """Open a stream of changes from now on: ``async with reg.watch() as changes``.
+
+        A watcher that falls far behind may miss events; it is never allowed to
+        grow memory without bound.
+        """
