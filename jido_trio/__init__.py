@@ -39,12 +39,6 @@ from ._message import register_envelope_upcaster as register_envelope_upcaster
 from ._node import Node as Node
 from ._node import open_node as open_node
 from ._ref import AgentRef as AgentRef
-from ._sensors import health_sensor as health_sensor
-from ._sensors import heartbeat_sensor as heartbeat_sensor
-from ._signal import Signal as Signal
-from ._signal_bus import SignalBus as SignalBus
-from ._signal_bus import Subscription as Subscription
-from ._signal_router import SignalRouter as SignalRouter
 from ._supervisor import Backoff as Backoff
 from ._supervisor import ChildInfo as ChildInfo
 from ._supervisor import ChildSpec as ChildSpec
@@ -55,5 +49,11 @@ from ._work_queue import QueueStats as QueueStats
 from ._work_queue import WorkQueue as WorkQueue
 from ._work_queue import open_work_queue as open_work_queue
 from .hookspecs import hookimpl as hookimpl
+from .signals import Signal as Signal
+from .signals import SignalBus as SignalBus
+from .signals import SignalRouter as SignalRouter
+from .signals import Subscription as Subscription
+from .signals import health_sensor as health_sensor
+from .signals import heartbeat_sensor as heartbeat_sensor
 
 __version__ = "0.1.0"

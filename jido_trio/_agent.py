@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from urllib.parse import quote
 
 import attrs
@@ -13,13 +13,12 @@ import attrs
 from ._exceptions import ActionNotFound, InvalidMessage
 
 if TYPE_CHECKING:
-    from ._communication import Communication
-    from ._delivery import Delivery
+    from ._core import Delivery
     from ._message import Instruction, Message, Receipt
     from ._ref import AgentRef
-    from ._signal import Signal
+    from .signals import Signal
 
-__all__ = ["ActionSpec", "Agent", "Context", "action"]
+__all__ = ["ActionSpec", "Agent", "Context", "Handler", "Messenger", "action"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -37,7 +36,7 @@ def on_signal(pattern: str, *, priority: int = 0) -> Callable[[F], F]:
     state; every agent of the class is subscribed on the node it runs on, and
     a signal delivered twice (same id) is applied once.
     """
-    from ._signal_router import validate_pattern
+    from .signals._router import validate_pattern
 
     validate_pattern(pattern)
 
@@ -263,6 +262,44 @@ class Agent:
         return None
 
 
+class Messenger(Protocol):
+    """What an agent's :class:`Context` sends through (the Communication layer)."""
+
+    @property
+    def node_name(self) -> str: ...
+
+    async def send_instruction(
+        self,
+        ref: AgentRef,
+        instruction: Instruction,
+        *,
+        delivery: str = "at_most_once",
+        sender: AgentRef | None = None,
+        timeout: float | None = None,
+        trace_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Receipt: ...
+
+    async def call(
+        self,
+        ref: AgentRef,
+        instruction: Instruction,
+        *,
+        timeout: float | None = None,
+        sender: AgentRef | None = None,
+        trace_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Any: ...
+
+
+class Handler(Protocol):
+    """What a :class:`Context` reads of the agent it belongs to."""
+
+    ref: AgentRef
+    #: The delivery whose action runs now, ``None`` between actions.
+    handling: Delivery | None
+
+
 class Context:
     """What an agent sees of the world while it runs.
 
@@ -272,29 +309,36 @@ class Context:
     trace and causation chain.
     """
 
-    __slots__ = ("_comm", "_delivery", "ref")
+    __slots__ = ("_agent", "_messenger", "_publish", "ref")
 
-    def __init__(self, comm: Communication, ref: AgentRef) -> None:
-        self._comm = comm
-        self.ref = ref
-        self._delivery: Delivery | None = None
+    def __init__(
+        self,
+        messenger: Messenger,
+        publish: Callable[[Signal], Awaitable[int]],
+        agent: Handler,
+    ) -> None:
+        self._messenger = messenger
+        self._publish = publish
+        self._agent = agent
+        self.ref = agent.ref
 
     @property
     def message(self) -> Message | None:
         """The envelope being handled, or ``None`` outside a handler."""
-        return None if self._delivery is None else self._delivery.message
+        delivery = self._agent.handling
+        return None if delivery is None else delivery.message
 
     @property
     def node_name(self) -> str:
         """Name of the node the agent runs on."""
-        return self._comm.node_name
+        return self._messenger.node_name
 
     def reply(self, value: Any) -> None:
         """Answer the current ``call`` with ``value`` (ignored for one-way sends).
 
         :raises RuntimeError: outside a handler, or when already replied.
         """
-        delivery = self._delivery
+        delivery = self._agent.handling
         if delivery is None:
             raise RuntimeError("ctx.reply() is only valid while handling a message")
         if delivery.replied:
@@ -302,11 +346,12 @@ class Context:
         delivery.replied = True
         delivery.reply_value = value
 
-    def _chain(self) -> dict[str, Any]:
-        message = self.message
-        if message is None:
-            return {}
-        return {"trace_id": message.trace_id, "causation_id": message.id}
+    def _chain(self) -> tuple[str | None, str | None]:
+        """Trace and causation ids for what the current handler sends."""
+        delivery = self._agent.handling
+        if delivery is None:
+            return None, None
+        return delivery.chain()
 
     async def emit(self, type: str, data: Any = None, **attributes: Any) -> Signal:
         """Publish a signal from this agent and return it.
@@ -315,32 +360,44 @@ class Context:
         extensions link it to the message being handled, so the chain
         instruction -> signal -> instruction stays visible.
         """
-        from ._signal import Signal
+        from .signals._signal import Signal
 
-        message = self.message
+        trace_id, causation_id = self._chain()
         signal = Signal.new(
             type,
-            f"jido://{quote(self._comm.node_name, safe='')}/{quote(self.ref.id, safe='')}",
+            f"jido://{quote(self.node_name, safe='')}/{quote(self.ref.id, safe='')}",
             data,
-            trace_id=None if message is None else message.trace_id,
-            causation_id=None if message is None else message.id,
+            trace_id=trace_id,
+            causation_id=causation_id,
             **attributes,
         )
-        await self._comm.publish(signal)
+        await self._publish(signal)
         return signal
 
     async def send(
         self, ref: AgentRef, instruction: Instruction, *, delivery: str = "at_most_once"
     ) -> Receipt:
         """Send an instruction to another agent (see ``Node.send_instruction``)."""
-        return await self._comm.send_instruction(
-            ref, instruction, delivery=delivery, sender=self.ref, **self._chain()
+        trace_id, causation_id = self._chain()
+        return await self._messenger.send_instruction(
+            ref,
+            instruction,
+            delivery=delivery,
+            sender=self.ref,
+            trace_id=trace_id,
+            causation_id=causation_id,
         )
 
     async def call(
         self, ref: AgentRef, instruction: Instruction, *, timeout: float | None = None
     ) -> Any:
         """Call another agent and wait for its reply (see ``Node.call``)."""
-        return await self._comm.call(
-            ref, instruction, timeout=timeout, sender=self.ref, **self._chain()
+        trace_id, causation_id = self._chain()
+        return await self._messenger.call(
+            ref,
+            instruction,
+            timeout=timeout,
+            sender=self.ref,
+            trace_id=trace_id,
+            causation_id=causation_id,
         )

@@ -159,3 +159,9 @@ class NodeFenced(JidoError):
     now. The node stopped every agent at once and ``open_node`` raises this:
     restart the process to rejoin.
     """
+
+
+def describe(error: BaseException) -> str:
+    """A one-line description of ``error``: its type, and its text if it has one."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

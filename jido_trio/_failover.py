@@ -29,7 +29,7 @@ import attrs
 import trio
 
 from ._agent import Agent
-from ._agent_server import RESTART_KEY
+from ._core import RESTART_KEY
 from ._exceptions import AgentAlreadyExists, AgentNotFound, JidoError
 from ._ref import AgentRef
 from .abc import Registry, RegistryEntry, Transport

@@ -13,25 +13,30 @@ import pluggy
 import trio
 
 from ._agent import Agent
-from ._agent_server import AgentCell, NowaitRegister
-from ._communication import TELL_BUDGET, Communication
+from ._comm import (
+    Communication,
+    Directory,
+    HealthPolicy,
+    NodeCellEvents,
+    RemoteClient,
+    RemoteServer,
+    ping,
+)
 from ._config import Config
 from ._context import current_node_name
-from ._delivery import Delivery
+from ._core import AgentCell, Delivery, Kernel, Mailbox, dead_letter_stream
 from ._exceptions import AgentAlreadyExists, AgentNotFound, ConfigError, JidoError, NodeFenced
 from ._failover import Failover
 from ._groups import single_failure
 from ._health import Health
-from ._mailbox import Mailbox
 from ._message import Instruction, Message, Receipt
 from ._plugins import collect_backends, make_plugin_manager
 from ._ref import AgentRef
-from ._resilience import FailureDetector
+from ._resilience import FailureDetector, RetryPolicy
 from ._scheduling import ScheduleBudget
-from ._signal import Signal
-from ._signal_bus import SignalBus
 from ._supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor, SupervisorInfo
 from .abc import Consistency, Coordination, Registry, StateBackend, Transport
+from .signals import Signal, SignalBus
 
 __all__ = ["Node", "open_node"]
 
@@ -62,7 +67,15 @@ class Node:
     transport: Transport
     state: StateBackend
     coordination: Coordination
-    _comm: Communication = attrs.field(init=False)
+    #: The node's signal bus: ``publish`` and ``subscribe`` (see :class:`SignalBus`).
+    signals: SignalBus = attrs.field(init=False)
+    _directory: Directory = attrs.field(init=False, repr=False)
+    _health: HealthPolicy = attrs.field(init=False, repr=False)
+    _comm: Communication = attrs.field(init=False, repr=False)
+    _kernel: Kernel = attrs.field(init=False, repr=False)
+    _server: RemoteServer = attrs.field(init=False, repr=False)
+    #: Watches the other nodes (``None`` on a local-only transport).
+    _detector: FailureDetector | None = attrs.field(init=False, repr=False)
     _root: Supervisor = attrs.field(init=False)
     _supervisors: dict[str, Supervisor] = attrs.field(factory=dict, init=False)
     _background: trio.MemorySendChannel[Callable[[], Awaitable[Any]]] = attrs.field(init=False)
@@ -72,29 +85,68 @@ class Node:
     _closing: bool = attrs.field(default=False, init=False)
     #: The child spec of the agents of a class and restart type (shared).
     _agent_specs: dict[tuple[type[Agent], str], ChildSpec] = attrs.field(factory=dict, init=False)
-    #: The node's signal bus: ``publish`` and ``subscribe`` (see :class:`SignalBus`).
-    signals: SignalBus = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        config = self.config
+        name = config.node_name
         self._background, self._background_receive = trio.open_memory_channel[
             Callable[[], Awaitable[Any]]
         ](math.inf)
-        self._comm = Communication(
-            node_name=self.config.node_name,
-            config=self.config,
-            registry=self.registry,
-            transport=self.transport,
+        spawn = self._background.send_nowait
+        # Built bottom-up, each part given what it uses: the directory of
+        # agents and the health policy, the client that reaches other nodes,
+        # the Communication layer on top of them, the signal bus that sends
+        # through it, then the kernel every agent cell shares and the server
+        # that answers other nodes.
+        self._directory = directory = Directory(name, self.registry, spawn)
+        self._health = health = HealthPolicy(config, self._emit)
+        transport = self.transport
+        self._detector = detector = (
+            FailureDetector(
+                config.health_check_interval,
+                config.failure_detection_threshold,
+                self._ping,
+                self._on_reachability,
+            )
+            if transport.supports_remote
+            else None
+        )
+        client = RemoteClient(
+            name,
+            transport,
+            directory,
+            health,
+            RetryPolicy(max_attempts=config.retry_attempts),
+            detector,
+        )
+        self._comm = comm = Communication(name, config.operation_timeout, directory, health, client)
+        self.signals = signals = SignalBus(
+            node_name=name,
+            transport=transport,
             state=self.state,
-            emit=self._emit,
-            spawn=self._background.send_nowait,
+            operation_timeout=config.operation_timeout,
+            send_instruction=comm.send_instruction,
+            spawn=spawn,
         )
-        self.signals = SignalBus(self._comm)
-        self._comm.publish = self.signals.publish
-        self._comm.handle_signal = self.signals.handle_forwarded
-        self._comm.on_agent_gone = self.signals.unsubscribe_agent
+        events = NodeCellEvents(self._emit, health, directory, signals.unsubscribe_agent)
+        self._kernel = Kernel(
+            node_name=name,
+            state=self.state,
+            registry=self.registry,
+            events=events,
+            messenger=comm,
+            publish=signals.publish,
+            dedupe_window=config.dedupe_window,
+            max_delivery_attempts=config.max_delivery_attempts,
+            shutdown_timeout=config.shutdown_timeout,
+        )
+        self._server = RemoteServer(name, directory, health, comm, signals.handle_forwarded)
         self._root = self._new_supervisor(
-            ROOT_SUPERVISOR, "one_for_one", self.config.max_restarts, self.config.max_seconds, None
+            ROOT_SUPERVISOR, "one_for_one", config.max_restarts, config.max_seconds, None
         )
+
+    async def _ping(self, node: str) -> None:
+        await ping(self.transport, node, self.config.health_check_interval)
 
     @property
     def name(self) -> str:
@@ -185,19 +237,8 @@ class Node:
         """
         self._check_agent_class(cls)
         self._check_new_agent_id(agent_id)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if agent_id in self._comm.unregistering:
-            await self._after_unregistered(agent_id)
         parent = self._supervisor(supervisor)
-        cell, spec = self._new_cell(cls, agent_id, parent, state, restart, metadata)
-        register = self._nowait_register(cell, parent)
-        if register is not None:
-            self._start_now(cell, spec, parent, register)
-            if _start_budget.count():
-                await trio.lowlevel.cancel_shielded_checkpoint()
-        else:
-            await self._start_awaiting(cell, spec, parent)
-        return cell.ref
+        return await self._start_one(cls, agent_id, parent, state, restart, metadata)
 
     async def start_agents(
         self,
@@ -237,31 +278,38 @@ class Node:
         if not ids:
             await trio.lowlevel.checkpoint()
         for agent_id in ids:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if agent_id in self._comm.unregistering:
-                await self._after_unregistered(agent_id)
-            # Again: another task may have started it while this one yielded.
+            # Checked again: another task may have started it while this one yielded.
             self._check_new_agent_id(agent_id)
-            cell, spec = self._new_cell(cls, agent_id, parent, None, restart, metadata)
-            register = self._nowait_register(cell, parent)
-            if register is not None:
-                self._start_now(cell, spec, parent, register)
-                if _start_budget.count():
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-            else:
-                await self._start_awaiting(cell, spec, parent)
-            refs.append(cell.ref)
+            refs.append(await self._start_one(cls, agent_id, parent, None, restart, metadata))
         return refs
 
-    async def _after_unregistered(self, agent_id: str) -> None:
-        """Wait until a stopped agent with this id is out of the registry
-        (its removal runs in the background): otherwise it could remove the
-        entry of the new agent. Bounded by ``operation_timeout``; then
-        checks the id again, as another task may have started it meanwhile."""
-        with trio.move_on_after(self.config.operation_timeout):
-            while (removed := self._comm.unregistering.get(agent_id)) is not None:
-                await removed.wait()
-        self._check_new_agent_id(agent_id)
+    async def _start_one(
+        self,
+        cls: type[Agent],
+        agent_id: str,
+        parent: Supervisor,
+        state: Any,
+        restart: Restart,
+        metadata: Mapping[str, Any] | None,
+    ) -> AgentRef:
+        """Start one agent whose class and id were checked: synchronously
+        (dormant until it has work) when its cell and supervisor allow it,
+        else awaiting its start-up in its task."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if agent_id in self._directory.unregistering:
+            # A stopped agent with this id is still leaving the registry (in
+            # the background): wait, or its removal could remove the entry of
+            # the new one. Then check the id again.
+            await self._directory.wait_unregistered(agent_id, self.config.operation_timeout)
+            self._check_new_agent_id(agent_id)
+        cell, spec = self._new_cell(cls, agent_id, parent, state, restart, metadata)
+        if parent.can_add_nowait(agent_id) and cell.can_start_nowait():
+            self._start_nowait(cell, spec, parent)
+            if _start_budget.count():
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            await self._start_awaiting(cell, spec, parent)
+        return cell.ref
 
     @staticmethod
     def _check_agent_class(cls: type[Agent]) -> None:
@@ -275,7 +323,7 @@ class Node:
             raise ValueError("agent id must be a non-empty string")
         if self._closing:
             raise RuntimeError(f"node {self.name!r} is shutting down")
-        existing = self._comm.cells.get(agent_id)
+        existing = self._directory.cells.get(agent_id)
         if existing is not None and existing.alive:
             raise AgentAlreadyExists(f"agent {agent_id!r} is already running")
 
@@ -302,38 +350,25 @@ class Node:
         cell = AgentCell(
             ref=ref,
             cls=cls,
-            comm=self._comm,
+            kernel=self._kernel,
             mailbox=mailbox,
             restart=restart,
-            shutdown_timeout=self.config.shutdown_timeout,
-            max_attempts=self.config.max_delivery_attempts,
             initial_state=state,
             metadata=metadata,
             supervisor=parent,
         )
         return cell, spec
 
-    @staticmethod
-    def _nowait_register(cell: AgentCell, parent: Supervisor) -> NowaitRegister | None:
-        """What :meth:`_start_now` needs to start ``cell`` synchronously, or
-        ``None`` if it cannot."""
-        if not parent.can_add_nowait(cell.ref.id):
-            return None
-        return cell.nowait_register()
-
-    def _start_now(
-        self, cell: AgentCell, spec: ChildSpec, parent: Supervisor, register: NowaitRegister
-    ) -> None:
-        """Start the agent without awaiting (only if :meth:`_nowait_register`
-        gave ``register``): its start-up runs here; it gets its task once it
-        first has work."""
+    def _start_nowait(self, cell: AgentCell, spec: ChildSpec, parent: Supervisor) -> None:
+        """Start the agent without awaiting (only after ``can_add_nowait`` and
+        ``can_start_nowait``): its start-up runs here; it gets its task once
+        it first has work."""
         agent_id = cell.ref.id
-        self._comm.add_cell(cell)
+        self._directory.add(cell)
         try:
-            cell.start_now(register)
+            cell.start_nowait()
         except BaseException:
-            if self._comm.cells.get(agent_id) is cell:
-                del self._comm.cells[agent_id]
+            self._directory.discard(cell)
             raise
         cell.announce_started()
         # Dormant until it has work: its task is spawned by the first message,
@@ -348,14 +383,13 @@ class Node:
 
     async def _start_awaiting(self, cell: AgentCell, spec: ChildSpec, parent: Supervisor) -> None:
         agent_id = cell.ref.id
-        self._comm.add_cell(cell)
+        self._directory.add(cell)
         try:
             await parent.add_child(
                 spec, run=cell, kind="agent", observer=cell, self_scoped=True, child_id=agent_id
             )
         except BaseException:
-            if self._comm.cells.get(agent_id) is cell:
-                del self._comm.cells[agent_id]
+            self._directory.discard(cell)
             raise
         self._subscribe_routes(cell.cls, cell.ref)
         if cell.cls.signal_routes:
@@ -397,10 +431,10 @@ class Node:
         :raises AgentNotFound: no such agent on this node.
         """
         agent_id = ref if isinstance(ref, str) else ref.id
-        cell = self._comm.cells.get(agent_id)
+        cell = self._directory.cells.get(agent_id)
         if cell is None:
             await trio.lowlevel.checkpoint()
-            if agent_id in self._comm._tombstones:
+            if self._directory.stopped_here(agent_id):
                 return
             raise AgentNotFound(f"no agent {agent_id!r} on node {self.name!r}")
         assert cell.supervisor is not None
@@ -434,15 +468,6 @@ class Node:
         :raises RemoteNotSupported: remote ref, local-only transport.
         :raises Unreachable: the owning node cannot be reached.
         """
-        if delivery == "at_most_once" and timeout is None:
-            # Communication.send_instruction's hot path, without its frame.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            receipt = self._comm.tell_here(ref, instruction)
-            if receipt is not None:
-                if TELL_BUDGET.count():
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                return receipt
-            return await self._comm.send_past_hot_path(ref, instruction, delivery)
         return await self._comm.send_instruction(
             ref, instruction, delivery=delivery, timeout=timeout
         )
@@ -459,9 +484,6 @@ class Node:
         :raises AgentNotFound, AgentUnavailable, RemoteNotSupported, Unreachable: as
             for :meth:`send_instruction`.
         """
-        local = self._comm.local_call(ref, instruction, timeout)
-        if local is not None:
-            return await local
         return await self._comm.call(ref, instruction, timeout=timeout)
 
     async def query_agent(
@@ -499,7 +521,7 @@ class Node:
         kept failing, and instructions refused as invalid (e.g. an unknown
         newer params version). Oldest first."""
         agent_id = ref if isinstance(ref, str) else ref.id
-        entries = await self.state.read_log(f"deadletter/{agent_id}")
+        entries = await self.state.read_log(dead_letter_stream(agent_id))
         return [Message.from_bytes(entry.data) for entry in entries]
 
     async def redrive_dead_letters(self, ref: AgentRef) -> list[Receipt]:
@@ -508,7 +530,7 @@ class Node:
 
         :returns: the receipts, in the order the letters were stored.
         """
-        stream = f"deadletter/{ref.id}"
+        stream = dead_letter_stream(ref.id)
         entries = await self.state.read_log(stream)
         receipts = []
         for entry in entries:
@@ -522,7 +544,7 @@ class Node:
 
     def agents(self) -> list[AgentRef]:
         """Refs of the agents this node runs (including restarting ones)."""
-        return [c.ref for c in self._comm.cells.values() if c.alive]
+        return [c.ref for c in self._directory.cells.values() if c.alive]
 
     # ------------------------------------------------------------ supervisors
 
@@ -641,11 +663,6 @@ class Node:
         )
 
     def _failover(self) -> Failover:
-        comm = self._comm
-
-        def is_local(agent_id: str) -> bool:
-            return agent_id in comm.cells or agent_id in comm._tombstones
-
         async def start(
             cls: type[Agent], agent_id: str, restart: str, metadata: Mapping[str, Any]
         ) -> AgentRef:
@@ -661,7 +678,7 @@ class Node:
             registry=self.registry,
             transport=self.transport,
             interval=self.config.health_check_interval,
-            is_local=is_local,
+            is_local=self._directory.is_local,
             start=start,
         )
 
@@ -747,19 +764,13 @@ async def open_node(
                 state=state,
                 coordination=coordination,
             )
-            node._comm.use_clock()
+            node._kernel.use_clock()
             async with trio.open_nursery() as nursery:
                 background_done = trio.Event()
                 nursery.start_soon(node._run_background, background_done)
-                await nursery.start(transport.serve, node._comm.handle_remote)
-                if transport.supports_remote:
-                    detector = FailureDetector(
-                        config.health_check_interval,
-                        config.failure_detection_threshold,
-                        node._comm.ping,
-                        node._on_reachability,
-                    )
-                    node._comm.detector = detector
+                await nursery.start(transport.serve, node._server.handle)
+                detector = node._detector
+                if detector is not None:
                     nursery.start_soon(node._track_members, detector)
                     await nursery.start(detector.run)
                 root_done = trio.Event()
@@ -802,3 +813,19 @@ async def open_node(
         current_node_name.reset(token)
     if body_error is not None:
         raise body_error
+
+
+@attrs.frozen
+class NodeInternals:
+    """The parts of a running node that :mod:`jido_trio.testing` inspects and
+    drives (crash injection, reply deadlines, reachability); not for
+    applications."""
+
+    directory: Directory
+    kernel: Kernel
+    detector: FailureDetector | None
+
+
+def node_internals(node: Node) -> NodeInternals:
+    """What :mod:`jido_trio.testing` may see of ``node``."""
+    return NodeInternals(directory=node._directory, kernel=node._kernel, detector=node._detector)

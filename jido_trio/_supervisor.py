@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from ._context import current_node_name
-from ._exceptions import ConfigError, SupervisorEscalation
+from ._exceptions import ConfigError, SupervisorEscalation, describe
 
 __all__ = [
     "Backoff",
@@ -170,13 +170,6 @@ _PRESTARTED.started_called = True
 
 def _task_name(child: _Child) -> str:
     return f"{child.kind}:{child.id}"
-
-
-def describe(error: BaseException | None) -> str | None:
-    if error is None:
-        return None
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 @attrs.define(eq=False)
@@ -764,12 +757,16 @@ class Supervisor:
         if child.exit_error is not None:
             # It failed while stopping (e.g. the last message it handled raised).
             child.last_failure = describe(child.exit_error)
-        self._emit(child, "exited", describe(child.exit_error) or "shutdown")
+        self._emit(
+            child,
+            "exited",
+            "shutdown" if child.exit_error is None else describe(child.exit_error),
+        )
 
     def _report_exit(self, child: _Child, error: BaseException | None, will_restart: bool) -> None:
         if error is not None:
             child.last_failure = describe(error)
-        self._emit(child, "exited", describe(error) or "normal")
+        self._emit(child, "exited", "normal" if error is None else describe(error))
         if child.observer is not None:
             self._notify(child.observer.on_exit, error, will_restart)
 

@@ -67,13 +67,13 @@ from ._exceptions import (
     MailboxFull,
     StateConflict,
     Unreachable,
+    describe,
 )
 from ._groups import single_failure
 from ._ids import new_id
 from ._message import Instruction, decode_value, encode_value
 from ._node import Node
 from ._ref import AgentRef
-from ._supervisor import describe
 
 __all__ = [
     "DeadJob",

@@ -23,6 +23,8 @@ from ._state import Consistency as Consistency
 from ._state import LogEntry as LogEntry
 from ._state import StateBackend as StateBackend
 from ._state import Versioned as Versioned
+from ._synchronous import SynchronousRegistry as SynchronousRegistry
+from ._synchronous import SynchronousState as SynchronousState
 from ._transport import NodeInfo as NodeInfo
 from ._transport import RequestHandler as RequestHandler
 from ._transport import TopicHandler as TopicHandler
@@ -39,6 +41,8 @@ __all__ = [
     "RegistryEvent",
     "RequestHandler",
     "StateBackend",
+    "SynchronousRegistry",
+    "SynchronousState",
     "TopicHandler",
     "Transport",
     "Versioned",

@@ -6,11 +6,14 @@ import abc
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from .._ref import AgentRef
+
+if TYPE_CHECKING:
+    from ._synchronous import SynchronousRegistry
 
 __all__ = ["Registry", "RegistryEntry", "RegistryEvent"]
 
@@ -56,6 +59,12 @@ class RegistryEvent:
 
 class Registry(abc.ABC):
     """Where agent ids are mapped to their owning node."""
+
+    def synchronous_access(self) -> SynchronousRegistry | None:
+        """Registration without waiting, if this registry offers it (see
+        :class:`~jido_trio.abc.SynchronousRegistry`); ``None`` (the default)
+        otherwise. Asked once per node."""
+        return None
 
     @abc.abstractmethod
     async def register(

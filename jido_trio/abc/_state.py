@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import abc
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
+
+if TYPE_CHECKING:
+    from ._synchronous import SynchronousState
 
 __all__ = ["Consistency", "LogEntry", "StateBackend", "Versioned"]
 
@@ -31,6 +34,12 @@ class LogEntry:
 
 class StateBackend(abc.ABC):
     """Versioned key-value state plus append-only logs."""
+
+    def synchronous_access(self) -> SynchronousState | None:
+        """The same storage, accessed without waiting, if this backend offers
+        it (see :class:`~jido_trio.abc.SynchronousState`); ``None`` (the
+        default) otherwise. Asked once per node."""
+        return None
 
     @abc.abstractmethod
     async def read(self, key: str, *, consistency: Consistency = "strong") -> Versioned | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any
@@ -14,16 +14,16 @@ import trio
 
 from .._exceptions import AgentAlreadyExists, AgentNotFound
 from .._ref import AgentRef
-from ..abc import Registry, RegistryEntry, RegistryEvent
+from ..abc import Registry, RegistryEntry, RegistryEvent, SynchronousRegistry
 
-__all__ = ["LocalRegistry", "register_nowait"]
+__all__ = ["LocalRegistry"]
 
 #: Events a watcher may fall behind by before further events are dropped for it.
 WATCH_BUFFER = 1024
 
 
 @attrs.define(eq=False)
-class LocalRegistry(Registry):
+class LocalRegistry(Registry, SynchronousRegistry):
     """Entries in dicts; watchers get events through bounded channels.
 
     An entry is kept as its parts rather than as a :class:`RegistryEntry`:
@@ -77,12 +77,24 @@ class LocalRegistry(Registry):
         self, ref: AgentRef, metadata: Mapping[str, Any] | None = None
     ) -> RegistryEntry:
         await trio.lowlevel.checkpoint()
-        self._register_nowait(ref, metadata)
+        self.register_nowait(ref, metadata)
         entry = self._entry(ref.id)
         assert entry is not None
         return entry
 
-    def _register_nowait(self, ref: AgentRef, metadata: Mapping[str, Any] | None = None) -> None:
+    # ------------------------------------------------------------ SynchronousRegistry
+
+    def synchronous_access(self) -> SynchronousRegistry | None:
+        # A subclass that customises register sees every registration.
+        return self if type(self).register is LocalRegistry.register else None
+
+    def can_register_nowait(self, ref: AgentRef) -> bool:
+        # Another node still holding the id: its unregistration may be on its
+        # way, and awaiting register gives it the chance to land first.
+        current = self._refs.get(ref.id)
+        return current is None or current.node == ref.node
+
+    def register_nowait(self, ref: AgentRef, metadata: Mapping[str, Any] | None = None) -> None:
         if ref.node is None:
             raise ValueError("a registered ref must name its owning node")
         agent_id = ref.id
@@ -139,16 +151,6 @@ class LocalRegistry(Registry):
             raise AgentNotFound(f"no agent registered as {agent_id!r}")
         return entry
 
-    def lookup_nowait(self, agent_id: str) -> RegistryEntry | None:
-        """Synchronous lookup for the node's hot path; ``None`` if absent."""
-        return self._entry(agent_id)
-
-    def owner_nowait(self, agent_id: str) -> str | None:
-        """The node owning ``agent_id`` (``None``: not registered), without
-        building its entry."""
-        ref = self._refs.get(agent_id)
-        return None if ref is None else ref.node
-
     async def select(
         self,
         *,
@@ -192,22 +194,3 @@ class LocalRegistry(Registry):
         finally:
             self._watchers.discard(send)
             send.close()
-
-
-def register_nowait(
-    registry: object, ref: AgentRef
-) -> Callable[[AgentRef, Mapping[str, Any] | None], None] | None:
-    """A synchronous ``register`` of ``ref`` for the node's start path, or
-    ``None`` when the caller must await ``registry.register`` instead: the
-    registry is not a :class:`LocalRegistry`, or its ``register`` is
-    overridden (a subclass that customises it sees every registration), or
-    another node still holds the id (its unregistration may be on its way:
-    awaiting gives it the chance to land first, as before)."""
-    if not (
-        isinstance(registry, LocalRegistry) and type(registry).register is LocalRegistry.register
-    ):
-        return None
-    owner = registry.owner_nowait(ref.id)
-    if owner is not None and owner != ref.node:
-        return None
-    return registry._register_nowait

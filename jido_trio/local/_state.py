@@ -9,7 +9,7 @@ import trio
 
 from .._exceptions import StateConflict
 from .._message import slot_setter
-from ..abc import Consistency, LogEntry, StateBackend, Versioned
+from ..abc import Consistency, LogEntry, StateBackend, SynchronousState, Versioned
 
 __all__ = ["MemoryStateBackend"]
 
@@ -38,14 +38,13 @@ class _Log:
 
 
 @attrs.define(eq=False)
-class MemoryStateBackend(StateBackend):
+class MemoryStateBackend(StateBackend, SynchronousState):
     """State kept in this process only; lost when it exits.
 
     All three consistency levels read the single copy, so every read is strong.
 
-    The ``_*_nowait`` methods are the same operations done synchronously; the
-    agent server uses them (through :class:`~jido_trio._persistence.AgentStore`)
-    to commit a batch without a scheduler round, and only while the class's
+    It offers :class:`~jido_trio.abc.SynchronousState` (the runtime then
+    commits a batch without a scheduler round), but only while the class's
     async methods are not overridden, so a subclass that customises them sees
     every operation.
     """
@@ -66,39 +65,37 @@ class MemoryStateBackend(StateBackend):
 
     async def write(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
         await trio.lowlevel.checkpoint()
-        version = self._check(key, expected_version) + 1
-        self._data[key] = _versioned(value, version)
-        return version
+        return self.write_nowait(key, value, expected_version=expected_version)
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> None:
         await trio.lowlevel.checkpoint()
-        self._check(key, expected_version)
-        self._data.pop(key, None)
+        self.delete_nowait(key, expected_version=expected_version)
 
-    # ------------------------------------------------------------ synchronous fast path
+    # ------------------------------------------------------------ SynchronousState
 
-    def _nowait_ok(self) -> bool:
-        """Whether the ``_*_nowait`` methods may stand in for the async ones."""
+    def synchronous_access(self) -> SynchronousState | None:
         cls = type(self)
-        return (
-            cls.read is MemoryStateBackend.read
-            and cls.write is MemoryStateBackend.write
-            and cls.delete is MemoryStateBackend.delete
-            and cls.read_log is MemoryStateBackend.read_log
+        customised = (
+            cls.read is not MemoryStateBackend.read
+            or cls.write is not MemoryStateBackend.write
+            or cls.delete is not MemoryStateBackend.delete
+            or cls.read_log is not MemoryStateBackend.read_log
         )
+        return None if customised else self
 
-    def _read_nowait(self, key: str) -> Versioned | None:
+    def read_nowait(self, key: str) -> Versioned | None:
         return self._data.get(key)
 
-    def _write_nowait(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
+    def write_nowait(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
         version = self._check(key, expected_version) + 1
         self._data[key] = _versioned(value, version)
         return version
 
-    def _delete_nowait(self, key: str) -> None:
+    def delete_nowait(self, key: str, *, expected_version: int | None = None) -> None:
+        self._check(key, expected_version)
         self._data.pop(key, None)
 
-    def _has_log(self, stream: str) -> bool:
+    def has_log_entries_nowait(self, stream: str) -> bool:
         log = self._logs.get(stream)
         return log is not None and bool(log.entries)
 

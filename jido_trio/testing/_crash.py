@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import trio
 
-from .._agent_server import InjectedCrash
-from .._exceptions import AgentNotFound, AgentUnavailable
-from .._node import Node
+from .._core import InjectedCrash
+from .._exceptions import AgentUnavailable
+from .._node import Node, node_internals
 from .._ref import AgentRef
 
 __all__ = ["InjectedCrash", "crash_agent"]
@@ -25,11 +25,10 @@ async def crash_agent(node: Node, ref: AgentRef | str, error: BaseException | No
     """
     await trio.lowlevel.checkpoint()
     agent_id = ref if isinstance(ref, str) else ref.id
-    cell = node._comm.cells.get(agent_id)
+    directory = node_internals(node).directory
+    cell = directory.cells.get(agent_id)
     if cell is None:
-        if agent_id in node._comm._tombstones:
-            raise AgentUnavailable(f"agent {agent_id!r} is stopped")
-        raise AgentNotFound(f"no agent {agent_id!r} on node {node.name!r}")
+        directory.raise_missing(agent_id)
     if not cell.alive:
         raise AgentUnavailable(f"agent {agent_id!r} is stopped")
     seen = cell.inject_crash(error or InjectedCrash(f"injected crash of agent {agent_id!r}"))

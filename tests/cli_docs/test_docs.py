@@ -317,7 +317,7 @@ def test_config_defaults_in_docs_are_current() -> None:
 
 
 def test_dedupe_window_numbers_are_current() -> None:
-    from jido_trio._persistence import CHUNK_SIZE
+    from jido_trio._core import CHUNK_SIZE
 
     page = (DOCS / "concepts.md").read_text(encoding="utf-8")
     window = jido_trio.Config().dedupe_window

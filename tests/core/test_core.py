@@ -10,8 +10,8 @@ import pytest
 import trio
 
 import jido_trio as jt
-from jido_trio._persistence import CHUNK_SIZE
-from jido_trio.testing import crash_agent, open_cluster
+from jido_trio._core import CHUNK_SIZE
+from jido_trio.testing import agent_internals, crash_agent, open_cluster
 from tests._agents import Counter, CounterState
 
 
@@ -238,8 +238,7 @@ async def test_dedupe_window_is_bounded_and_survives_restart() -> None:
             assert receipt.status == "already_processed", i
         assert await node.call(ref, jt.Instruction("get")) == 1000
         # Memory stays bounded: far fewer than 1000 ids are kept.
-        cell = node._comm.cells["c"]
-        assert 200 <= len(cell.store.seen) < 1000
+        assert 200 <= agent_internals(node, "c").remembered_ids < 1000
         stored = await node.state.keys("agent/c/ids/")
         assert len(stored) <= math.ceil(200 / CHUNK_SIZE) + 1
 

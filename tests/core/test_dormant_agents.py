@@ -18,7 +18,7 @@ import trio.testing
 
 import jido_trio as jt
 from jido_trio.abc import RegistryEntry
-from jido_trio.testing import crash_agent
+from jido_trio.testing import agent_internals, crash_agent
 from tests._agents import Counter, CounterState
 from tests.distributed.test_failover import _FencingPlugin
 
@@ -115,8 +115,7 @@ async def test_idle_agents_hold_no_state_store_and_no_registry_entry_object() ->
         refs = await node.start_agents(Counter, [f"a{i}" for i in range(1000)])
         gc.collect()
         assert _instances(RegistryEntry) <= entries_before  # none per agent
-        cells = node._comm.cells
-        assert all(cells[ref.id]._store is None for ref in refs)
+        assert not any(agent_internals(node, ref.id).loaded for ref in refs)
         # The registry still answers with full entries, built when asked for.
         entry = await node.registry.lookup("a5")
         assert (entry.ref, entry.node) == (refs[5], "n")
@@ -127,7 +126,7 @@ async def test_idle_agents_hold_no_state_store_and_no_registry_entry_object() ->
         # The first instruction applied makes the store, and commits through it.
         await node.send_instruction(refs[3], jt.Instruction("increment", {"by": 4}))
         assert await node.call(refs[3], jt.Instruction("get")) == 4
-        assert cells["a3"]._store is not None
+        assert agent_internals(node, "a3").loaded
         assert await node.query_agent(refs[3], consistency="eventual") == CounterState(4)
         # Nothing was stored for the others: an eventual read gives the default.
         assert await node.query_agent(refs[4], consistency="eventual") == CounterState()
@@ -144,7 +143,7 @@ async def test_an_agent_with_a_stored_record_or_given_state_loads_it_at_start() 
         with pytest.raises(jt.AlreadyProcessed):  # its dedupe window was loaded too
             await node.call(again, jt.Instruction("increment", {"by": 2}, id="once"))
         given = await node.start_agent(Counter, "given", state=CounterState(9))
-        assert node._comm.cells["given"]._store is not None
+        assert agent_internals(node, "given").loaded
         assert await node.query_agent(given, consistency="eventual") == CounterState(9)
 
 
@@ -291,7 +290,7 @@ async def test_a_woken_agent_runs_in_its_nodes_context_not_the_senders(stops: St
 
 
 def test_an_armed_mailbox_calls_its_activation_once_on_the_first_wake_up() -> None:
-    from jido_trio._mailbox import Mailbox
+    from jido_trio._core import Mailbox
 
     calls: list[str] = []
 

@@ -14,8 +14,9 @@ import trio
 import trio.testing
 
 import jido_trio as jt
-from jido_trio._communication import TELL_SCHEDULE_EVERY
-from jido_trio._delivery import Reply, ReplyDeadlines
+from jido_trio._core import Reply, ReplyDeadlines
+from jido_trio._core._inbound import TELL_SCHEDULE_EVERY
+from jido_trio.testing import agent_internals, pending_reply_deadlines
 from tests._agents import Counter, CounterState
 
 
@@ -65,7 +66,7 @@ async def test_local_tell_lets_the_agent_apply_while_one_task_keeps_sending() ->
         seen_by_sender: list[int] = []
         for _ in range(4 * TELL_SCHEDULE_EVERY):
             await node.send_instruction(ref, jt.Instruction("increment"))
-            seen_by_sender.append(node._comm.cells["c"].state.count)
+            seen_by_sender.append(agent_internals(node, "c").state.count)
         # The agent ran between the sender's schedule points, not only at the end.
         assert any(0 < seen < 4 * TELL_SCHEDULE_EVERY for seen in seen_by_sender)
         assert await node.call(ref, jt.Instruction("get")) == 4 * TELL_SCHEDULE_EVERY
@@ -129,22 +130,6 @@ async def test_local_tell_waits_for_room_when_the_mailbox_is_full(
         assert await node.call(ref, jt.Instruction("get")) == 2
 
 
-async def test_envelopes_built_on_the_fast_paths_carry_sender_and_trace() -> None:
-    async with jt.open_node(name="n") as node:
-        ref = await node.start_agent(Counter, "c")
-        comm = node._comm
-        sender = jt.AgentRef(id="s", type="x", node="n")
-        receipt = await comm.send_instruction(
-            ref, jt.Instruction("whoami"), sender=sender, trace_id="t1", causation_id="c1"
-        )
-        delivery = comm.cells["c"].mailbox._items[0]  # type: ignore[index]
-        message = delivery.message
-        assert (message.id, message.sender, message.recipient) == (receipt.message_id, sender, ref)
-        assert (message.trace_id, message.causation_id, message.version) == ("t1", "c1", 1)
-        assert jt.Message.from_bytes(message.to_bytes()) == message
-        await node.call(ref, jt.Instruction("get"))
-
-
 class Envelopes(jt.Agent):
     """Keeps the envelope of every message it handles."""
 
@@ -157,6 +142,38 @@ class Envelopes(jt.Agent):
         assert message is self.ctx.message  # built once, then the same object
         self.seen.append(message)
         self.ctx.reply(message)
+
+
+class Forwarder(jt.Agent):
+    """Sends every ``forward`` on to the ref it is given, with ``ctx.send``."""
+
+    type = "forwarder"
+
+    @jt.action("forward")
+    async def forward(self, state: None, to: jt.AgentRef, id: str) -> None:
+        receipt = await self.ctx.send(to, jt.Instruction("keep", id=id))
+        self.ctx.reply((self.ctx.message, receipt))
+
+
+async def test_envelopes_built_on_the_fast_paths_carry_sender_and_trace() -> None:
+    Envelopes.seen = []
+    async with jt.open_node(name="n") as node:
+        keeper = await node.start_agent(Envelopes, "e")
+        forwarder = await node.start_agent(Forwarder, "f")
+        cause, receipt = await node.call(
+            forwarder, jt.Instruction("forward", {"to": keeper, "id": "k1"})
+        )
+        await node.call(keeper, jt.Instruction("keep", id="k2"))
+        message = Envelopes.seen[0]
+        assert message is not None
+        assert (message.id, message.sender, message.recipient) == (
+            receipt.message_id,
+            forwarder,
+            keeper,
+        )
+        assert (message.trace_id, message.causation_id) == (cause.trace_id, cause.id)
+        assert message.version == 1
+        assert jt.Message.from_bytes(message.to_bytes()) == message
 
 
 async def test_local_envelopes_built_on_first_read_are_the_full_envelope() -> None:
@@ -215,7 +232,7 @@ async def test_an_action_that_fails_before_it_runs_fails_its_call_like_any_actio
         with pytest.raises(jt.ActionError, match="lookup failed"):
             await node.call(ref, jt.Instruction("increment"))
         assert await node.call(ref, jt.Instruction("get")) == 0
-        assert node._comm.cells["b"].restarts <= 3
+        assert agent_internals(node, "b").restarts <= 3
 
 
 def test_instruction_constructor_checks_its_fields() -> None:
@@ -292,10 +309,10 @@ async def test_deadline_watcher_forgets_answered_calls(
         ref = await node.start_agent(Counter, "c")
         for _ in range(100):
             assert await node.call(ref, jt.Instruction("get"), timeout=5) == 0
-        deadlines = node._comm.deadlines
-        assert len(deadlines) <= 1  # answered slots are dropped as new ones come
+        # Answered slots are dropped as new ones come.
+        assert pending_reply_deadlines(node) <= 1
         await trio.sleep(6)
-        assert len(deadlines) == 0
+        assert pending_reply_deadlines(node) == 0
 
 
 async def test_circuit_open_does_not_leave_the_instruction_pending(

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from jido_trio._exceptions import InvalidMessage
 from jido_trio._message import decode_value, encode_value
-from jido_trio._signal import (
+from jido_trio.signals._signal import (
     CAUSATION_ID_EXTENSION,
     CORRELATION_ID_EXTENSION,
     MAX_SIGNAL_SIZE,

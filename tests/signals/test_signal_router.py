@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jido_trio._signal import Signal
-from jido_trio._signal_router import (
+from jido_trio.signals._router import (
     RouteHandle,
     SignalRouter,
     pattern_matches,
     validate_pattern,
 )
+from jido_trio.signals._signal import Signal
 
 
 def reference_match(pattern: list[str], parts: list[str]) -> bool:

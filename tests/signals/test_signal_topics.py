@@ -20,11 +20,11 @@ import trio
 
 import jido_trio as jt
 from jido_trio._message import decode_value, encode_value
-from jido_trio._signal_bus import _prune, pattern_topics, signal_topic
-from jido_trio._signal_router import pattern_matches
 from jido_trio.abc import TopicHandler
 from jido_trio.local._hub import open_hub
 from jido_trio.local._transport import LocalTransport
+from jido_trio.signals._bus import _prune, pattern_topics, signal_topic
+from jido_trio.signals._router import pattern_matches
 from jido_trio.testing import open_cluster
 from tests._polling import wait_until
 

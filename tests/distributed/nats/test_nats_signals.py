@@ -13,8 +13,8 @@ import trio
 
 import jido_trio as jt
 from jido_trio._message import decode_value
-from jido_trio._signal_bus import signal_topic
-from jido_trio._signal_router import pattern_matches
+from jido_trio.signals._bus import signal_topic
+from jido_trio.signals._router import pattern_matches
 from jido_trio_nats._transport import _TOPIC_HEAD, NatsTransport
 from tests._polling import wait_until
 from tests.signals.test_signal_topics import Shipper, Watcher

@@ -31,22 +31,21 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import attrs
 import msgspec
 import trio
 
-from ._exceptions import InvalidMessage, JidoError
-from ._message import Instruction, Message, decode_value, encode_value
-from ._ref import AgentRef
+from .._comm._wire import decode_request, encode_one_way
+from .._exceptions import InvalidMessage, JidoError
+from .._message import Instruction, Message, Receipt, decode_value, encode_value
+from .._ref import AgentRef
+from ..abc import StateBackend, Transport
+from ._router import RouteHandle, SignalRouter, validate_pattern
 from ._signal import Signal
-from ._signal_router import RouteHandle, SignalRouter, validate_pattern
-
-if TYPE_CHECKING:
-    from ._communication import Communication
 
 __all__ = ["Overflow", "SignalBus", "Subscription", "pattern_topics", "signal_topic"]
 
@@ -188,7 +187,15 @@ _Target = _ChannelTarget | _AgentTarget | _DurableTarget
 class SignalBus:
     """A node's signal bus (``node.signals``)."""
 
-    comm: Communication
+    node_name: str
+    transport: Transport = attrs.field(repr=False)
+    state: StateBackend = attrs.field(repr=False)
+    #: How long a publisher waits for a full subscriber (``overflow="block"``).
+    operation_timeout: float
+    #: Sends an instruction to an agent (the Communication layer's ``send_instruction``).
+    send_instruction: Callable[..., Awaitable[Receipt]] = attrs.field(repr=False)
+    #: Runs a job in the node's background task.
+    spawn: Callable[[Callable[[], Awaitable[Any]]], None] = attrs.field(repr=False)
     _router: SignalRouter[_Target] = attrs.field(factory=SignalRouter, init=False)
     _agent_routes: dict[str, list[RouteHandle]] = attrs.field(factory=dict, init=False)
     _durables: dict[str, tuple[_DurableTarget, RouteHandle]] = attrs.field(factory=dict, init=False)
@@ -199,10 +206,6 @@ class SignalBus:
     _topics: frozenset[str] = attrs.field(default=frozenset(), init=False)
     _topics_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _sync_queued: bool = attrs.field(default=False, init=False)
-
-    @property
-    def node_name(self) -> str:
-        return self.comm.node_name
 
     # ------------------------------------------------------------ publishing
 
@@ -217,7 +220,7 @@ class SignalBus:
         if not isinstance(signal, Signal):
             raise TypeError(f"expected a Signal, got {type(signal).__name__}")
         delivered = await self.deliver_local(signal)
-        transport = self.comm.transport
+        transport = self.transport
         if transport.supports_remote:
             if transport.supports_topics:
                 await self._publish_topic(signal)
@@ -254,7 +257,7 @@ class SignalBus:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return False
                 return True
-            with trio.move_on_after(self.comm.config.operation_timeout) as scope:
+            with trio.move_on_after(self.operation_timeout) as scope:
                 try:
                     await target.send.send(signal)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -270,20 +273,20 @@ class SignalBus:
                 {"signal": signal},
                 id=f"{target.action}:{signal.source}:{signal.id}",
             )
-            await self.comm.send_instruction(
+            await self.send_instruction(
                 target.ref,
                 instruction,
                 trace_id=signal.trace_id,
                 causation_id=signal.causation_id or signal.id,
             )
             return True
-        await self.comm.state.append(_durable_log(target.name), _encode_signal(signal))
+        await self.state.append(_durable_log(target.name), _encode_signal(signal))
         target.appended.set()
         target.appended = trio.Event()
         return True
 
     async def _publish_topic(self, signal: Signal) -> None:
-        transport = self.comm.transport
+        transport = self.transport
         topic = signal_topic(signal.type)
         if len(topic) > transport.max_topic_length:
             await self._forward(signal)  # too long for a topic: one send per member
@@ -292,23 +295,16 @@ class SignalBus:
         recipient = AgentRef(id=_BUS_REF_ID, type=_BUS_REF_ID, node=None)
         try:
             message = Message.new(sender, recipient, signal.to_message_payload())
-            frame = encode_value(["signal", message.to_bytes()])
-            await transport.publish_topic(topic, frame)
+            await transport.publish_topic(topic, encode_one_way("signal", message))
         except JidoError as exc:  # best effort, as forwarding is
             log.warning("signal %s not published on topic %s: %s", signal.id, topic, exc)
 
     async def _on_topic(self, topic: str, data: bytes) -> None:
         """Transport side: a signal another node published on a topic we subscribe."""
         try:
-            frame = decode_value(data)
-            if (
-                not isinstance(frame, list)
-                or len(frame) != 2
-                or frame[0] != "signal"
-                or not isinstance(frame[1], bytes)
-            ):
+            kind, message = decode_request(data)
+            if kind != "signal":
                 raise InvalidMessage("not a signal frame")
-            message = Message.from_bytes(frame[1])
             if not isinstance(message.payload, dict):
                 raise InvalidMessage("signal frame without a payload")
             signal = Signal.from_message_payload(message.payload)
@@ -327,13 +323,13 @@ class SignalBus:
 
     async def _forward(self, signal: Signal) -> None:
         payload = signal.to_message_payload()
-        for member in await self.comm.transport.members():
+        for member in await self.transport.members():
             if member.name == self.node_name or not member.alive:
                 continue
             recipient = AgentRef(id=_BUS_REF_ID, type=_BUS_REF_ID, node=member.name)
-            frame = encode_value(["signal", Message.new(None, recipient, payload).to_bytes()])
+            frame = encode_one_way("signal", Message.new(None, recipient, payload))
             try:
-                await self.comm.transport.send(member.name, frame)
+                await self.transport.send(member.name, frame)
             except JidoError as exc:  # best effort: that node's durable logs miss it
                 log.warning("signal %s not forwarded to %s: %s", signal.id, member.name, exc)
 
@@ -395,7 +391,7 @@ class SignalBus:
         (kept in the StateBackend, so it survives restarts of the node)."""
         validate_pattern(pattern)
         key = f"signals/durable/{name}/pattern"
-        await self.comm.state.write(key, msgspec.msgpack.encode(pattern))
+        await self.state.write(key, msgspec.msgpack.encode(pattern))
         self._attach_durable(name, pattern)
         await self.sync_topics()
 
@@ -409,9 +405,9 @@ class SignalBus:
 
     async def load_durables(self) -> None:
         """Re-attach the durable subscriptions registered on the StateBackend."""
-        for key in await self.comm.state.keys("signals/durable/"):
+        for key in await self.state.keys("signals/durable/"):
             if key.endswith("/pattern"):
-                found = await self.comm.state.read(key)
+                found = await self.state.read(key)
                 if found is not None:
                     name = key[len("signals/durable/") : -len("/pattern")]
                     self._attach_durable(name, _durable_pattern.decode(found.value))
@@ -427,7 +423,7 @@ class SignalBus:
     ) -> AsyncIterator[Subscription]:
         await self.register_durable(name, pattern)
         position_key = f"signals/durable/{name}/position"
-        found = await self.comm.state.read(position_key)
+        found = await self.state.read(position_key)
         position = 0 if found is None else int(msgspec.msgpack.decode(found.value))
         stream = _durable_log(name)
         pending: list[tuple[int, Signal]] = []
@@ -438,7 +434,7 @@ class SignalBus:
             while not pending:
                 target = self._durables[name][0]
                 appended = target.appended
-                for entry in await self.comm.state.read_log(
+                for entry in await self.state.read_log(
                     stream, after=subscription.position, limit=256
                 ):
                     signal = _decode_signal(entry.data)
@@ -454,9 +450,9 @@ class SignalBus:
             # cancellation here loses nothing, and a consumer that stops
             # before its next receive() gets this one again (at least once).
             if seq - 1 > stored:
-                await self.comm.state.write(position_key, msgspec.msgpack.encode(seq - 1))
+                await self.state.write(position_key, msgspec.msgpack.encode(seq - 1))
                 stored = seq - 1
-                await self.comm.state.trim_log(stream, upto=seq - 1)
+                await self.state.trim_log(stream, upto=seq - 1)
             pending.pop(0)
             subscription.position = seq
             return signal
@@ -515,10 +511,10 @@ class SignalBus:
 
     def _queue_sync(self) -> None:
         """Bring the topic subscriptions up to date in the node's background."""
-        if self._sync_queued or not self.comm.transport.supports_topics:
+        if self._sync_queued or not self.transport.supports_topics:
             return
         try:
-            self.comm.spawn(self._background_sync)
+            self.spawn(self._background_sync)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return  # the node is closing: its transport goes with it
         self._sync_queued = True
@@ -536,7 +532,7 @@ class SignalBus:
         puts them in effect at once. A transport failure is logged, not
         raised: the next change retries.
         """
-        transport = self.comm.transport
+        transport = self.transport
         if not (transport.supports_remote and transport.supports_topics):
             await trio.lowlevel.checkpoint()
             return
@@ -561,8 +557,6 @@ def _encode_signal(signal: Signal) -> bytes:
 
 
 def _decode_signal(data: bytes) -> Signal:
-    from ._message import decode_value
-
     payload = decode_value(data)
     if not isinstance(payload, dict):
         raise InvalidMessage("stored signal is not a map")

@@ -8,11 +8,11 @@ from urllib.parse import quote
 
 import trio
 
-from ._health import Health
+from .._health import Health
 from ._signal import Signal
 
 if TYPE_CHECKING:
-    from ._node import Node
+    from .._node import Node
 
 __all__ = ["health_sensor", "heartbeat_sensor"]
 

@@ -1,4 +1,4 @@
-"""What travels through a local mailbox: an envelope plus its reply slot.
+"""Reply slots: where a local caller waits for the answer to a call or query.
 
 Also the node's reply deadlines (:class:`ReplyDeadlines`): a local ``call``
 does not open a cancel scope of its own to bound its wait; its reply slot is
@@ -11,13 +11,11 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from typing import Any, Literal
+from typing import Any
 
 import trio
 
-from ._message import EnvelopeParts, Instruction, Message, build_envelope
-
-__all__ = ["Delivery", "Reply", "ReplyDeadlines"]
+__all__ = ["Reply", "ReplyDeadlines"]
 
 _UNSET: Any = object()
 
@@ -185,58 +183,3 @@ class ReplyDeadlines:
         finally:
             self._scope = None
             self._running = False
-
-
-class Delivery:
-    """A message queued for an agent.
-
-    Its envelope may be given as :class:`EnvelopeParts` (a local send): the
-    :class:`Message` is then built the first time :attr:`message` is read,
-    which for most local messages is never.
-    """
-
-    __slots__ = (
-        "_message",
-        "attempts",
-        "instruction",
-        "kind",
-        "log_seq",
-        "replied",
-        "reply",
-        "reply_value",
-    )
-
-    def __init__(
-        self,
-        kind: Literal["instruction", "query"],
-        message: Message | EnvelopeParts,
-        instruction: Instruction | None,
-        reply: Reply | None,
-        log_seq: int | None = None,
-    ) -> None:
-        self.kind = kind
-        self._message = message
-        self.instruction = instruction
-        self.reply = reply
-        self.replied = False
-        self.reply_value: Any = None
-        #: Sequence number in the agent's durable mailbox log (at-least-once only).
-        self.log_seq = log_seq
-        self.attempts = 0
-
-    @property
-    def message(self) -> Message:
-        """The envelope (built now if it was deferred)."""
-        message = self._message
-        if type(message) is tuple:
-            message = self._message = build_envelope(message)
-        assert isinstance(message, Message)
-        return message
-
-    def resolve(self) -> None:
-        if self.reply is not None:
-            self.reply.set(self.reply_value)
-
-    def fail(self, error: BaseException) -> None:
-        if self.reply is not None:
-            self.reply.fail(error)

@@ -41,8 +41,8 @@ from urllib.parse import quote, unquote_to_bytes
 
 import attrs
 
-from ._exceptions import InvalidMessage
-from ._ids import new_id
+from .._exceptions import InvalidMessage
+from .._ids import new_id
 
 __all__ = [
     "CAUSATION_ID_EXTENSION",

@@ -11,9 +11,11 @@ Layout in the StateBackend, per agent:
 
 At least ``window`` most recent ids are remembered (chunks are dropped whole).
 
-With the built-in in-memory backend (not subclassed), :meth:`AgentStore.load_nowait`
-and :meth:`AgentStore.commit_nowait` do the same work synchronously: a commit
-then costs no scheduler round and needs no shielded cancel scope around it.
+Loading and committing are storage plans (:mod:`._plan`): written once, run
+synchronously when the node's backend offers
+:class:`~jido_trio.abc.SynchronousState`, awaited otherwise. A store changes
+its own fields only once the record write has succeeded, so a failed commit
+leaves it as it was before.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from typing import Any, cast
 import attrs
 import msgspec
 
-from ._exceptions import InvalidMessage
-from .abc import StateBackend, Versioned
-from .local._state import MemoryStateBackend
+from .._exceptions import InvalidMessage
+from ..abc import Consistency, StateBackend, Versioned
+from ._plan import Plan
 
-__all__ = ["CHUNK_SIZE", "AgentStore"]
+__all__ = ["CHUNK_SIZE", "AgentStore", "encode_state", "state_key"]
 
 #: Ids per sealed chunk: small enough that the per-batch record stays cheap to
 #: encode; one extra write per chunk is the price.
@@ -51,6 +53,7 @@ _NO_RECENT: list[str] = cast("list[str]", ())
 
 
 def state_key(agent_id: str) -> str:
+    """The StateBackend key of an agent's state record."""
     return f"agent/{agent_id}"
 
 
@@ -64,19 +67,10 @@ def encode_state(state: Any) -> bytes:
         ) from exc
 
 
-def synchronous_backend(backend: StateBackend) -> MemoryStateBackend | None:
-    """``backend`` if the ``_*_nowait`` methods may stand in for its async
-    ones (the built-in in-memory backend, not customised), else ``None``."""
-    if isinstance(backend, MemoryStateBackend) and backend._nowait_ok():
-        return backend
-    return None
-
-
 @attrs.define(eq=False)
 class AgentStore:
-    """Loads and commits one agent's state and its dedupe window."""
+    """One agent's committed state record and its dedupe window."""
 
-    backend: StateBackend = attrs.field(repr=False)  # shared by every agent
     agent_id: str
     window: int
     version: int = 0
@@ -84,16 +78,6 @@ class AgentStore:
     recent: list[str] = attrs.field(default=_NO_RECENT)
     first_chunk: int = 0
     next_chunk: int = 0
-    #: The backend when it can be used synchronously (see the module docstring).
-    _sync: MemoryStateBackend | None = attrs.field(init=False, default=None)
-
-    def __attrs_post_init__(self) -> None:
-        self._sync = synchronous_backend(self.backend)
-
-    @property
-    def synchronous(self) -> bool:
-        """Whether :meth:`load_nowait` and :meth:`commit_nowait` work."""
-        return self._sync is not None
 
     @property
     def key(self) -> str:
@@ -106,30 +90,16 @@ class AgentStore:
     def _max_chunks(self) -> int:
         return max(1, math.ceil(self.window / CHUNK_SIZE))
 
-    async def load(self, decode_state: Callable[[bytes], Any]) -> tuple[bool, Any]:
-        """Read the record; return ``(found, state)``. Fills the dedupe window."""
-        found = await self.backend.read(self.key, consistency="strong")
+    def load(self, decode_state: Callable[[bytes], Any]) -> Plan[tuple[bool, Any]]:
+        """Plan: read the record and the id chunks it names; return
+        ``(found, state)`` and fill the dedupe window."""
+        found = yield ("read", self.key)
         if found is None:
             return self._adopt(0, None, [], decode_state)
         record = self._decode_record(found.value)
-        chunks = [await self.backend.read(self._chunk_key(n)) for n in range(record[3], record[4])]
-        return self._adopt(found.version, record, chunks, decode_state)
-
-    def has_log(self, stream: str) -> bool:
-        """Whether the durable log ``stream`` holds entries; only when :attr:`synchronous`."""
-        sync = self._sync
-        assert sync is not None
-        return sync._has_log(stream)
-
-    def load_nowait(self, decode_state: Callable[[bytes], Any]) -> tuple[bool, Any]:
-        """:meth:`load` without awaiting; only when :attr:`synchronous`."""
-        sync = self._sync
-        assert sync is not None
-        found = sync._read_nowait(self.key)
-        if found is None:
-            return self._adopt(0, None, [], decode_state)
-        record = self._decode_record(found.value)
-        chunks = [sync._read_nowait(self._chunk_key(n)) for n in range(record[3], record[4])]
+        chunks: list[Versioned | None] = []
+        for n in range(record[3], record[4]):
+            chunks.append((yield ("read", self._chunk_key(n))))
         return self._adopt(found.version, record, chunks, decode_state)
 
     def _adopt(
@@ -139,8 +109,8 @@ class AgentStore:
         chunks: list[Versioned | None],
         decode_state: Callable[[bytes], Any],
     ) -> tuple[bool, Any]:
-        """Take over a decoded record read by :meth:`load` or :meth:`load_nowait`
-        (``None``: no record) and the id chunks it names; return ``(found, state)``."""
+        """Take over a decoded record (``None``: no record) and the id chunks
+        it names; return ``(found, state)``."""
         if record is None:
             self.version = 0
             self.first_chunk = self.next_chunk = 0
@@ -176,54 +146,30 @@ class AgentStore:
         self.seen[instruction_id] = None
         self.recent.append(instruction_id)
 
-    async def commit(self, state: Any) -> None:
-        """Persist ``state`` with the ids marked so far (compare-and-set).
+    def commit(self, state: Any) -> Plan[None]:
+        """Plan: persist ``state`` with the ids marked so far (compare-and-set
+        on the record); the store takes the new version once it is written.
 
         :raises StateConflict: another writer changed the record.
+        :raises InvalidMessage: ``state`` cannot be encoded.
         """
         state_bytes = encode_state(state)
+        recent, first, nxt = self.recent, self.first_chunk, self.next_chunk
         expired: list[int] = []
-        if len(self.recent) >= CHUNK_SIZE:
-            sealed = self.next_chunk
-            await self.backend.write(self._chunk_key(sealed), _encode(self.recent))
-            self.next_chunk += 1
-            self.recent = []
-            while self.next_chunk - self.first_chunk > self._max_chunks:
-                expired.append(self.first_chunk)
-                self.first_chunk += 1
-        record = _encode(
-            [_RECORD_FORMAT, state_bytes, self.recent, self.first_chunk, self.next_chunk]
-        )
-        self.version = await self.backend.write(self.key, record, expected_version=self.version)
-        for n in expired:
-            await self.backend.delete(self._chunk_key(n))
+        if len(recent) >= CHUNK_SIZE:
+            yield ("write", self._chunk_key(nxt), _encode(recent), None)
+            nxt += 1
+            recent = []
+            while nxt - first > self._max_chunks:
+                expired.append(first)
+                first += 1
+        record = _encode([_RECORD_FORMAT, state_bytes, recent, first, nxt])
+        self.version = yield ("write", self.key, record, self.version)
+        self.recent, self.first_chunk, self.next_chunk = recent, first, nxt
         if expired:
             self._trim_seen()
-
-    def commit_nowait(self, state: Any) -> None:
-        """:meth:`commit` without awaiting; only when :attr:`synchronous`.
-
-        :raises StateConflict: another writer changed the record.
-        """
-        sync = self._sync
-        assert sync is not None
-        state_bytes = encode_state(state)
-        expired: list[int] = []
-        if len(self.recent) >= CHUNK_SIZE:
-            sync._write_nowait(self._chunk_key(self.next_chunk), _encode(self.recent))
-            self.next_chunk += 1
-            self.recent = []
-            while self.next_chunk - self.first_chunk > self._max_chunks:
-                expired.append(self.first_chunk)
-                self.first_chunk += 1
-        record = _encode(
-            [_RECORD_FORMAT, state_bytes, self.recent, self.first_chunk, self.next_chunk]
-        )
-        self.version = sync._write_nowait(self.key, record, expected_version=self.version)
-        for n in expired:
-            sync._delete_nowait(self._chunk_key(n))
-        if expired:
-            self._trim_seen()
+            for n in expired:
+                yield ("delete", self._chunk_key(n))
 
     def _trim_seen(self) -> None:
         keep = (self.next_chunk - self.first_chunk) * CHUNK_SIZE + len(self.recent)
@@ -235,20 +181,13 @@ class AgentStore:
             for key in list(itertools.islice(seen, excess)):
                 del seen[key]
 
-    async def read_state(self, decode_state: Callable[[bytes], Any], consistency: Any) -> Any:
-        """Read the last committed state without touching this store's fields."""
-        found = await self.backend.read(self.key, consistency=consistency)
+    async def read_state(
+        self, backend: StateBackend, decode_state: Callable[[bytes], Any], consistency: Consistency
+    ) -> Any:
+        """Read the last committed state without touching this store's fields
+        (``None``: no record yet)."""
+        found = await backend.read(self.key, consistency=consistency)
         if found is None:
             return None
-        state_bytes = _decode_any(found.value)[1]
+        state_bytes = self._decode_record(found.value)[1]
         return decode_state(state_bytes)
-
-    async def purge(self) -> None:
-        """Delete the record and every chunk."""
-        for key in await self.backend.keys(self.key + "/ids/"):
-            await self.backend.delete(key)
-        await self.backend.delete(self.key)
-        self.version = 0
-        self.seen = _NO_SEEN
-        self.recent = _NO_RECENT
-        self.first_chunk = self.next_chunk = 0

@@ -1,0 +1,75 @@
+"""What travels through a local mailbox: an envelope plus its reply slot."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from .._message import EnvelopeParts, Instruction, Message, build_envelope
+from ._reply import Reply
+
+__all__ = ["Delivery"]
+
+
+class Delivery:
+    """A message queued for an agent.
+
+    Its envelope may be given as :class:`EnvelopeParts` (a local send): the
+    :class:`Message` is then built the first time :attr:`message` is read,
+    which for most local messages is never.
+    """
+
+    __slots__ = (
+        "_message",
+        "attempts",
+        "instruction",
+        "kind",
+        "log_seq",
+        "replied",
+        "reply",
+        "reply_value",
+    )
+
+    def __init__(
+        self,
+        kind: Literal["instruction", "query"],
+        message: Message | EnvelopeParts,
+        instruction: Instruction | None,
+        reply: Reply | None,
+        log_seq: int | None = None,
+    ) -> None:
+        self.kind = kind
+        self._message = message
+        self.instruction = instruction
+        self.reply = reply
+        self.replied = False
+        self.reply_value: Any = None
+        #: Sequence number in the agent's durable mailbox log (at-least-once only).
+        self.log_seq = log_seq
+        self.attempts = 0
+
+    @property
+    def message(self) -> Message:
+        """The envelope (built now if it was deferred)."""
+        message = self._message
+        if type(message) is tuple:
+            message = self._message = build_envelope(message)
+        assert isinstance(message, Message)
+        return message
+
+    def chain(self) -> tuple[str | None, str]:
+        """The trace id and the id of this delivery's envelope: what the
+        messages its handler sends carry as their trace and causation
+        (without building the envelope)."""
+        message = self._message
+        if type(message) is tuple:
+            return message[5], message[0]
+        assert isinstance(message, Message)
+        return message.trace_id, message.id
+
+    def resolve(self) -> None:
+        if self.reply is not None:
+            self.reply.set(self.reply_value)
+
+    def fail(self, error: BaseException) -> None:
+        if self.reply is not None:
+            self.reply.fail(error)
