@@ -18,7 +18,16 @@ if TYPE_CHECKING:
     from ._ref import AgentRef
     from .signals import Signal
 
-__all__ = ["ActionSpec", "Agent", "Context", "Handler", "Messenger", "action"]
+__all__ = [
+    "ActionSpec",
+    "Agent",
+    "Context",
+    "Handler",
+    "Messenger",
+    "Publish",
+    "action",
+    "attach_context",
+]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -262,6 +271,11 @@ class Agent:
         return None
 
 
+def attach_context(agent: Agent, context: Context) -> None:
+    """Give an agent instance the context its actions see as ``self.ctx``."""
+    agent._ctx = context
+
+
 class Messenger(Protocol):
     """What an agent's :class:`Context` sends through (the Communication layer)."""
 
@@ -292,6 +306,10 @@ class Messenger(Protocol):
     ) -> Any: ...
 
 
+#: Publishes a signal on the node's bus; returns the local deliveries (``ctx.emit``).
+Publish = Callable[["Signal"], Awaitable[int]]
+
+
 class Handler(Protocol):
     """What a :class:`Context` reads of the agent it belongs to."""
 
@@ -314,7 +332,7 @@ class Context:
     def __init__(
         self,
         messenger: Messenger,
-        publish: Callable[[Signal], Awaitable[int]],
+        publish: Publish,
         agent: Handler,
     ) -> None:
         self._messenger = messenger

@@ -135,15 +135,6 @@ class Receipt:
     instruction_id: str
     status: ReceiptStatus
 
-    @classmethod
-    def _make(cls, message_id: str, instruction_id: str, status: ReceiptStatus) -> Receipt:
-        """The constructor without keyword handling, for the send paths."""
-        receipt = _new_object(cls)
-        _receipt_message_id(receipt, message_id)
-        _receipt_instruction_id(receipt, instruction_id)
-        _receipt_status(receipt, status)
-        return receipt
-
 
 @attrs.frozen(kw_only=True)
 class Message:
@@ -260,6 +251,18 @@ _time = time.time
 _receipt_message_id = slot_setter(Receipt, "message_id")
 _receipt_instruction_id = slot_setter(Receipt, "instruction_id")
 _receipt_status = slot_setter(Receipt, "status")
+
+
+def make_receipt(message_id: str, instruction_id: str, status: ReceiptStatus) -> Receipt:
+    """``Receipt(...)`` without attrs' keyword handling: one receipt is
+    made for every tell."""
+    receipt: Receipt = _new_object(Receipt)
+    _receipt_message_id(receipt, message_id)
+    _receipt_instruction_id(receipt, instruction_id)
+    _receipt_status(receipt, status)
+    return receipt
+
+
 _msg_id = slot_setter(Message, "id")
 _msg_version = slot_setter(Message, "version")
 _msg_sender = slot_setter(Message, "sender")

@@ -40,7 +40,14 @@ from .._exceptions import (
     Unreachable,
 )
 from .._health import Health
-from .._message import EnvelopeParts, Instruction, Message, Receipt, envelope_parts
+from .._message import (
+    EnvelopeParts,
+    Instruction,
+    Message,
+    Receipt,
+    envelope_parts,
+    make_receipt,
+)
 from .._ref import AgentRef
 from ..abc import Consistency
 from ._client import MovedHere, RemoteClient
@@ -143,7 +150,7 @@ class Communication:
                 target = moved.cell
                 message = attrs.evolve(message, recipient=target.ref)
             else:
-                return Receipt._make(message.id, instruction.id, status)
+                return make_receipt(message.id, instruction.id, status)
         return await self.deliver_tell(
             target, message, instruction, deadline, durable=delivery == "at_least_once"
         )

@@ -29,7 +29,7 @@ import attrs
 import msgspec
 import trio
 
-from .._agent import Agent, Context
+from .._agent import Agent, Context, attach_context
 from .._exceptions import (
     AgentUnavailable,
     InvalidMessage,
@@ -280,7 +280,7 @@ class AgentCell:
         instance = self.cls()
         kernel = self.kernel
         context = Context(kernel.messenger, kernel.publish, self)
-        instance._ctx = context
+        attach_context(instance, context)
         self.instance = instance
         self.context = context
         return instance

@@ -29,6 +29,7 @@ from .._message import (
     Receipt,
     build_envelope,
     envelope_parts,
+    make_receipt,
 )
 from .._ref import AgentRef
 from .._scheduling import ScheduleBudget
@@ -143,7 +144,7 @@ def tell_nowait(
     # The envelope is built only if something reads it (see Delivery).
     parts = envelope_parts(sender, cell.ref, instruction, trace_id, causation_id)
     mailbox.put_nowait(Delivery("instruction", parts, prepared, None))
-    return Receipt._make(parts[0], prepared.id, "accepted")
+    return make_receipt(parts[0], prepared.id, "accepted")
 
 
 async def tell(
@@ -169,7 +170,7 @@ async def tell(
     # logged again and the agent skips the second copy.
     if cell.applied_before(instruction.id) if durable else cell.seen(instruction.id):
         await trio.lowlevel.checkpoint()
-        return Receipt._make(message_id, instruction.id, "already_processed")
+        return make_receipt(message_id, instruction.id, "already_processed")
     cell.add_pending(instruction.id)
     if durable:
         if not isinstance(message, Message):
@@ -185,7 +186,7 @@ async def tell(
                 await cell.mailbox.put(item)
             if scope.cancelled_caught:
                 raise _mailbox_full(cell)
-    return Receipt._make(message_id, instruction.id, "accepted")
+    return make_receipt(message_id, instruction.id, "accepted")
 
 
 async def _log_and_queue(
@@ -215,7 +216,7 @@ async def _log_and_queue(
         cell.discard_pending(instruction.id)
         raise closed.error from None
     durable.unacked[seq] = instruction.id
-    return Receipt._make(message.id, instruction.id, "accepted")
+    return make_receipt(message.id, instruction.id, "accepted")
 
 
 # ---------------------------------------------------------------- call and query

@@ -9,7 +9,7 @@ above implements (hooks, health policy, the directory of agents).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -19,9 +19,8 @@ from ..abc import Registry, StateBackend, SynchronousRegistry, SynchronousState
 from ._reply import ReplyDeadlines
 
 if TYPE_CHECKING:
-    from .._agent import Messenger
+    from .._agent import Messenger, Publish
     from .._message import Message
-    from ..signals import Signal
     from ._cell import AgentCell
 
 __all__ = ["CellEvents", "Kernel"]
@@ -67,7 +66,7 @@ class Kernel:
     registry: Registry
     events: CellEvents
     messenger: Messenger
-    publish: Callable[[Signal], Awaitable[int]]
+    publish: Publish
     dedupe_window: int
     max_delivery_attempts: int
     shutdown_timeout: float
