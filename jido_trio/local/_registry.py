@@ -14,7 +14,13 @@ import trio
 
 from .._exceptions import AgentAlreadyExists, AgentNotFound
 from .._ref import AgentRef
-from ..abc import Registry, RegistryEntry, RegistryEvent
+from ..abc import (
+    Registry,
+    RegistryEntry,
+    RegistryEvent,
+    check_registered_ref,
+    registry_matcher,
+)
 
 __all__ = ["LocalRegistry", "register_nowait"]
 
@@ -76,6 +82,7 @@ class LocalRegistry(Registry):
     async def register(
         self, ref: AgentRef, metadata: Mapping[str, Any] | None = None
     ) -> RegistryEntry:
+        check_registered_ref(ref)
         await trio.lowlevel.checkpoint()
         self._register_nowait(ref, metadata)
         entry = self._entry(ref.id)
@@ -83,8 +90,8 @@ class LocalRegistry(Registry):
         return entry
 
     def _register_nowait(self, ref: AgentRef, metadata: Mapping[str, Any] | None = None) -> None:
-        if ref.node is None:
-            raise ValueError("a registered ref must name its owning node")
+        """:meth:`register` done synchronously, for refs the node made itself
+        (their ``node`` set): unchecked, like the state backend's ``_*_nowait``."""
         agent_id = ref.id
         current = self._refs.get(agent_id)
         if current is not None and current.node != ref.node:
@@ -102,9 +109,8 @@ class LocalRegistry(Registry):
             self._emit("registered", entry)
 
     async def take_over(self, ref: AgentRef, *, epoch: int) -> RegistryEntry:
+        check_registered_ref(ref)
         await trio.lowlevel.checkpoint()
-        if ref.node is None:
-            raise ValueError("a registered ref must name its owning node")
         current = self._entry(ref.id)
         if current is None:
             raise AgentNotFound(f"no agent registered as {ref.id!r}")
@@ -157,13 +163,10 @@ class LocalRegistry(Registry):
         metadata: Mapping[str, Any] | None = None,
     ) -> list[RegistryEntry]:
         await trio.lowlevel.checkpoint()
-        wanted = dict(metadata or {})
+        matches = registry_matcher(type=type, node=node, metadata=metadata)
         found = []
         for agent_id, ref in self._refs.items():
-            if (type is not None and ref.type != type) or (node is not None and ref.node != node):
-                continue
-            meta = self._metadata[agent_id]
-            if all(k in meta and meta[k] == v for k, v in wanted.items()):
+            if matches(ref, self._metadata[agent_id]):
                 entry = self._entry(agent_id)
                 assert entry is not None
                 found.append(entry)
