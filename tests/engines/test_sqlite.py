@@ -9,8 +9,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,17 @@ async def test_a_lost_compare_and_set_fails_alone_in_its_batch(tmp_path: Path) -
         assert b.transactions < 20
 
 
+async def in_one_batch(b: SqliteStateBackend, *calls: Callable[[], Awaitable[None]]) -> None:
+    """Write the key "before", then run ``calls`` so that all of them land in
+    the writer's next batch: the thread limiter is held until they are queued."""
+    async with trio.open_nursery() as nursery, b._limiter:
+        nursery.start_soon(b.write, "before", b"v")
+        await trio.testing.wait_all_tasks_blocked()
+        for call in calls:
+            nursery.start_soon(call)
+        await trio.testing.wait_all_tasks_blocked()
+
+
 async def test_an_operation_that_fails_on_its_own_fails_alone(tmp_path: Path) -> None:
     """An operation's own failure (here a value SQLite cannot bind) undoes
     that operation alone; the rest of its batch commits."""
@@ -108,14 +120,7 @@ async def test_an_operation_that_fails_on_its_own_fails_alone(tmp_path: Path) ->
             except OverflowError as exc:
                 results["bad"] = exc
 
-        # Holding the thread limiter, all three land in the writer's next batch.
-        async with trio.open_nursery() as nursery, b._limiter:
-            nursery.start_soon(b.write, "before", b"v")
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(put, "good-1")
-            nursery.start_soon(bad)
-            nursery.start_soon(put, "good-2")
-            await trio.testing.wait_all_tasks_blocked()
+        await in_one_batch(b, partial(put, "good-1"), bad, partial(put, "good-2"))
         assert results["good-1"] == results["good-2"] == 1
         assert isinstance(results["bad"], OverflowError)
         assert await b.keys() == ["before", "good-1", "good-2"]
@@ -143,14 +148,7 @@ async def test_an_engine_failure_fails_its_whole_batch_only(tmp_path: Path) -> N
             except jt.EngineError as exc:
                 errors.append(exc)
 
-        # Holding the thread limiter, all three land in the writer's next batch.
-        async with trio.open_nursery() as nursery, b._limiter:
-            nursery.start_soon(b.write, "before", b"v")
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(write, "a")
-            nursery.start_soon(fail)
-            nursery.start_soon(write, "b")
-            await trio.testing.wait_all_tasks_blocked()
+        await in_one_batch(b, partial(write, "a"), fail, partial(write, "b"))
         assert len(errors) == 3
         assert len({id(e) for e in errors}) == 3, "each waiter raises its own exception"
         assert all("disk I/O error" in str(e) for e in errors)
