@@ -23,10 +23,12 @@ from ._exceptions import AlreadyProcessed as AlreadyProcessed
 from ._exceptions import CallTimeout as CallTimeout
 from ._exceptions import CircuitOpen as CircuitOpen
 from ._exceptions import ConfigError as ConfigError
+from ._exceptions import EngineError as EngineError
 from ._exceptions import InvalidMessage as InvalidMessage
 from ._exceptions import JidoError as JidoError
 from ._exceptions import MailboxFull as MailboxFull
 from ._exceptions import NodeFenced as NodeFenced
+from ._exceptions import RegistryConflict as RegistryConflict
 from ._exceptions import RemoteNotSupported as RemoteNotSupported
 from ._exceptions import StateConflict as StateConflict
 from ._exceptions import SupervisorEscalation as SupervisorEscalation

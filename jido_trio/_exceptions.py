@@ -17,8 +17,17 @@ Every error the runtime raises on purpose derives from :class:`JidoError`::
     ├── InvalidMessage       (also ValueError)   malformed, oversized or unknown-version input
     ├── ConfigError          (also ValueError)   bad configuration or unknown plugin name
     ├── StateConflict                            an optimistic (compare-and-set) write lost
+    │   └── RegistryConflict                     a registry entry kept changing under concurrent writers
+    ├── EngineError                              an engine failed an operation (storage I/O, KV error)
     ├── SupervisorEscalation                     a supervisor exceeded its restart intensity
     └── NodeFenced                               the node lost its cluster membership lease
+
+``Unreachable`` and ``EngineError`` split the failures of an engine (a state
+backend, registry, coordination service or transport) in two: ``Unreachable``
+means the engine cannot be reached right now (a lost connection, a file locked
+by another process), which passes; ``EngineError`` means the engine was reached
+and failed the operation (an I/O error, a corrupt file, an error answer from
+its server), which retrying alone may not fix.
 
 Errors that come from another node keep their cause: the local exception is
 raised ``from`` the remote one, or carries the remote type name and text.
@@ -36,10 +45,12 @@ __all__ = [
     "CallTimeout",
     "CircuitOpen",
     "ConfigError",
+    "EngineError",
     "InvalidMessage",
     "JidoError",
     "MailboxFull",
     "NodeFenced",
+    "RegistryConflict",
     "RemoteNotSupported",
     "StateConflict",
     "SupervisorEscalation",
@@ -68,7 +79,9 @@ class AgentAlreadyExists(JidoError):
 
 
 class Unreachable(JidoError):
-    """The node that owns the agent cannot be reached."""
+    """The node that owns the agent cannot be reached, or an engine cannot be
+    reached right now (its server is away, its file is locked by another
+    process): a condition that passes, so retrying later may succeed."""
 
 
 class RemoteNotSupported(Unreachable):
@@ -135,6 +148,41 @@ class StateConflict(JidoError):
         self.key = key
         self.expected = expected
         self.actual = actual
+
+
+class RegistryConflict(StateConflict):
+    """A registration, take-over or metadata update kept losing the
+    compare-and-set on the agent's registry entry to concurrent writers.
+
+    No other node owns the agent (that is :class:`AgentAlreadyExists`) and
+    nothing was changed: trying again may succeed. Only registries shared by
+    concurrent writers raise it (the NATS registry, after retrying
+    internally); :attr:`key` is the agent id, :attr:`expected` and
+    :attr:`actual` are ``None``.
+    """
+
+    def __init__(self, agent_id: str, operation: str) -> None:
+        JidoError.__init__(
+            self,
+            f"registry entry of agent {agent_id!r}: {operation} kept losing to concurrent "
+            "writers (no other node owns it); try again",
+        )
+        self.key = agent_id
+        self.expected = None
+        self.actual = None
+        self.agent_id = agent_id
+        self.operation = operation
+
+
+class EngineError(JidoError):
+    """An engine was reached and failed the operation: a storage I/O error, a
+    full disk, a corrupt file, an error answer from its server (a JetStream KV
+    error other than "cannot reach the server").
+
+    Unlike :class:`Unreachable` (the engine cannot be reached now, which
+    passes), retrying alone may not help. The engine's own exception is the
+    cause (``__cause__``).
+    """
 
 
 class SupervisorEscalation(JidoError):

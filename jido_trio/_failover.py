@@ -30,7 +30,7 @@ import trio
 
 from ._agent import Agent
 from ._core import RESTART_KEY
-from ._exceptions import AgentAlreadyExists, AgentNotFound, JidoError
+from ._exceptions import AgentAlreadyExists, AgentNotFound, JidoError, RegistryConflict
 from ._ref import AgentRef
 from .abc import Registry, RegistryEntry, Transport
 
@@ -128,6 +128,8 @@ class Failover:
                 )
             except (AgentAlreadyExists, AgentNotFound):
                 return False  # another survivor won, or the owner came back
+            except RegistryConflict:
+                return False  # the entry kept changing: look again next round
             except NotImplementedError:
                 log.warning(
                     "registry %s cannot take agents over: failover is off",

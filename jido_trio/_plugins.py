@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterable, Mapping
 
-import attrs
 import pluggy
 
 from . import hookspecs
-from ._config import Config
-from ._exceptions import ConfigError
+from ._backends import Backends
 
 __all__ = [
     "BLOCK_ENV",
     "DISABLE_AUTOLOAD_ENV",
     "ENTRY_POINT_GROUP",
     "Backends",
+    "collect_backends",
     "make_plugin_manager",
 ]
 
@@ -30,69 +28,6 @@ ENTRY_POINT_GROUP = "jido_trio"
 BLOCK_ENV = "JIDO_TRIO_BLOCK_PLUGINS"
 #: When set to a true value, entry-point plugins are not loaded automatically.
 DISABLE_AUTOLOAD_ENV = "JIDO_TRIO_DISABLE_PLUGIN_AUTOLOAD"
-
-T = TypeVar("T")
-Factory = Callable[[Config, Mapping[str, Any]], Any]
-
-
-@attrs.define(eq=False)
-class _Kind(Generic[T]):
-    label: str
-    factories: dict[str, Factory] = attrs.field(factory=dict)
-
-    def add(self, name: str, factory: Factory) -> None:
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{self.label} implementation name must be a non-empty string")
-        if not callable(factory):
-            raise ConfigError(f"{self.label} factory for {name!r} is not callable")
-        # Hooks run newest-registered first, defaults (trylast) last: the first
-        # name claimed wins so a third party can replace a default.
-        self.factories.setdefault(name, factory)
-
-    def get(self, name: str) -> Factory:
-        try:
-            return self.factories[name]
-        except KeyError:
-            available = ", ".join(sorted(self.factories)) or "none"
-            raise ConfigError(
-                f"unknown {self.label} implementation {name!r}; available: {available}"
-            ) from None
-
-
-@attrs.define(eq=False)
-class Backends:
-    """Factories registered by plugins, by protocol and name.
-
-    Passed to ``jido_trio_add_backends``; a factory takes ``(config, options)``.
-    """
-
-    registry: _Kind[Any] = attrs.field(factory=lambda: _Kind("registry"))
-    transport: _Kind[Any] = attrs.field(factory=lambda: _Kind("transport"))
-    state: _Kind[Any] = attrs.field(factory=lambda: _Kind("state"))
-    coordination: _Kind[Any] = attrs.field(factory=lambda: _Kind("coordination"))
-
-    def add_registry(self, name: str, factory: Factory) -> None:
-        """Register a :class:`~jido_trio.abc.Registry` factory under ``name``."""
-        self.registry.add(name, factory)
-
-    def add_transport(self, name: str, factory: Factory) -> None:
-        """Register a :class:`~jido_trio.abc.Transport` factory under ``name``."""
-        self.transport.add(name, factory)
-
-    def add_state(self, name: str, factory: Factory) -> None:
-        """Register a :class:`~jido_trio.abc.StateBackend` factory under ``name``."""
-        self.state.add(name, factory)
-
-    def add_coordination(self, name: str, factory: Factory) -> None:
-        """Register a :class:`~jido_trio.abc.Coordination` factory under ``name``."""
-        self.coordination.add(name, factory)
-
-    def names(self) -> dict[str, list[str]]:
-        """The registered names per protocol."""
-        return {
-            kind.label: sorted(kind.factories)
-            for kind in (self.registry, self.transport, self.state, self.coordination)
-        }
 
 
 def _blocked(environ: Mapping[str, str]) -> set[str]:

@@ -12,26 +12,17 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
+from ._backends import Backends as Backends
+
 if TYPE_CHECKING:
     from ._health import Health
     from ._message import Message
     from ._node import Node
-    from ._plugins import Backends as Backends
     from ._ref import AgentRef
 
 __all__ = ["PROJECT_NAME", "Backends", "hookimpl", "hookspec"]
 
 PROJECT_NAME = "jido_trio"
-
-
-def __getattr__(name: str) -> object:
-    # ``Backends`` (what ``jido_trio_add_backends`` receives) is re-exported
-    # lazily: its module imports this one.
-    if name == "Backends":
-        from ._plugins import Backends
-
-        return Backends
-    raise AttributeError(name)
 
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)

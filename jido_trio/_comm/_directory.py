@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from .._core import AgentCell
-from .._exceptions import AgentNotFound, AgentUnavailable, CallTimeout, Unreachable
+from .._exceptions import AgentNotFound, AgentUnavailable, CallTimeout, EngineError, Unreachable
 from .._ref import AgentRef
 from ..abc import Registry
 
@@ -144,7 +144,7 @@ class Directory:
         (it failed over): the local cell or the new node; ``None`` if unchanged."""
         try:
             entry = await self.registry.lookup(agent_id)
-        except (AgentNotFound, Unreachable, CallTimeout):
+        except (AgentNotFound, Unreachable, CallTimeout, EngineError):
             return None
         if entry.node is None or entry.node == old:
             return None

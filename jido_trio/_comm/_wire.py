@@ -64,6 +64,7 @@ PORTABLE_ERRORS: dict[str, type[JidoError]] = {
         errors.AlreadyProcessed,
         errors.InvalidMessage,
         errors.ConfigError,
+        errors.EngineError,
     )
 }
 

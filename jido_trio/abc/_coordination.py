@@ -39,6 +39,11 @@ class Coordination(abc.ABC):
         Waits until the lock is free (use ``trio.fail_after`` to bound the
         wait). A holder that does not leave within ``ttl`` seconds loses the
         lease, and the next holder gets a larger fencing token.
+
+        :raises ValueError: ``ttl`` is not positive.
+        :raises Unreachable: the service cannot be reached right now.
+        :raises EngineError: the service failed the operation.
+        :raises CallTimeout: the service gave no answer in time.
         """
 
     @abc.abstractmethod
@@ -47,9 +52,25 @@ class Coordination(abc.ABC):
     ) -> AbstractAsyncContextManager[Lease]:
         """Wait to become leader of ``group``; leadership lasts for the body.
 
-        The lease is renewed while the body runs; leaving it resigns.
+        The lease is renewed while the body runs; leaving it resigns. A
+        leader that loses its lease before it leaves (it could not renew in
+        time, or another candidate took the lease over) has its body
+        cancelled, and the ``async with`` raises.
+
+        :raises ValueError: ``ttl`` is not positive.
+        :raises StateConflict: leadership was lost: the lease moved on to
+            another candidate.
+        :raises Unreachable: the service cannot be reached right now.
+        :raises EngineError: the service failed the operation.
+        :raises CallTimeout: the service gave no answer in time.
         """
 
     @abc.abstractmethod
     async def barrier(self, name: str, parties: int) -> None:
-        """Wait until ``parties`` callers have reached the barrier ``name``."""
+        """Wait until ``parties`` callers have reached the barrier ``name``.
+
+        :raises ValueError: ``parties`` is less than 1.
+        :raises Unreachable: the service cannot be reached right now.
+        :raises EngineError: the service failed the operation.
+        :raises CallTimeout: the service gave no answer in time.
+        """

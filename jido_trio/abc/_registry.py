@@ -75,7 +75,12 @@ class Registry(abc.ABC):
         Registering again from the same node (an agent restart) bumps the epoch.
 
         :raises AgentAlreadyExists: another node owns this id.
+        :raises RegistryConflict: the entry kept changing under concurrent
+            writers, though no other node owns it (nothing was changed).
         :raises ValueError: ``ref.node`` is ``None``.
+        :raises Unreachable: the registry cannot be reached right now.
+        :raises EngineError: the registry failed the operation.
+        :raises CallTimeout: the registry gave no answer in time.
         """
 
     async def take_over(self, ref: AgentRef, *, epoch: int) -> RegistryEntry:
@@ -89,8 +94,14 @@ class Registry(abc.ABC):
 
         :raises AgentAlreadyExists: the entry is no longer at ``epoch``.
         :raises AgentNotFound: no such entry.
+        :raises RegistryConflict: the entry kept changing under concurrent
+            writers while staying at ``epoch`` (nothing was changed).
+        :raises ValueError: ``ref.node`` is ``None``.
         :raises NotImplementedError: this registry cannot fail agents over
             (the default).
+        :raises Unreachable: the registry cannot be reached right now.
+        :raises EngineError: the registry failed the operation.
+        :raises CallTimeout: the registry gave no answer in time.
         """
         raise NotImplementedError(f"{type(self).__name__} does not support take_over")
 
@@ -99,6 +110,10 @@ class Registry(abc.ABC):
         """Remove the entry; with ``node``, only if that node still owns it.
 
         Unregistering an unknown id is not an error.
+
+        :raises Unreachable: the registry cannot be reached right now.
+        :raises EngineError: the registry failed the operation.
+        :raises CallTimeout: the registry gave no answer in time.
         """
 
     @abc.abstractmethod
@@ -106,6 +121,9 @@ class Registry(abc.ABC):
         """Return the entry for ``agent_id``.
 
         :raises AgentNotFound: no such entry.
+        :raises Unreachable: the registry cannot be reached right now.
+        :raises EngineError: the registry failed the operation.
+        :raises CallTimeout: the registry gave no answer in time.
         """
 
     @abc.abstractmethod
@@ -118,7 +136,12 @@ class Registry(abc.ABC):
     ) -> list[RegistryEntry]:
         """Return the entries matching every given criterion.
 
-        ``metadata`` matches entries whose metadata has each key with an equal value.
+        ``metadata`` matches entries whose metadata has each key with an equal
+        value; :func:`~jido_trio.abc.registry_matcher` is that test.
+
+        :raises Unreachable: the registry cannot be reached right now.
+        :raises EngineError: the registry failed the operation.
+        :raises CallTimeout: the registry gave no answer in time.
         """
 
     @abc.abstractmethod
@@ -126,11 +149,21 @@ class Registry(abc.ABC):
         """Merge ``metadata`` into the entry's metadata.
 
         :raises AgentNotFound: no such entry.
+        :raises RegistryConflict: the entry kept changing under concurrent
+            writers (nothing was changed).
+        :raises Unreachable: the registry cannot be reached right now.
+        :raises EngineError: the registry failed the operation.
+        :raises CallTimeout: the registry gave no answer in time.
         """
 
     @abc.abstractmethod
     async def count(self) -> int:
-        """Number of registered agents."""
+        """Number of registered agents.
+
+        :raises Unreachable: the registry cannot be reached right now.
+        :raises EngineError: the registry failed the operation.
+        :raises CallTimeout: the registry gave no answer in time.
+        """
 
     @abc.abstractmethod
     def watch(self) -> AbstractAsyncContextManager[AsyncIterator[RegistryEvent]]:
@@ -138,4 +171,8 @@ class Registry(abc.ABC):
 
         A watcher that falls far behind may miss events; it is never allowed to
         grow memory without bound.
+
+        :raises Unreachable: the registry cannot be reached right now (on entry).
+        :raises EngineError: the registry failed to start the watch.
+        :raises CallTimeout: the registry gave no answer in time.
         """

@@ -33,7 +33,12 @@ class LogEntry:
 
 
 class StateBackend(abc.ABC):
-    """Versioned key-value state plus append-only logs."""
+    """Versioned key-value state plus append-only logs.
+
+    Every method checks its arguments first, with the checks of
+    :mod:`jido_trio.abc` (:func:`~jido_trio.abc.check_state_key` and the
+    others), so all engines refuse the same bad arguments alike.
+    """
 
     def synchronous_access(self) -> SynchronousState | None:
         """The same storage, accessed without waiting, if this backend offers
@@ -48,6 +53,12 @@ class StateBackend(abc.ABC):
         ``"strong"`` sees every write acknowledged before the call began;
         ``"eventual"`` may return an older value that converges; ``"weak"``
         may return any value this node has seen, even a stale cache.
+
+        :raises TypeError: ``key`` is not a ``str``.
+        :raises ValueError: an unknown consistency level, or a key with no UTF-8 form.
+        :raises Unreachable: the engine cannot be reached right now.
+        :raises EngineError: the engine failed the read.
+        :raises CallTimeout: the engine gave no answer in time.
         """
 
     @abc.abstractmethod
@@ -59,6 +70,13 @@ class StateBackend(abc.ABC):
         Returns once the write is as durable as the backend promises.
 
         :raises StateConflict: the current version is not ``expected_version``.
+        :raises TypeError: ``key`` is not a ``str`` or ``value`` not bytes.
+        :raises ValueError: ``expected_version`` is neither ``None`` nor an
+            ``int >= 0``, or the key has no UTF-8 form.
+        :raises Unreachable: the engine cannot be reached right now (the
+            write may still have happened if it was sent).
+        :raises EngineError: the engine failed the write.
+        :raises CallTimeout: the engine gave no answer in time.
         """
 
     @abc.abstractmethod
@@ -66,22 +84,57 @@ class StateBackend(abc.ABC):
         """Remove ``key`` (absent keys are fine unless a version is expected).
 
         :raises StateConflict: the current version is not ``expected_version``.
+        :raises TypeError: ``key`` is not a ``str``.
+        :raises ValueError: ``expected_version`` is neither ``None`` nor an
+            ``int >= 0``, or the key has no UTF-8 form.
+        :raises Unreachable: the engine cannot be reached right now.
+        :raises EngineError: the engine failed the delete.
+        :raises CallTimeout: the engine gave no answer in time.
         """
 
     @abc.abstractmethod
     async def keys(self, prefix: str = "") -> list[str]:
-        """All keys that start with ``prefix``, sorted."""
+        """All keys that start with ``prefix``, sorted.
+
+        :raises TypeError: ``prefix`` is not a ``str``.
+        :raises ValueError: ``prefix`` has no UTF-8 form.
+        :raises Unreachable: the engine cannot be reached right now.
+        :raises EngineError: the engine failed the listing.
+        :raises CallTimeout: the engine gave no answer in time.
+        """
 
     @abc.abstractmethod
     async def append(self, stream: str, data: bytes) -> int:
-        """Append ``data`` to the log ``stream``; return its sequence number once durable."""
+        """Append ``data`` to the log ``stream``; return its sequence number once durable.
+
+        :raises TypeError: ``stream`` is not a ``str`` or ``data`` not bytes.
+        :raises ValueError: ``stream`` has no UTF-8 form.
+        :raises Unreachable: the engine cannot be reached right now.
+        :raises EngineError: the engine failed the append.
+        :raises CallTimeout: the engine gave no answer in time.
+        """
 
     @abc.abstractmethod
     async def read_log(
         self, stream: str, *, after: int = 0, limit: int | None = None
     ) -> list[LogEntry]:
-        """Records of ``stream`` with ``seq > after``, oldest first, at most ``limit``."""
+        """Records of ``stream`` with ``seq > after``, oldest first, at most ``limit``.
+
+        :raises TypeError: ``stream`` is not a ``str``, ``after`` not an
+            ``int`` or ``limit`` neither ``None`` nor an ``int``.
+        :raises ValueError: ``limit`` is negative, or ``stream`` has no UTF-8 form.
+        :raises Unreachable: the engine cannot be reached right now.
+        :raises EngineError: the engine failed the read.
+        :raises CallTimeout: the engine gave no answer in time.
+        """
 
     @abc.abstractmethod
     async def trim_log(self, stream: str, *, upto: int) -> None:
-        """Drop the records of ``stream`` with ``seq <= upto`` (sequence numbers stay)."""
+        """Drop the records of ``stream`` with ``seq <= upto`` (sequence numbers stay).
+
+        :raises TypeError: ``stream`` is not a ``str`` or ``upto`` not an ``int``.
+        :raises ValueError: ``stream`` has no UTF-8 form.
+        :raises Unreachable: the engine cannot be reached right now.
+        :raises EngineError: the engine failed the trim.
+        :raises CallTimeout: the engine gave no answer in time.
+        """

@@ -45,6 +45,7 @@ class Transport(abc.ABC):
 
         :raises RemoteNotSupported: the transport is local-only.
         :raises Unreachable: the node is unknown or cannot be reached.
+        :raises InvalidMessage: ``data`` is larger than the transport carries.
         """
 
     @abc.abstractmethod
@@ -54,6 +55,7 @@ class Transport(abc.ABC):
         :raises RemoteNotSupported: the transport is local-only.
         :raises Unreachable: the node is unknown or cannot be reached.
         :raises CallTimeout: no reply within ``timeout`` seconds.
+        :raises InvalidMessage: ``data`` is larger than the transport carries.
         """
 
     @abc.abstractmethod
@@ -64,11 +66,20 @@ class Transport(abc.ABC):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Receive messages for this node and pass each to ``handler`` until
-        cancelled; call ``task_status.started()`` once ready."""
+        cancelled; call ``task_status.started()`` once ready.
+
+        :raises Unreachable: the transport cannot start serving (no connection).
+        :raises EngineError: the transport's engine refused to serve.
+        """
 
     @abc.abstractmethod
     async def members(self) -> Sequence[NodeInfo]:
-        """The nodes this transport knows of, this one included."""
+        """The nodes this transport knows of, this one included.
+
+        :raises Unreachable: the membership cannot be read right now.
+        :raises EngineError: the transport's engine failed to list it.
+        :raises CallTimeout: the engine gave no answer in time.
+        """
 
     async def wait_fenced(self) -> None:
         """Return once this node has lost its cluster membership: its lease

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from .._config import Config
 from .._exceptions import JidoError
+from .._groups import exception_leaves
 from ._admin import AgentSpec, plan_node, run_node
 from ._protocol import (
     DEFAULT_ADMIN,
@@ -162,7 +163,7 @@ def node_run(
     try:
         trio.run(run_node, plan)
     except BaseExceptionGroup as group:
-        errors = _leaves(group)
+        errors = exception_leaves(group)
         if not all(isinstance(e, Exception) for e in errors):
             raise
         _fail("; ".join(_describe(e) for e in errors))
@@ -174,13 +175,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return f"cannot run the node: {exc}"
     return f"{type(exc).__name__}: {exc}"
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
 
 
 # ---------------------------------------------------------------- client commands

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from ..abc import Coordination, Lease
+from ..abc import Coordination, Lease, check_parties, check_ttl
 
 __all__ = ["LocalCoordination"]
 
@@ -41,8 +41,6 @@ class LocalCoordination(Coordination):
 
     async def _acquire(self, key: tuple[str, str], ttl: float, holder: str) -> Lease:
         """Take the lease ``key`` (kind, name); locks and elections are separate."""
-        if not ttl > 0:
-            raise ValueError("ttl must be positive")
         while True:
             state = self._locks.setdefault(key, _LockState())
             now = trio.current_time()
@@ -70,6 +68,7 @@ class LocalCoordination(Coordination):
         self, name: str, *, ttl: float, holder: str | None = None
     ) -> AsyncIterator[Lease]:
         key = ("lock", name)
+        check_ttl(ttl)
         lease = await self._acquire(key, ttl, holder or f"holder-{next(self._holders)}")
         try:
             yield lease
@@ -80,8 +79,7 @@ class LocalCoordination(Coordination):
     async def elect(self, group: str, *, candidate: str, ttl: float = 10.0) -> AsyncIterator[Lease]:
         # In one process a leader cannot vanish without leaving the block, so
         # its lease never needs renewing: hold it without expiry.
-        if not ttl > 0:
-            raise ValueError("ttl must be positive")
+        check_ttl(ttl)
         key = ("elect", group)
         lease = await self._acquire(key, math.inf, candidate)
         try:
@@ -90,8 +88,7 @@ class LocalCoordination(Coordination):
             self._release(key, lease)
 
     async def barrier(self, name: str, parties: int) -> None:
-        if parties < 1:
-            raise ValueError("parties must be at least 1")
+        check_parties(parties)
         state = self._barriers.setdefault(name, _Barrier())
         state.arrived += 1
         if state.arrived >= parties:

@@ -14,7 +14,14 @@ import trio
 
 from .._exceptions import AgentAlreadyExists, AgentNotFound
 from .._ref import AgentRef
-from ..abc import Registry, RegistryEntry, RegistryEvent, SynchronousRegistry
+from ..abc import (
+    Registry,
+    RegistryEntry,
+    RegistryEvent,
+    SynchronousRegistry,
+    check_registered_ref,
+    registry_matcher,
+)
 
 __all__ = ["LocalRegistry"]
 
@@ -76,6 +83,7 @@ class LocalRegistry(Registry, SynchronousRegistry):
     async def register(
         self, ref: AgentRef, metadata: Mapping[str, Any] | None = None
     ) -> RegistryEntry:
+        check_registered_ref(ref)
         await trio.lowlevel.checkpoint()
         self.register_nowait(ref, metadata)
         entry = self._entry(ref.id)
@@ -95,8 +103,8 @@ class LocalRegistry(Registry, SynchronousRegistry):
         return current is None or current.node == ref.node
 
     def register_nowait(self, ref: AgentRef, metadata: Mapping[str, Any] | None = None) -> None:
-        if ref.node is None:
-            raise ValueError("a registered ref must name its owning node")
+        # Unchecked, like the state backend's *_nowait: for refs the node
+        # made itself (register checks the others first).
         agent_id = ref.id
         current = self._refs.get(agent_id)
         if current is not None and current.node != ref.node:
@@ -114,9 +122,8 @@ class LocalRegistry(Registry, SynchronousRegistry):
             self._emit("registered", entry)
 
     async def take_over(self, ref: AgentRef, *, epoch: int) -> RegistryEntry:
+        check_registered_ref(ref)
         await trio.lowlevel.checkpoint()
-        if ref.node is None:
-            raise ValueError("a registered ref must name its owning node")
         current = self._entry(ref.id)
         if current is None:
             raise AgentNotFound(f"no agent registered as {ref.id!r}")
@@ -159,13 +166,10 @@ class LocalRegistry(Registry, SynchronousRegistry):
         metadata: Mapping[str, Any] | None = None,
     ) -> list[RegistryEntry]:
         await trio.lowlevel.checkpoint()
-        wanted = dict(metadata or {})
+        matches = registry_matcher(type=type, node=node, metadata=metadata)
         found = []
         for agent_id, ref in self._refs.items():
-            if (type is not None and ref.type != type) or (node is not None and ref.node != node):
-                continue
-            meta = self._metadata[agent_id]
-            if all(k in meta and meta[k] == v for k, v in wanted.items()):
+            if matches(ref, self._metadata[agent_id]):
                 entry = self._entry(agent_id)
                 assert entry is not None
                 found.append(entry)

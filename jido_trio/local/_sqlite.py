@@ -18,9 +18,10 @@ Design:
 - A write or append returns only after its transaction has committed. A
   compare-and-set that loses raises :class:`~jido_trio.StateConflict` for that
   operation only; the rest of its batch commits. A failure of SQLite itself
-  (the file locked by another process past ``busy_timeout``, an I/O error)
-  fails the whole batch with :class:`~jido_trio.Unreachable`, the engine's
-  error as its cause.
+  fails the whole batch, the engine's error as its cause: with
+  :class:`~jido_trio.Unreachable` when the file is locked by another process
+  past ``busy_timeout`` (that passes), with :class:`~jido_trio.EngineError`
+  for anything else (an I/O error, a full disk, a corrupt file).
 
 Durability. WAL with ``synchronous=FULL`` (the default) fsyncs the WAL on every
 commit, so an acknowledged write survives a crash of the process *and* of the
@@ -48,8 +49,19 @@ import attrs
 import trio
 
 from .._config import Config
-from .._exceptions import ConfigError, StateConflict, Unreachable
-from ..abc import Consistency, LogEntry, StateBackend, Versioned
+from .._exceptions import ConfigError, EngineError, JidoError, StateConflict, Unreachable
+from ..abc import (
+    Consistency,
+    LogEntry,
+    StateBackend,
+    Versioned,
+    check_consistency,
+    check_expected_version,
+    check_log_limit,
+    check_log_seq,
+    check_state_key,
+    check_state_value,
+)
 
 __all__ = ["MAX_BATCH", "SqliteStateBackend", "open_sqlite_state_backend", "sqlite_factory"]
 
@@ -106,53 +118,34 @@ def _prefix_end(prefix: str) -> str | None:
     return None
 
 
-def _check_key(key: str, what: str = "key") -> None:
-    if not isinstance(key, str):
-        raise TypeError(f"state {what} must be a str, got {type(key).__name__}")
-
-
-def _check_bytes(data: bytes) -> bytes:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"state values must be bytes, got {type(data).__name__}")
-    return bytes(data)
-
-
-def _check_version(expected_version: int | None) -> None:
-    if expected_version is not None and (
-        isinstance(expected_version, bool)
-        or not isinstance(expected_version, int)
-        or expected_version < 0
-    ):
-        raise ValueError(f"expected_version must be None or an int >= 0, got {expected_version!r}")
-
-
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: SQLite's primary result codes for "another connection holds the file".
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
 def _int64(name: str, value: int) -> int:
     """``value`` clamped to SQLite's integer range (every larger value orders alike)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return min(max(value, _INT64_MIN), _INT64_MAX)
+    return min(max(check_log_seq(name, value), _INT64_MIN), _INT64_MAX)
 
 
-def _engine_error(exc: sqlite3.Error) -> Unreachable:
-    """What a waiter raises when SQLite itself failed (locked by another
-    process past ``busy_timeout``, disk full, I/O error): an error of the
-    runtime's own hierarchy, the engine's as its cause."""
-    error = Unreachable(f"the sqlite state backend failed: {exc}")
+def _is_locked(exc: Exception) -> bool:
+    """Whether SQLite failed because another connection holds the file."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
+def _engine_error(exc: Exception) -> JidoError:
+    """What one waiter raises (each its own) when its whole transaction
+    failed: :class:`Unreachable` while another process holds the file (past
+    ``busy_timeout``; that passes), :class:`EngineError` for anything else
+    (an I/O error, a full disk, a corrupt file); the engine's error as cause."""
+    error: JidoError
+    if _is_locked(exc):
+        error = Unreachable(f"the sqlite state file is locked by another process: {exc}")
+    else:
+        error = EngineError(f"the sqlite state backend failed: {exc}")
     error.__cause__ = exc
     return error
-
-
-def _own_copy(exc: Exception) -> Exception:
-    """A copy of ``exc`` for one waiter (each raises its own, with ``exc`` as cause)."""
-    try:
-        copy = type(exc)(*exc.args)
-    except Exception:
-        copy = RuntimeError(f"state transaction failed: {exc!r}")
-    copy.__cause__ = exc
-    return copy
 
 
 # ---------------------------------------------------------------- in the thread
@@ -250,12 +243,9 @@ class SqliteStateBackend(StateBackend):
                 # finishes and every waiter learns its outcome.
                 try:
                     await trio.to_thread.run_sync(self._run_batch, batch, limiter=self._limiter)
-                except sqlite3.Error as exc:  # the engine failed the whole transaction
+                except Exception as exc:  # the engine failed the whole transaction
                     for op in batch:
                         op.error = _engine_error(exc)
-                except Exception as exc:  # the whole transaction failed
-                    for op in batch:
-                        op.error = _own_copy(exc)
                 for op in batch:
                     op.done.set()
 
@@ -312,7 +302,8 @@ class SqliteStateBackend(StateBackend):
     # ------------------------------------------------------------ key-value
 
     async def read(self, key: str, *, consistency: Consistency = "strong") -> Versioned | None:
-        _check_key(key)
+        check_state_key(key)
+        check_consistency(consistency)
 
         def run(conn: sqlite3.Connection) -> Versioned | None:
             row = conn.execute("SELECT value, version FROM kv WHERE key = ?", (key,)).fetchone()
@@ -322,9 +313,9 @@ class SqliteStateBackend(StateBackend):
         return result
 
     async def write(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
-        _check_key(key)
-        data = _check_bytes(value)
-        _check_version(expected_version)
+        check_state_key(key)
+        data = check_state_value(value)
+        check_expected_version(expected_version)
 
         def run(conn: sqlite3.Connection) -> int:
             version = _cas(conn, key, expected_version) + 1
@@ -339,8 +330,8 @@ class SqliteStateBackend(StateBackend):
         return version
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> None:
-        _check_key(key)
-        _check_version(expected_version)
+        check_state_key(key)
+        check_expected_version(expected_version)
 
         def run(conn: sqlite3.Connection) -> None:
             _cas(conn, key, expected_version)
@@ -349,7 +340,7 @@ class SqliteStateBackend(StateBackend):
         await self._submit(run, writes=True)
 
     async def keys(self, prefix: str = "") -> list[str]:
-        _check_key(prefix, "key prefix")
+        check_state_key(prefix, "key prefix")
         end = _prefix_end(prefix)
 
         def run(conn: sqlite3.Connection) -> list[str]:
@@ -367,8 +358,8 @@ class SqliteStateBackend(StateBackend):
     # ------------------------------------------------------------ logs
 
     async def append(self, stream: str, data: bytes) -> int:
-        _check_key(stream, "log stream name")
-        payload = _check_bytes(data)
+        check_state_key(stream, "log stream name")
+        payload = check_state_value(data, "log records")
 
         def run(conn: sqlite3.Connection) -> int:
             row = conn.execute(
@@ -391,11 +382,10 @@ class SqliteStateBackend(StateBackend):
     async def read_log(
         self, stream: str, *, after: int = 0, limit: int | None = None
     ) -> list[LogEntry]:
-        _check_key(stream, "log stream name")
+        check_state_key(stream, "log stream name")
         after = _int64("after", after)
+        limit = check_log_limit(limit)
         if limit is not None:
-            if _int64("limit", limit) < 0:
-                raise ValueError(f"limit must be None or >= 0, got {limit}")
             limit = min(limit, _INT64_MAX)
 
         def run(conn: sqlite3.Connection) -> list[LogEntry]:
@@ -409,7 +399,7 @@ class SqliteStateBackend(StateBackend):
         return entries
 
     async def trim_log(self, stream: str, *, upto: int) -> None:
-        _check_key(stream, "log stream name")
+        check_state_key(stream, "log stream name")
         upto = _int64("upto", upto)
 
         def run(conn: sqlite3.Connection) -> None:

@@ -9,7 +9,19 @@ import trio
 
 from .._exceptions import StateConflict
 from .._message import slot_setter
-from ..abc import Consistency, LogEntry, StateBackend, SynchronousState, Versioned
+from ..abc import (
+    Consistency,
+    LogEntry,
+    StateBackend,
+    SynchronousState,
+    Versioned,
+    check_consistency,
+    check_expected_version,
+    check_log_limit,
+    check_log_seq,
+    check_state_key,
+    check_state_value,
+)
 
 __all__ = ["MemoryStateBackend"]
 
@@ -43,16 +55,20 @@ class MemoryStateBackend(StateBackend, SynchronousState):
 
     All three consistency levels read the single copy, so every read is strong.
 
-    It offers :class:`~jido_trio.abc.SynchronousState` (the runtime then
-    commits a batch without a scheduler round), but only while the class's
-    async methods are not overridden, so a subclass that customises them sees
-    every operation.
+    The async methods check their arguments (see :mod:`jido_trio.abc`) like
+    every other engine. It offers :class:`~jido_trio.abc.SynchronousState`
+    (the runtime then loads and commits agents' state without a scheduler
+    round): those methods take keys and values the runtime made itself,
+    unchecked, and are offered only while the class's async methods are not
+    overridden, so a subclass that customises them sees every operation.
     """
 
     _data: dict[str, Versioned] = attrs.field(factory=dict, init=False)
     _logs: dict[str, _Log] = attrs.field(factory=dict, init=False)
 
     async def read(self, key: str, *, consistency: Consistency = "strong") -> Versioned | None:
+        check_state_key(key)
+        check_consistency(consistency)
         await trio.lowlevel.checkpoint()
         return self._data.get(key)
 
@@ -64,10 +80,15 @@ class MemoryStateBackend(StateBackend, SynchronousState):
         return actual
 
     async def write(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
+        check_state_key(key)
+        check_state_value(value)
+        check_expected_version(expected_version)
         await trio.lowlevel.checkpoint()
         return self.write_nowait(key, value, expected_version=expected_version)
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> None:
+        check_state_key(key)
+        check_expected_version(expected_version)
         await trio.lowlevel.checkpoint()
         self.delete_nowait(key, expected_version=expected_version)
 
@@ -100,28 +121,36 @@ class MemoryStateBackend(StateBackend, SynchronousState):
         return log is not None and bool(log.entries)
 
     async def keys(self, prefix: str = "") -> list[str]:
+        check_state_key(prefix, "key prefix")
         await trio.lowlevel.checkpoint()
         return sorted(k for k in self._data if k.startswith(prefix))
 
     async def append(self, stream: str, data: bytes) -> int:
+        check_state_key(stream, "log stream name")
+        record = check_state_value(data, "log records")
         await trio.lowlevel.checkpoint()
         log = self._logs.setdefault(stream, _Log())
         log.last_seq += 1
-        log.entries.append(LogEntry(seq=log.last_seq, data=bytes(data)))
+        log.entries.append(LogEntry(seq=log.last_seq, data=record))
         return log.last_seq
 
     async def read_log(
         self, stream: str, *, after: int = 0, limit: int | None = None
     ) -> list[LogEntry]:
+        check_state_key(stream, "log stream name")
+        check_log_seq("after", after)
+        check_log_limit(limit)
         await trio.lowlevel.checkpoint()
         log = self._logs.get(stream)
         if log is None:
             return []
         start = bisect.bisect_right(log.entries, after, key=_seq)
-        end = len(log.entries) if limit is None else start + max(limit, 0)
+        end = len(log.entries) if limit is None else start + limit
         return log.entries[start:end]
 
     async def trim_log(self, stream: str, *, upto: int) -> None:
+        check_state_key(stream, "log stream name")
+        check_log_seq("upto", upto)
         await trio.lowlevel.checkpoint()
         log = self._logs.get(stream)
         if log is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import trio
@@ -191,6 +191,42 @@ async def _state_binary_values(b: StateBackend) -> None:
             found.value == value,
             f"value of {key!r} came back changed ({len(found.value)} bytes, wrote {len(value)})",
         )
+
+
+def _wrong(value: object) -> Any:
+    """An argument of the wrong type (hidden from type checkers)."""
+    return value
+
+
+@_check
+async def _state_bad_arguments(b: StateBackend) -> None:
+    """bad arguments raise TypeError or ValueError (jido_trio.abc's checks) and store nothing"""
+    cases: list[tuple[type[Exception], str, Callable[[], Awaitable[object]]]] = [
+        (TypeError, "read(key=1)", lambda: b.read(_wrong(1))),
+        (ValueError, "read(consistency='always')", lambda: b.read("k", consistency=_wrong("x"))),
+        (TypeError, "write(key=None)", lambda: b.write(_wrong(None), b"v")),
+        (TypeError, "write(value='text')", lambda: b.write("k", _wrong("text"))),
+        (ValueError, "write(key with a lone surrogate)", lambda: b.write("k\udc00", b"v")),
+        (ValueError, "write(expected_version=-1)", lambda: b.write("k", b"v", expected_version=-1)),
+        (
+            ValueError,
+            "write(expected_version=True)",
+            lambda: b.write("k", b"", expected_version=True),
+        ),
+        (ValueError, "delete(expected_version=-1)", lambda: b.delete("k", expected_version=-1)),
+        (TypeError, "keys(prefix=None)", lambda: b.keys(_wrong(None))),
+        (TypeError, "append(stream=None)", lambda: b.append(_wrong(None), b"r")),
+        (TypeError, "append(data='text')", lambda: b.append("s", _wrong("text"))),
+        (TypeError, "read_log(after='0')", lambda: b.read_log("s", after=_wrong("0"))),
+        (TypeError, "read_log(limit=1.5)", lambda: b.read_log("s", limit=_wrong(1.5))),
+        (ValueError, "read_log(limit=-1)", lambda: b.read_log("s", limit=-1)),
+        (TypeError, "trim_log(upto=None)", lambda: b.trim_log("s", upto=_wrong(None))),
+    ]
+    for error, what, call in cases:
+        with raises(error, what):
+            await call()
+    check(await b.keys() == [], f"refused writes stored keys: {await b.keys()!r}")
+    check(await b.read_log("s") == [], "a refused append stored a record")
 
 
 # ---------------------------------------------------------------- logs

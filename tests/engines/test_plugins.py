@@ -205,3 +205,26 @@ async def test_bad_factory_registration_is_a_config_error() -> None:
     with pytest.raises(jt.ConfigError):
         async with jt.open_node(plugins=[Bad()]):
             pass
+
+
+def test_hookspecs_and_the_plugin_manager_do_not_import_each_other() -> None:
+    """hookspecs names ``Backends``; both take it from a module of its own."""
+    import ast
+    from pathlib import Path
+
+    def imported(module: object) -> set[str]:
+        path = Path(getattr(module, "__file__", ""))
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                found.add(node.module or "")
+                found.update(
+                    f"{node.module or ''}.{alias.name}".lstrip(".") for alias in node.names
+                )
+        return found
+
+    from jido_trio import _plugins
+
+    assert not {"_plugins", "jido_trio._plugins"} & imported(hookspecs)
+    assert hookspecs.Backends is _plugins.Backends

@@ -9,8 +9,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -89,25 +90,45 @@ async def test_a_lost_compare_and_set_fails_alone_in_its_batch(tmp_path: Path) -
         assert b.transactions < 20
 
 
-async def test_a_value_sqlite_cannot_bind_fails_alone(tmp_path: Path) -> None:
+async def in_one_batch(b: SqliteStateBackend, *calls: Callable[[], Awaitable[None]]) -> None:
+    """Write the key "before", then run ``calls`` so that all of them land in
+    the writer's next batch: the thread limiter is held until they are queued."""
+    async with trio.open_nursery() as nursery, b._limiter:
+        nursery.start_soon(b.write, "before", b"v")
+        await trio.testing.wait_all_tasks_blocked()
+        for call in calls:
+            nursery.start_soon(call)
+        await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_an_operation_that_fails_on_its_own_fails_alone(tmp_path: Path) -> None:
+    """An operation's own failure (here a value SQLite cannot bind) undoes
+    that operation alone; the rest of its batch commits."""
     async with open_sqlite_state_backend(tmp_path / "s.db") as b:
         results: dict[str, object] = {}
 
-        async def put(key: str) -> None:
-            try:
-                results[key] = await b.write(key, b"v")
-            except UnicodeEncodeError as exc:
-                results[key] = exc
+        def unbindable(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO kv (key, value, version) VALUES ('half', x'', 1)")
+            conn.execute("SELECT ?", (2**70,))  # OverflowError, not an sqlite3.Error
 
-        async with trio.open_nursery() as nursery:
-            for key in ("good-1", "bad-\udc00", "good-2"):
-                nursery.start_soon(put, key)
+        async def put(key: str) -> None:
+            results[key] = await b.write(key, b"v")
+
+        async def bad() -> None:
+            try:
+                await b._submit(unbindable, writes=True)
+            except OverflowError as exc:
+                results["bad"] = exc
+
+        await in_one_batch(b, partial(put, "good-1"), bad, partial(put, "good-2"))
         assert results["good-1"] == results["good-2"] == 1
-        assert isinstance(results["bad-\udc00"], UnicodeEncodeError)
-        assert await b.keys() == ["good-1", "good-2"]
+        assert isinstance(results["bad"], OverflowError)
+        assert await b.keys() == ["before", "good-1", "good-2"]
+        assert b.transactions == 2
 
 
 async def test_an_engine_failure_fails_its_whole_batch_only(tmp_path: Path) -> None:
+    """Each waiter of a batch SQLite failed raises its own EngineError."""
     async with open_sqlite_state_backend(tmp_path / "s.db") as b:
         errors: list[BaseException] = []
 
@@ -118,29 +139,41 @@ async def test_an_engine_failure_fails_its_whole_batch_only(tmp_path: Path) -> N
         async def write(key: str) -> None:
             try:
                 await b.write(key, b"v")
-            except jt.Unreachable as exc:
+            except jt.EngineError as exc:
                 errors.append(exc)
 
         async def fail() -> None:
             try:
                 await b._submit(broken, writes=True)
-            except jt.Unreachable as exc:
+            except jt.EngineError as exc:
                 errors.append(exc)
 
-        # Holding the thread limiter, all three land in the writer's next batch.
-        async with trio.open_nursery() as nursery, b._limiter:
-            nursery.start_soon(b.write, "before", b"v")
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(write, "a")
-            nursery.start_soon(fail)
-            nursery.start_soon(write, "b")
-            await trio.testing.wait_all_tasks_blocked()
+        await in_one_batch(b, partial(write, "a"), fail, partial(write, "b"))
         assert len(errors) == 3
         assert len({id(e) for e in errors}) == 3, "each waiter raises its own exception"
         assert all("disk I/O error" in str(e) for e in errors)
         assert all(isinstance(e.__cause__, sqlite3.OperationalError) for e in errors)
         assert await b.keys() == ["before"], "the failed batch was rolled back whole"
         assert await b.write("after", b"v") == 1
+
+
+async def test_a_corrupt_file_raises_engine_error(tmp_path: Path) -> None:
+    """A storage failure is the engine failing the operation (EngineError,
+    SQLite's error as the cause), not the engine being out of reach."""
+    path = tmp_path / "s.db"
+    async with open_sqlite_state_backend(path) as b:
+        for i in range(300):
+            await b.write(f"key-{i:04d}", b"x" * 200)
+    with path.open("r+b") as f:  # keep page 1 (header, schema); ruin the rest
+        f.seek(2 * 4096)
+        f.write(b"\xff" * (path.stat().st_size - 2 * 4096))
+    async with open_sqlite_state_backend(path) as b:
+        with pytest.raises(jt.EngineError, match="malformed") as raised:
+            await b.keys()
+        assert not isinstance(raised.value, jt.Unreachable)
+        assert isinstance(raised.value.__cause__, sqlite3.DatabaseError)
+        with pytest.raises(jt.EngineError):
+            await b.read("key-0100")
 
 
 # ---------------------------------------------------------------- persistence
@@ -271,14 +304,8 @@ async def test_keys_with_extreme_code_points(tmp_path: Path) -> None:
             assert await b.keys(prefix) == sorted(k for k in keys if k.startswith(prefix))
 
 
-async def test_argument_errors(tmp_path: Path) -> None:
+async def test_log_positions_beyond_sqlite_integers(tmp_path: Path) -> None:
     async with open_sqlite_state_backend(tmp_path / "s.db") as b:
-        with pytest.raises(TypeError):
-            await b.write("k", "not bytes")  # type: ignore[arg-type]
-        with pytest.raises(ValueError):
-            await b.write("k", b"v", expected_version=-1)
-        with pytest.raises(ValueError):
-            await b.read_log("s", limit=-1)
         await b.append("s", b"x")
         assert await b.read_log("s", after=-(2**70), limit=2**70) == [LogEntry(seq=1, data=b"x")]
         await b.trim_log("s", upto=2**70)
@@ -443,11 +470,10 @@ async def test_acknowledged_state_and_log_survive_sigkill(tmp_path: Path) -> Non
     assert len(acked) == len(set(acked)), "no count was acknowledged twice across restarts"
 
 
-async def test_a_file_locked_by_another_process_is_unreachable_not_an_engine_error(
-    tmp_path: Path,
-) -> None:
-    """Past ``busy_timeout`` the caller gets the runtime's own error; the
-    refused at-least-once send was not logged, so it is never applied."""
+async def test_a_file_locked_by_another_process_is_unreachable(tmp_path: Path) -> None:
+    """Past ``busy_timeout`` the caller gets Unreachable (the lock passes), not
+    EngineError; the refused at-least-once send was not logged, so it is
+    never applied."""
     path = tmp_path / "n.db"
     options = {"path": str(path), "busy_timeout": 0.05}
     config = jt.Config(node_name="n", state="sqlite", plugin_options={"sqlite": options})
@@ -461,6 +487,7 @@ async def test_a_file_locked_by_another_process_is_unreachable_not_an_engine_err
                     ref, jt.Instruction("increment", {"by": 100}), delivery="at_least_once"
                 )
             assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+            assert not isinstance(raised.value, jt.EngineError)
         finally:
             other.execute("ROLLBACK")
             other.close()

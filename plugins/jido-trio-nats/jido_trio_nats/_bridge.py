@@ -20,8 +20,9 @@ import trio
 import trio_asyncio
 
 from jido_trio import Unreachable
+from jido_trio.abc import single_failure
 
-__all__ = ["Bridge", "open_bridge", "single_failure"]
+__all__ = ["Bridge", "open_bridge"]
 
 log = logging.getLogger("jido_trio_nats.bridge")
 
@@ -93,17 +94,3 @@ async def open_bridge() -> AsyncIterator[Bridge]:
         if failure is None:
             raise
         raise failure  # noqa: B904 - the group is only a wrapper
-
-
-def single_failure(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception other than ``trio.Cancelled`` inside ``group``
-    (nested groups flattened), or ``None`` if there is not exactly one."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        elif not isinstance(exc, trio.Cancelled):
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else None

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import attrs
 import nats
@@ -24,46 +24,18 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
-from jido_trio import CallTimeout, Config, Unreachable
+from jido_trio import Config, Unreachable
 
 from ._bridge import Bridge, open_bridge
+from ._jetstream import NATS_ERRORS, KvItem, kv_list, raise_jido_error
 from ._options import NatsOptions
 
-__all__ = ["NATS_ERRORS", "NatsConnection", "open_connection", "raise_unreachable"]
+__all__ = ["NatsConnection", "open_connection"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 log = logging.getLogger("jido_trio_nats")
-
-#: nats-py errors that mean "NATS cannot be reached right now".
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.NoServersError,
-    nats.errors.StaleConnectionError,
-    nats.errors.OutboundBufferLimitError,
-    nats.js.errors.ServiceUnavailableError,
-    ConnectionError,
-    OSError,
-)
-#: nats-py errors that mean "no answer in time".
-TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (nats.errors.TimeoutError, TimeoutError)
-
-
-#: Everything a bridged nats-py call may raise that means "NATS failed us".
-NATS_ERRORS: tuple[type[BaseException], ...] = (
-    nats.errors.Error,
-    *CONNECTION_ERRORS,
-    *TIMEOUT_ERRORS,
-)
-
-
-def raise_unreachable(exc: BaseException, what: str) -> NoReturn:
-    """Re-raise a nats-py failure as the jido_trio error a caller handles."""
-    if isinstance(exc, TIMEOUT_ERRORS):
-        raise CallTimeout(f"{what}: NATS did not answer in time") from exc
-    raise Unreachable(f"{what}: NATS is unreachable ({type(exc).__name__}: {exc})") from exc
 
 
 @attrs.define(eq=False)
@@ -87,7 +59,8 @@ class NatsConnection:
         **kwargs: P.kwargs,
     ) -> T:
         """Run ``fn`` on the asyncio side; nats-py failures become
-        :class:`Unreachable` / :class:`CallTimeout` naming ``what``."""
+        :class:`Unreachable`, :class:`EngineError` or :class:`CallTimeout`
+        naming ``what`` (see :func:`~jido_trio_nats._jetstream.jido_error`)."""
         try:
             return await self.bridge.run(fn, *args, **kwargs)
         except asyncio.CancelledError as exc:
@@ -95,7 +68,20 @@ class NatsConnection:
             # caller: a trio cancellation arrives as trio.Cancelled.
             raise Unreachable(f"{what}: the NATS connection closed") from exc
         except NATS_ERRORS as exc:
-            raise_unreachable(exc, what)
+            raise_jido_error(exc, what)
+
+    async def list_bucket(
+        self, what: str, kv: KeyValue, *, headers_only: bool = False
+    ) -> list[KvItem]:
+        """Every live key of the bucket ``kv`` (see
+        :func:`~jido_trio_nats._jetstream.kv_list`), within ``request_timeout``.
+
+        :raises Unreachable: no complete listing in time, or NATS cannot be reached.
+        :raises EngineError: JetStream answered with an error.
+        """
+        return await self.run(
+            what, kv_list, kv, headers_only=headers_only, timeout=self.options.request_timeout
+        )
 
     def check_connected(self, what: str) -> None:
         """Fail fast while disconnected (nats-py would buffer the request and
@@ -124,7 +110,13 @@ class NatsConnection:
 
     async def kv(self, kind: str, *, ttl: float | None = None, history: int = 1) -> KeyValue:
         """The bucket ``<namespace>_<kind>``, created on first use (idempotent
-        across nodes: the same config from every node)."""
+        across nodes: the same config from every node).
+
+        :raises Unreachable: NATS (or JetStream: nats-server needs ``-js``)
+            cannot be reached.
+        :raises EngineError: JetStream refused to create or find the bucket.
+        :raises CallTimeout: JetStream did not answer in time.
+        """
         bucket = self._buckets.get(kind)
         if bucket is not None:
             await trio.lowlevel.checkpoint()
@@ -145,8 +137,8 @@ class NatsConnection:
                 except nats.js.errors.BadRequestError:
                     # Made by an older version with another config: use it as it is.
                     bucket = await self._existing(self.js.key_value, self.name(kind))
-                except (*CONNECTION_ERRORS, *TIMEOUT_ERRORS) as exc:
-                    raise_unreachable(
+                except NATS_ERRORS as exc:
+                    raise_jido_error(
                         exc,
                         f"creating bucket {self.name(kind)!r} (is JetStream enabled? "
                         "nats-server needs -js)",
@@ -162,7 +154,12 @@ class NatsConnection:
         return await self.kv("nodes", ttl=self.options.lease_ttl)
 
     async def stream(self, kind: str, subjects: list[str], **config: Any) -> str:
-        """The stream ``<namespace>_<kind>``, created on first use; returns its name."""
+        """The stream ``<namespace>_<kind>``, created on first use; returns its name.
+
+        :raises Unreachable: NATS (or JetStream) cannot be reached.
+        :raises EngineError: JetStream refused to create or find the stream.
+        :raises CallTimeout: JetStream did not answer in time.
+        """
         name = self.name(kind)
         if name in self._streams:
             await trio.lowlevel.checkpoint()
@@ -181,8 +178,8 @@ class NatsConnection:
                     await self.bridge.run(self.js.add_stream, stream_config)
                 except nats.js.errors.BadRequestError:
                     await self._existing(self.js.stream_info, name)
-                except (*CONNECTION_ERRORS, *TIMEOUT_ERRORS) as exc:
-                    raise_unreachable(exc, f"creating stream {name!r}")
+                except NATS_ERRORS as exc:
+                    raise_jido_error(exc, f"creating stream {name!r}")
                 await self._wait_for_leader(name)
                 self._streams.add(name)
         return name
@@ -206,10 +203,8 @@ class NatsConnection:
 
         try:
             return await self.bridge.run(poll)
-        except nats.js.errors.NotFoundError as exc:
-            raise_unreachable(exc, f"opening {name!r}")
-        except (*CONNECTION_ERRORS, *TIMEOUT_ERRORS) as exc:
-            raise_unreachable(exc, f"opening {name!r}")
+        except NATS_ERRORS as exc:
+            raise_jido_error(exc, f"opening {name!r}")
 
     async def _wait_for_leader(self, stream: str) -> None:
         """Wait until a new replicated stream has elected its leader: until
@@ -228,8 +223,8 @@ class NatsConnection:
 
         try:
             await self.bridge.run(poll)
-        except (*CONNECTION_ERRORS, *TIMEOUT_ERRORS) as exc:
-            raise_unreachable(exc, f"waiting for stream {stream!r}")
+        except NATS_ERRORS as exc:
+            raise_jido_error(exc, f"waiting for stream {stream!r}")
 
     @property
     def connected(self) -> bool:

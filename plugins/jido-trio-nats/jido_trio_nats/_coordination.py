@@ -62,21 +62,23 @@ from typing import Any
 
 import attrs
 import nats.errors
-import nats.js.errors
 import trio
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 
 from jido_trio import Config, StateConflict, Unreachable
-from jido_trio.abc import Coordination, Lease
+from jido_trio.abc import Coordination, Lease, check_parties, check_ttl
 
-from ._connection import (
-    CONNECTION_ERRORS,
-    TIMEOUT_ERRORS,
-    NatsConnection,
-    open_connection,
-    raise_unreachable,
+from ._connection import NatsConnection, open_connection
+from ._jetstream import (
+    KV_OPERATION,
+    NATS_ERRORS,
+    TTL,
+    is_deletion,
+    publish_if_last,
+    raise_jido_error,
+    read_last,
 )
 from ._keys import encode_token
 
@@ -84,18 +86,6 @@ __all__ = ["NatsCoordination", "open_coordination"]
 
 log = logging.getLogger("jido_trio_nats.coordination")
 
-#: Everything nats-py raises that a caller sees as Unreachable / CallTimeout.
-_NATS_ERRORS: tuple[type[BaseException], ...] = (
-    nats.errors.Error,
-    *CONNECTION_ERRORS,
-    *TIMEOUT_ERRORS,
-)
-#: JetStream error codes of a failed ``Nats-Expected-Last-Subject-Sequence``.
-_WRONG_LAST_SEQUENCE = (10071, 10164)
-_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
-_TTL = "Nats-TTL"
-_KV_OPERATION = "KV-Operation"
-_MARKER_REASON = "Nats-Marker-Reason"
 _BARRIER_GEN = "Jido-Barrier-Gen"
 _BARRIER_DONE = "Jido-Barrier-Done"
 #: Seconds a waiter waits for a watch event before it re-reads the key anyway.
@@ -118,24 +108,12 @@ def _ttl_header(ttl: float) -> str | None:
     return str(max(1, math.ceil(ttl)))
 
 
-def _is_free(headers: Mapping[str, str] | None) -> bool:
-    """A delete / purge marker, or a marker the server left for an expired key."""
-    if not headers:
-        return False
-    return headers.get(_KV_OPERATION) in ("DEL", "PURGE") or _MARKER_REASON in headers
-
-
 def _decode(data: bytes | None) -> dict[str, Any]:
     try:
         value = json.loads(data or b"")
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _check_ttl(ttl: float) -> None:
-    if not ttl > 0:
-        raise ValueError("ttl must be positive")
 
 
 @attrs.define(eq=False)
@@ -212,7 +190,7 @@ class NatsCoordination(Coordination):
     async def lock(
         self, name: str, *, ttl: float, holder: str | None = None
     ) -> AsyncIterator[Lease]:
-        _check_ttl(ttl)
+        check_ttl(ttl)
         key = "lock/" + encode_token(name, "lock name")
         holder = holder or f"{self.conn.node_name}#{next(self._holders)}"
         record = self._record(holder, ttl)
@@ -224,7 +202,7 @@ class NatsCoordination(Coordination):
 
     @asynccontextmanager
     async def elect(self, group: str, *, candidate: str, ttl: float = 10.0) -> AsyncIterator[Lease]:
-        _check_ttl(ttl)
+        check_ttl(ttl)
         key = "elect/" + encode_token(group, "election group")
         record = self._record(candidate, ttl)
         revision, started = await self._take(key, record, ttl)
@@ -244,13 +222,12 @@ class NatsCoordination(Coordination):
             raise term.lost
 
     async def barrier(self, name: str, parties: int) -> None:
-        if parties < 1:
-            raise ValueError("parties must be at least 1")
+        check_parties(parties)
         key = "barrier/" + encode_token(name, "barrier name")
         try:
             await self.conn.bridge.run(self._barrier, key, parties)
-        except _NATS_ERRORS as exc:
-            raise_unreachable(exc, f"barrier {name!r}")
+        except NATS_ERRORS as exc:
+            raise_jido_error(exc, f"barrier {name!r}")
 
     # ------------------------------------------------------------ trio side
 
@@ -280,8 +257,8 @@ class NatsCoordination(Coordination):
                     self.conn.bridge.submit(self._release, key, task.result()[0])
         try:
             return task.result()
-        except _NATS_ERRORS as exc:
-            raise_unreachable(exc, f"acquiring {key!r}")
+        except NATS_ERRORS as exc:
+            raise_jido_error(exc, f"acquiring {key!r}")
 
     async def _shielded(self, fn: Callable[..., Awaitable[None]], *args: Any, what: str) -> None:
         """Run a release on the asyncio side even when the caller is cancelled;
@@ -289,14 +266,14 @@ class NatsCoordination(Coordination):
         with trio.CancelScope(shield=True), trio.move_on_after(self.conn.options.request_timeout):
             try:
                 await self.conn.bridge.run(fn, *args)
-            except _NATS_ERRORS as exc:
+            except NATS_ERRORS as exc:
                 log.warning("%s: %r (the lease lapses after its ttl)", what, exc)
 
     async def _aclose(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(self.conn.options.request_timeout):
             try:
                 await self.conn.bridge.run(self._close)
-            except _NATS_ERRORS as exc:
+            except NATS_ERRORS as exc:
                 log.debug("closing coordination watcher: %r", exc)
 
     # ------------------------------------------------------------ asyncio side
@@ -314,29 +291,22 @@ class NatsCoordination(Coordination):
 
         :raises _Taken: the key is at another revision.
         """
-        hdrs = {_EXPECTED_LAST: str(expected), **(headers or {})}
+        hdrs = dict(headers or {})
         if ttl is not None:
-            hdrs[_TTL] = ttl
-        try:
-            ack = await self.conn.js.publish(self._prefix + key, payload, headers=hdrs)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code in _WRONG_LAST_SEQUENCE:
-                raise _Taken from exc
-            raise
-        return int(ack.seq)
+            hdrs[TTL] = ttl
+        revision = await publish_if_last(
+            self.conn.js, self._prefix + key, payload, last=expected, headers=hdrs
+        )
+        if revision is None:
+            raise _Taken
+        return revision
 
     async def _read(self, key: str) -> tuple[int, bytes | None]:
         """(last revision of ``key`` or 0, its value or None when it is free)."""
-        try:
-            msg = await self.conn.js.get_msg(
-                self._stream, subject=self._prefix + key, direct=self._direct
-            )
-        except nats.js.errors.NotFoundError:
-            return 0, None
-        revision = int(msg.seq or 0)
-        if _is_free(msg.headers):
-            return revision, None
-        return revision, msg.data or b""
+        current = await read_last(
+            self.conn.js, self._stream, self._prefix + key, direct=self._direct
+        )
+        return current.revision, current.data
 
     async def _acquire(self, key: str, record: bytes, ttl: float) -> tuple[int, float]:
         loop = asyncio.get_running_loop()
@@ -388,7 +358,7 @@ class NatsCoordination(Coordination):
                     revision, headers = event
                     if revision <= last:
                         continue
-                    if _is_free(headers):
+                    if is_deletion(headers):
                         expected = revision
                     break
         finally:
@@ -401,7 +371,7 @@ class NatsCoordination(Coordination):
             revision = await attempt
         except _Taken:
             return
-        except _NATS_ERRORS:
+        except NATS_ERRORS:
             # No answer: the write may have landed all the same; find it by its nonce.
             await self._abandon(key, _decode(record).get("nonce"))
             return
@@ -417,7 +387,7 @@ class NatsCoordination(Coordination):
         """Free ``key`` if it is still at our ``revision``."""
         try:
             marker = await self._publish(
-                key, b"", revision, ttl=str(_MARKER_TTL), headers={_KV_OPERATION: "DEL"}
+                key, b"", revision, ttl=str(_MARKER_TTL), headers={KV_OPERATION: "DEL"}
             )
         except _Taken:
             return  # our lease lapsed; the key is someone else's now
@@ -449,7 +419,7 @@ class NatsCoordination(Coordination):
                     conflict.__cause__ = exc
                     term.lose(conflict)
                     return
-                except _NATS_ERRORS as exc:
+                except NATS_ERRORS as exc:
                     if loop.time() >= term.expires:
                         error = Unreachable(
                             f"leadership of {group!r} lapsed: could not renew it in time "
@@ -520,7 +490,7 @@ class NatsCoordination(Coordination):
                 if seen <= revision:
                     continue
                 if (
-                    _is_free(event_headers)
+                    is_deletion(event_headers)
                     or event_headers.get(_BARRIER_GEN) != gen
                     or event_headers.get(_BARRIER_DONE)
                 ):

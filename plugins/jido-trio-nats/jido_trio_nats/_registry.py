@@ -13,15 +13,19 @@ get a follower may answer), so they see every write acknowledged before they
 began. :meth:`~NatsRegistry.select` and :meth:`~NatsRegistry.count` list the
 bucket through one short-lived consumer in a single asyncio call.
 
+A compare-and-set that loses to a write of the same node (a restart, a
+metadata update) is retried at once, up to :data:`MAX_CAS_ATTEMPTS` rounds;
+only an entry owned by another node is :class:`~jido_trio.AgentAlreadyExists`,
+and an entry that kept changing without that is
+:class:`~jido_trio.RegistryConflict`.
+
 Unregistering writes a KV delete marker whose payload is the removed entry,
-so watchers can say which entry went away. The helpers ``kv_read``,
-``kv_write`` and ``kv_list`` are shared with the transport's membership bucket.
+so watchers can say which entry went away. The KV helpers are those of
+:mod:`jido_trio_nats._jetstream`, shared with the other engines.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -30,11 +34,9 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 import msgspec
-import nats.errors
-import nats.js.errors
 import trio
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
 from jido_trio import (
@@ -43,14 +45,21 @@ from jido_trio import (
     AgentRef,
     Config,
     InvalidMessage,
-    Unreachable,
+    RegistryConflict,
 )
-from jido_trio.abc import Registry, RegistryEntry, RegistryEvent
+from jido_trio.abc import (
+    Registry,
+    RegistryEntry,
+    RegistryEvent,
+    check_registered_ref,
+    registry_matcher,
+)
 
 from ._connection import NatsConnection, open_connection
+from ._jetstream import is_deletion, kv_read, kv_write
 from ._keys import decode_token_or_none, encode_token
 
-__all__ = ["NatsRegistry", "kv_list", "kv_read", "kv_write", "open_registry"]
+__all__ = ["NatsRegistry", "open_registry"]
 
 log = logging.getLogger("jido_trio_nats.registry")
 
@@ -58,199 +67,8 @@ T = TypeVar("T")
 
 #: Events a watcher may fall behind by before further events are dropped for it.
 WATCH_BUFFER = 1024
-#: Seconds a listing may go without a message before it is started again.
-LIST_STALL = 1.0
-#: Seconds an abandoned listing consumer lives on the server.
-LIST_INACTIVE = 10.0
 #: Compare-and-set rounds one call tries before it gives up under contention.
 MAX_CAS_ATTEMPTS = 32
-
-KV_OPERATION = "KV-Operation"
-MARKER_REASON = "Nats-Marker-Reason"
-EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
-#: JetStream error code for "no message found" (the key never existed or lapsed).
-NO_MESSAGE = 10037
-#: JetStream error codes for "the expected last subject sequence does not match".
-WRONG_LAST_SEQUENCE = (10071, 10164)
-
-#: What a failed bridge call may raise from nats-py / asyncio.
-NATS_ERRORS: tuple[type[BaseException], ...] = (
-    nats.errors.Error,
-    OSError,
-    asyncio.TimeoutError,
-    asyncio.CancelledError,
-)
-
-
-# ---------------------------------------------------------------- KV helpers (asyncio side)
-
-
-@attrs.frozen
-class KvCurrent:
-    """The last message of a key: ``revision`` 0 when the key never existed
-    (or lapsed), ``data`` ``None`` when its last message is a delete marker."""
-
-    revision: int
-    data: bytes | None
-    timestamp: float = 0.0
-
-
-def _is_delete(headers: Mapping[str, str] | None) -> bool:
-    if not headers:
-        return False
-    return headers.get(KV_OPERATION) in ("DEL", "PURGE") or MARKER_REASON in headers
-
-
-async def kv_read(kv: KeyValue, key: str) -> KvCurrent:
-    """Read the last message of ``key`` from the stream leader (asyncio side)."""
-    try:
-        msg = await kv._js.get_msg(kv._stream, subject=f"{kv._pre}{key}", direct=False)
-    except nats.js.errors.NotFoundError as exc:
-        if exc.err_code != NO_MESSAGE:
-            raise  # the bucket's stream is gone, say: not "no such key"
-        return KvCurrent(0, None)
-    stamp = msg.time.timestamp() if msg.time is not None else 0.0
-    revision = int(msg.seq or 0)
-    if _is_delete(msg.headers):
-        return KvCurrent(revision, None, stamp)
-    return KvCurrent(revision, msg.data or b"", stamp)
-
-
-async def kv_write(
-    kv: KeyValue, key: str, value: bytes, *, last: int, delete: bool = False
-) -> int | None:
-    """Write ``value`` under ``key`` if its last revision is ``last`` (0: absent);
-    return the new revision, or ``None`` when the key moved on (asyncio side).
-
-    With ``delete`` the write is a KV delete marker carrying ``value``.
-    """
-    headers = {EXPECTED_LAST: str(last)}
-    if delete:
-        headers[KV_OPERATION] = "DEL"
-    try:
-        ack = await kv._js.publish(f"{kv._pre}{key}", value, headers=headers)
-    except nats.js.errors.APIError as exc:
-        if exc.err_code in WRONG_LAST_SEQUENCE:
-            return None
-        raise
-    return int(ack.seq)
-
-
-@attrs.frozen
-class KvItem:
-    """One live key of a listing."""
-
-    key: str
-    revision: int
-    data: bytes
-    timestamp: float
-
-
-async def kv_list(
-    kv: KeyValue, *, headers_only: bool = False, timeout: float = 5.0
-) -> list[KvItem]:
-    """Every live key of the bucket with its last value, through one ephemeral
-    push consumer (``last_per_subject``, no acks), in one asyncio call.
-
-    Writes made while the listing runs may or may not be included. NATS may
-    drop pushed messages under load; a listing with a gap in its consumer
-    sequence (or that stalls) is started again.
-
-    :raises Unreachable: no complete listing within ``timeout`` seconds.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    attempts = 0
-    while True:
-        attempts += 1
-        received = await _kv_list_once(kv, headers_only, deadline)
-        if received is not None:
-            break
-        if loop.time() >= deadline:
-            raise Unreachable(
-                f"listing bucket {kv._name!r}: no complete answer within {timeout}s "
-                f"({attempts} attempts)"
-            )
-        log.warning("listing bucket %r lost messages; listing it again", kv._name)
-    items: dict[str, KvItem] = {}
-    for msg in received:
-        key = msg.subject[len(kv._pre) :]
-        if _is_delete(msg.headers):
-            items.pop(key, None)
-            continue
-        meta = msg.metadata
-        items[key] = KvItem(
-            key=key,
-            revision=meta.sequence.stream,
-            data=b"" if headers_only else msg.data,
-            timestamp=meta.timestamp.timestamp(),
-        )
-    return list(items.values())
-
-
-async def _kv_list_once(kv: KeyValue, headers_only: bool, deadline: float) -> list[Msg] | None:
-    """One listing: the messages in delivery order, or ``None`` if some were lost."""
-    js = kv._js
-    nc = js._nc
-    loop = asyncio.get_running_loop()
-    inbox = nc.new_inbox()
-    received: list[Msg] = []
-    done: asyncio.Future[None] = loop.create_future()
-    expected: list[int] = []  # set once the consumer is created
-
-    async def on_msg(msg: Msg) -> None:
-        try:
-            received.append(msg)
-            meta = msg.metadata
-            if not done.done() and (
-                meta.num_pending == 0 or (expected and len(received) >= expected[0])
-            ):
-                done.set_result(None)
-        except Exception as exc:  # never raise into nats-py
-            if not done.done():
-                done.set_exception(exc)
-
-    sub = await nc.subscribe(inbox, cb=on_msg)
-    name: str | None = None
-    try:
-        info = await js.add_consumer(
-            kv._stream,
-            ConsumerConfig(
-                deliver_subject=inbox,
-                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                ack_policy=AckPolicy.NONE,
-                filter_subject=f"{kv._pre}>",
-                headers_only=headers_only or None,
-                mem_storage=True,
-                num_replicas=1,
-                inactive_threshold=LIST_INACTIVE,
-            ),
-            timeout=max(0.1, deadline - loop.time()),
-        )
-        name = info.name
-        delivered = info.delivered.consumer_seq if info.delivered is not None else 0
-        total = int(info.num_pending or 0) + int(delivered or 0)
-        expected.append(total)
-        if (total == 0 or len(received) >= total) and not done.done():
-            done.set_result(None)
-        seen = -1
-        while not done.done():
-            if len(received) == seen or loop.time() >= deadline:
-                return None  # stalled: the message that would finish it was lost
-            seen = len(received)
-            wait = min(LIST_STALL, max(0.0, deadline - loop.time()))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(done), wait)
-        done.result()
-    finally:
-        await sub.unsubscribe()
-        if name is not None:
-            # No reply wanted: the consumer goes away on its own if this is lost.
-            await nc.publish(f"{js._prefix}.CONSUMER.DELETE.{kv._stream}.{name}")
-    if any(m.metadata.sequence.consumer != i for i, m in enumerate(received, 1)):
-        return None
-    return received
-
 
 # ---------------------------------------------------------------- stored entries
 
@@ -390,58 +208,59 @@ class NatsRegistry(Registry):
                 return "ok", (updated, revision)
         return "contended", None
 
+    async def _change(
+        self,
+        operation: str,
+        agent_id: str,
+        op: Callable[..., Awaitable[Outcome]],
+        *args: Any,
+    ) -> tuple[Literal["ok", "exists"], Any]:
+        """Run the compare-and-set ``op`` on the entry of ``agent_id``: its
+        outcome and detail when it changed the entry or found another owner.
+
+        :raises AgentNotFound: there is no entry.
+        :raises RegistryConflict: the entry kept changing under other writers.
+        """
+        outcome, detail = await self._run(
+            f"{operation} of agent {agent_id!r}", op, encode_token(agent_id, "agent id"), *args
+        )
+        if outcome == "missing":
+            raise AgentNotFound(f"no agent registered as {agent_id!r}")
+        if outcome == "contended":
+            raise RegistryConflict(agent_id, operation)
+        return outcome, detail
+
     # ------------------------------------------------------------ Registry
 
     async def register(
         self, ref: AgentRef, metadata: Mapping[str, Any] | None = None
     ) -> RegistryEntry:
-        if ref.node is None:
-            await trio.lowlevel.checkpoint()
-            raise ValueError("a registered ref must name its owning node")
+        node = check_registered_ref(ref)
         now = time.time()
         merged = {**ref.metadata, **(metadata or {})}
         stored = _Stored(
             id=ref.id,
             type=ref.type,
-            node=ref.node,
+            node=node,
             ref_metadata=dict(ref.metadata),
             metadata=merged,
             registered_at=now,
         )
-        value = _encode(stored)
-        outcome, detail = await self._run(
-            f"registering agent {ref.id!r}",
-            self._register_op,
-            encode_token(ref.id, "agent id"),
-            ref.node,
-            value,
+        outcome, detail = await self._change(
+            "registration", ref.id, self._register_op, node, _encode(stored)
         )
         if outcome == "exists":
             raise AgentAlreadyExists(f"agent {ref.id!r} is owned by node {detail!r}")
-        if outcome != "ok":
-            raise AgentAlreadyExists(f"agent {ref.id!r}: registration kept losing races")
         return RegistryEntry(ref=ref, epoch=detail, metadata=merged, registered_at=now)
 
     async def take_over(self, ref: AgentRef, *, epoch: int) -> RegistryEntry:
-        if ref.node is None:
-            await trio.lowlevel.checkpoint()
-            raise ValueError("a registered ref must name its owning node")
-        outcome, detail = await self._run(
-            f"taking over agent {ref.id!r}",
-            self._take_over_op,
-            encode_token(ref.id, "agent id"),
-            ref.node,
-            epoch,
-        )
-        if outcome == "missing":
-            raise AgentNotFound(f"no agent registered as {ref.id!r}")
+        node = check_registered_ref(ref)
+        outcome, detail = await self._change("take-over", ref.id, self._take_over_op, node, epoch)
         if outcome == "exists":
             owner, current = detail
             raise AgentAlreadyExists(
                 f"agent {ref.id!r} is at epoch {current}, not {epoch}: node {owner!r} owns it"
             )
-        if outcome != "ok":
-            raise AgentAlreadyExists(f"agent {ref.id!r}: take-over kept losing races")
         stored, revision = detail
         return _entry(stored, revision)
 
@@ -462,9 +281,7 @@ class NatsRegistry(Registry):
         return _entry(stored, current.revision)
 
     async def _entries(self) -> list[RegistryEntry]:
-        items = await self._run(
-            "listing the registry", kv_list, self.kv, timeout=self.conn.options.request_timeout
-        )
+        items = await self.conn.list_bucket("listing the registry", self.kv)
         entries = []
         for item in items:
             stored = _decode(item.data, item.key)
@@ -479,38 +296,18 @@ class NatsRegistry(Registry):
         node: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> list[RegistryEntry]:
-        wanted = dict(metadata or {})
-        return [
-            e
-            for e in await self._entries()
-            if (type is None or e.ref.type == type)
-            and (node is None or e.ref.node == node)
-            and all(k in e.metadata and e.metadata[k] == v for k, v in wanted.items())
-        ]
+        matches = registry_matcher(type=type, node=node, metadata=metadata)
+        return [e for e in await self._entries() if matches(e.ref, e.metadata)]
 
     async def update_metadata(self, agent_id: str, metadata: Mapping[str, Any]) -> RegistryEntry:
         _encode(_Stored(id="", type="", node="", metadata=dict(metadata)))  # fail early
-        outcome, detail = await self._run(
-            f"updating agent {agent_id!r}",
-            self._update_op,
-            encode_token(agent_id, "agent id"),
-            dict(metadata),
+        _, (stored, revision) = await self._change(
+            "metadata update", agent_id, self._update_op, dict(metadata)
         )
-        if outcome == "missing":
-            raise AgentNotFound(f"no agent registered as {agent_id!r}")
-        if outcome != "ok":
-            raise AgentAlreadyExists(f"agent {agent_id!r}: metadata update kept losing races")
-        stored, revision = detail
         return _entry(stored, revision)
 
     async def count(self) -> int:
-        items = await self._run(
-            "counting the registry",
-            kv_list,
-            self.kv,
-            headers_only=True,
-            timeout=self.conn.options.request_timeout,
-        )
+        items = await self.conn.list_bucket("counting the registry", self.kv, headers_only=True)
         return len(items)
 
     @asynccontextmanager
@@ -566,7 +363,7 @@ class NatsRegistry(Registry):
 def _event(msg: Msg, pre: str) -> RegistryEvent | None:
     key = msg.subject[len(pre) :]
     revision = msg.metadata.sequence.stream
-    if _is_delete(msg.headers):
+    if is_deletion(msg.headers):
         stored = _decode(msg.data, key) if msg.data else None
         if stored is None:  # deleted by someone else: all we know is the id
             agent_id = decode_token_or_none(key, "the registry bucket")

@@ -27,17 +27,33 @@ from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import attrs
-import nats.errors
 import nats.js.errors
 import trio
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from jido_trio import Config, ConfigError, InvalidMessage, StateConflict
-from jido_trio.abc import Consistency, LogEntry, StateBackend, Versioned
+from jido_trio.abc import (
+    Consistency,
+    LogEntry,
+    StateBackend,
+    Versioned,
+    check_consistency,
+    check_expected_version,
+    check_log_limit,
+    check_log_seq,
+    check_state_key,
+    check_state_value,
+    single_failure,
+)
 
-from ._bridge import single_failure
 from ._connection import NatsConnection, open_connection
+from ._jetstream import (
+    EXPECTED_LAST,
+    is_deletion,
+    listing_consumer,
+    publish_if_last,
+    read_last,
+)
 from ._keys import MAX_SUBJECT_LENGTH, decode_token_or_none, encode_token
 
 __all__ = ["NatsStateBackend", "open_state"]
@@ -45,13 +61,9 @@ __all__ = ["NatsStateBackend", "open_state"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: The JetStream header for compare-and-set on a subject's last message.
-_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
-#: JetStream error codes for "the subject's last sequence is not the expected one".
-_WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 #: Bytes the compare-and-set header adds to a message at most
 #: ("NATS/1.0\r\n" + "<name>: <20 digits>\r\n" + "\r\n").
-_CAS_HEADER_BYTES = len(f"NATS/1.0\r\n{_EXPECTED_LAST}: {2**64}\r\n\r\n")
+_CAS_HEADER_BYTES = len(f"NATS/1.0\r\n{EXPECTED_LAST}: {2**64}\r\n\r\n")
 #: Log records asked for per direct-get batch, and the byte budget of one batch.
 _LOG_BATCH = 1024
 _LOG_BATCH_BYTES = 8 * 1024 * 1024
@@ -61,49 +73,10 @@ _LOG_BATCH_BYTES = 8 * 1024 * 1024
 _CREATE_ATTEMPTS = 8
 #: JetStream sequences are unsigned 64-bit; larger ``after``/``upto`` mean "all".
 _MAX_SEQ = 2**63
-#: nats-py failures (connection, timeouts, JetStream API errors) that this
-#: module turns into :class:`Unreachable` / :class:`CallTimeout`.
-_NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, TimeoutError)
-
-_LEVELS: tuple[Consistency, ...] = ("strong", "eventual", "weak")
 
 
 class _WrongLast(Exception):
     """A publish's expected last sequence did not match (asyncio side only)."""
-
-
-def _is_marker(headers: Mapping[str, str] | None) -> bool:
-    """Whether a KV message is a deletion marker (``nats kv del``/``purge``,
-    or a marker the server placed), not a value."""
-    if not headers:
-        return False
-    return headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
-
-
-def _check_name(name: str, what: str) -> None:
-    if not isinstance(name, str):
-        raise TypeError(f"state {what} must be a str, got {type(name).__name__}")
-
-
-def _check_bytes(data: bytes) -> bytes:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"state values must be bytes, got {type(data).__name__}")
-    return bytes(data)
-
-
-def _check_version(expected_version: int | None) -> None:
-    if expected_version is not None and (
-        isinstance(expected_version, bool)
-        or not isinstance(expected_version, int)
-        or expected_version < 0
-    ):
-        raise ValueError(f"expected_version must be None or an int >= 0, got {expected_version!r}")
-
-
-def _check_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return value
 
 
 # ---------------------------------------------------------------- weak cache
@@ -248,7 +221,7 @@ class NatsStateBackend(StateBackend):
         return await self.conn.run(what, fn, *args, **kwargs)
 
     def _subject(self, prefix: str, name: str, what: str) -> str:
-        _check_name(name, what)
+        check_state_key(name, what)
         subject = prefix + encode_token(name, f"state {what}")
         if len(subject) > MAX_SUBJECT_LENGTH:
             raise InvalidMessage(
@@ -276,24 +249,14 @@ class NatsStateBackend(StateBackend):
     async def _aio_last(self, stream: str, subject: str, direct: bool) -> tuple[int, bytes | None]:
         """The subject's last message: ``(seq, data)``, ``data`` None for a
         deletion marker, ``(0, None)`` when the subject has no message."""
-        try:
-            msg = await self.conn.js.get_msg(stream, subject=subject, direct=direct)
-        except nats.js.errors.NotFoundError:
-            return 0, None
-        seq = int(msg.seq or 0)
-        if _is_marker(msg.headers):
-            return seq, None
-        return seq, bytes(msg.data or b"")
+        current = await read_last(self.conn.js, stream, subject, direct=direct)
+        return current.revision, current.data
 
     async def _aio_publish(self, subject: str, data: bytes, expected: int | None) -> int:
-        headers = None if expected is None else {_EXPECTED_LAST: str(expected)}
-        try:
-            ack = await self.conn.js.publish(subject, data, headers=headers)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code in _WRONG_LAST_SEQUENCE:
-                raise _WrongLast from exc
-            raise
-        return int(ack.seq)
+        seq = await publish_if_last(self.conn.js, subject, data, last=expected)
+        if seq is None:
+            raise _WrongLast
+        return seq
 
     async def _aio_request(self, subject: str, body: Mapping[str, Any]) -> dict[str, Any]:
         msg = await self.conn.nc.request(subject, json.dumps(body).encode(), timeout=self._timeout)
@@ -391,7 +354,7 @@ class NatsStateBackend(StateBackend):
             if msg.headers and "Status" in msg.headers:
                 return  # no heartbeats or flow control are asked for; ignore
             received += 1
-            live[msg.subject] = not _is_marker(msg.headers)
+            live[msg.subject] = not is_deletion(msg.headers)
             if not done.done() and (msg.metadata.num_pending == 0 or 0 <= expected <= received):
                 done.set_result(None)
 
@@ -400,17 +363,7 @@ class NatsStateBackend(StateBackend):
         try:
             info = await js.add_consumer(
                 self.kv_stream,
-                ConsumerConfig(
-                    deliver_subject=inbox,
-                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                    filter_subject=self.kv_prefix + ">",
-                    headers_only=True,
-                    ack_policy=AckPolicy.NONE,
-                    mem_storage=True,
-                    num_replicas=1,
-                    # Removed by the server if we cannot delete it ourselves.
-                    inactive_threshold=30.0,
-                ),
+                listing_consumer(inbox, self.kv_prefix + ">", headers_only=True),
             )
             try:
                 # Messages the consumer had when created (a key written
@@ -509,13 +462,14 @@ class NatsStateBackend(StateBackend):
     async def read(self, key: str, *, consistency: Consistency = "strong") -> Versioned | None:
         """Return the value and version for ``key``, or ``None`` if absent.
 
-        :raises ValueError: an unknown consistency level.
+        :raises TypeError: ``key`` is not a ``str``.
+        :raises ValueError: an unknown consistency level, or a key with no UTF-8 form.
         :raises InvalidMessage: the key is too long for a NATS subject.
         :raises Unreachable: NATS cannot be reached.
+        :raises EngineError: JetStream answered with an error (the bucket is gone, say).
         :raises CallTimeout: NATS did not answer within ``request_timeout``.
         """
-        if consistency not in _LEVELS:
-            raise ValueError(f"consistency must be one of {_LEVELS}, got {consistency!r}")
+        check_consistency(consistency)
         subject = self._key_subject(key)
         if consistency == "weak":
             cached = self._cache.get(key)
@@ -539,14 +493,17 @@ class NatsStateBackend(StateBackend):
         Returns once the server stored it (on a quorum of replicas).
 
         :raises StateConflict: the current version is not ``expected_version``.
+        :raises TypeError: ``key`` is not a ``str`` or ``value`` not bytes.
+        :raises ValueError: a bad ``expected_version``, or a key with no UTF-8 form.
         :raises InvalidMessage: the value is larger than the server's
             ``max_payload``, or the key is too long for a NATS subject.
         :raises Unreachable: NATS cannot be reached.
+        :raises EngineError: JetStream answered with an error.
         :raises CallTimeout: NATS did not answer within ``request_timeout``.
         """
         subject = self._key_subject(key)
-        data = _check_bytes(value)
-        _check_version(expected_version)
+        data = check_state_value(value)
+        check_expected_version(expected_version)
         header = 0 if expected_version is None else _CAS_HEADER_BYTES
         self._check_size(data, header, f"state value for {key!r}")
         version = await self._run(
@@ -566,12 +523,15 @@ class NatsStateBackend(StateBackend):
         """Remove ``key`` (absent keys are fine unless a version is expected).
 
         :raises StateConflict: the current version is not ``expected_version``.
+        :raises TypeError: ``key`` is not a ``str``.
+        :raises ValueError: a bad ``expected_version``, or a key with no UTF-8 form.
         :raises InvalidMessage: the key is too long for a NATS subject.
         :raises Unreachable: NATS cannot be reached.
+        :raises EngineError: JetStream answered with an error.
         :raises CallTimeout: NATS did not answer within ``request_timeout``.
         """
         subject = self._key_subject(key)
-        _check_version(expected_version)
+        check_expected_version(expected_version)
         await self._run(
             f"deleting state {key!r}",
             self._aio_delete,
@@ -588,10 +548,13 @@ class NatsStateBackend(StateBackend):
         One ephemeral consumer lists the bucket's keys (headers only), so the
         cost grows with the number of keys in the bucket, whatever the prefix.
 
+        :raises TypeError: ``prefix`` is not a ``str``.
+        :raises ValueError: ``prefix`` has no UTF-8 form.
         :raises Unreachable: NATS cannot be reached.
+        :raises EngineError: JetStream answered with an error.
         :raises CallTimeout: NATS stopped answering within ``request_timeout``.
         """
-        _check_name(prefix, "key prefix")
+        check_state_key(prefix, "key prefix")
         subjects = await self._run("listing state keys", self._aio_keys)
         cut = len(self.kv_prefix)
         found = (decode_token_or_none(s[cut:], "the state bucket") for s in subjects)
@@ -603,13 +566,16 @@ class NatsStateBackend(StateBackend):
         """Append ``data`` to the log ``stream``; return its sequence number
         (a stream-wide JetStream sequence: growing, with gaps) once stored.
 
+        :raises TypeError: ``stream`` is not a ``str`` or ``data`` not bytes.
+        :raises ValueError: ``stream`` has no UTF-8 form.
         :raises InvalidMessage: the record is larger than the server's
             ``max_payload``, or the name is too long for a NATS subject.
         :raises Unreachable: NATS cannot be reached.
+        :raises EngineError: JetStream answered with an error.
         :raises CallTimeout: NATS did not answer within ``request_timeout``.
         """
         subject = self._log_subject(stream)
-        payload = _check_bytes(data)
+        payload = check_state_value(data, "log records")
         self._check_size(payload, 0, f"log record for {stream!r}")
         return await self._run(
             f"appending to log {stream!r}", self._aio_publish, subject, payload, None
@@ -622,14 +588,17 @@ class NatsStateBackend(StateBackend):
 
         Sees every record appended (acknowledged) before the call began.
 
-        :raises ValueError: ``limit`` is negative.
+        :raises TypeError: ``stream`` is not a ``str``, ``after`` not an
+            ``int`` or ``limit`` neither ``None`` nor an ``int``.
+        :raises ValueError: ``limit`` is negative, or ``stream`` has no UTF-8 form.
+        :raises InvalidMessage: the name is too long for a NATS subject.
         :raises Unreachable: NATS cannot be reached.
+        :raises EngineError: JetStream answered with an error.
         :raises CallTimeout: NATS did not answer within ``request_timeout``.
         """
         subject = self._log_subject(stream)
-        start = max(_check_int("after", after), 0) + 1
-        if limit is not None and _check_int("limit", limit) < 0:
-            raise ValueError(f"limit must be None or >= 0, got {limit}")
+        start = max(check_log_seq("after", after), 0) + 1
+        check_log_limit(limit)
         if limit == 0 or start > _MAX_SEQ:
             await trio.lowlevel.checkpoint()
             return []
@@ -639,11 +608,15 @@ class NatsStateBackend(StateBackend):
         """Drop the records of ``stream`` with ``seq <= upto`` (a JetStream
         purge of the log's subject).
 
+        :raises TypeError: ``stream`` is not a ``str`` or ``upto`` not an ``int``.
+        :raises ValueError: ``stream`` has no UTF-8 form.
+        :raises InvalidMessage: the name is too long for a NATS subject.
         :raises Unreachable: NATS cannot be reached.
+        :raises EngineError: JetStream answered with an error.
         :raises CallTimeout: NATS did not answer within ``request_timeout``.
         """
         subject = self._log_subject(stream)
-        upto = min(_check_int("upto", upto), _MAX_SEQ)
+        upto = min(check_log_seq("upto", upto), _MAX_SEQ)
         if upto < 1:
             await trio.lowlevel.checkpoint()
             return

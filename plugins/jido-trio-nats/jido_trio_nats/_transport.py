@@ -74,12 +74,11 @@ from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from jido_trio import CallTimeout, Config, ConfigError, InvalidMessage, Unreachable
-from jido_trio.abc import NodeInfo, RequestHandler, TopicHandler, Transport
+from jido_trio.abc import NodeInfo, RequestHandler, TopicHandler, Transport, single_failure
 
-from ._bridge import single_failure
 from ._connection import NatsConnection, open_connection
+from ._jetstream import BRIDGE_ERRORS, kv_read, kv_write
 from ._keys import decode_token_or_none, encode_token
-from ._registry import NATS_ERRORS, kv_list, kv_read, kv_write
 
 __all__ = ["MAX_IN_FLIGHT", "MAX_PAYLOAD", "NatsTransport", "open_transport"]
 
@@ -453,7 +452,7 @@ class NatsTransport(Transport):
             current = await self.conn.bridge.run(
                 kv_read, self.nodes, encode_token(node, "node name")
             )
-        except NATS_ERRORS:
+        except BRIDGE_ERRORS:
             return False
         return current.data is not None
 
@@ -669,7 +668,7 @@ class NatsTransport(Transport):
                 return
             try:
                 await self.conn.bridge.run(self._apply_topics, added, removed)
-            except NATS_ERRORS as exc:
+            except BRIDGE_ERRORS as exc:
                 raise Unreachable(
                     f"subscribing to topics: NATS did not confirm ({type(exc).__name__}: {exc})"
                 ) from exc
@@ -750,12 +749,8 @@ class NatsTransport(Transport):
     # ------------------------------------------------------------ membership
 
     async def members(self) -> Sequence[NodeInfo]:
-        items = await self._run(
-            "listing the cluster members",
-            kv_list,
-            self.nodes,
-            headers_only=True,
-            timeout=self.conn.options.request_timeout,
+        items = await self.conn.list_bucket(
+            "listing the cluster members", self.nodes, headers_only=True
         )
         names = ((decode_token_or_none(i.key, "the members bucket"), i) for i in items)
         return sorted(
@@ -834,7 +829,7 @@ class NatsTransport(Transport):
                 started = trio.current_time()
                 try:
                     revision = await self.conn.bridge.run(self._renew_once)
-                except NATS_ERRORS as exc:
+                except BRIDGE_ERRORS as exc:
                     log.warning("node %r could not renew its lease: %r", self.node_name, exc)
                     next_at = trio.current_time() + min(interval, 0.25)
                     continue
@@ -897,7 +892,7 @@ class NatsTransport(Transport):
                     await self.conn.bridge.run(
                         kv_write, self.nodes, self._key, b"", last=self._revision, delete=True
                     )
-                except NATS_ERRORS as exc:
+                except BRIDGE_ERRORS as exc:
                     log.debug("leaving: could not delete the membership key: %r", exc)
         for pending in list(self._pending.values()):
             pending.fail(Unreachable(f"the transport of node {self.node_name!r} closed"))
@@ -905,7 +900,7 @@ class NatsTransport(Transport):
             with trio.move_on_after(options.connect_timeout):
                 try:
                     await self.conn.bridge.run(self._reply_sub.unsubscribe)
-                except NATS_ERRORS as exc:
+                except BRIDGE_ERRORS as exc:
                     log.debug("leaving: could not unsubscribe: %r", exc)
 
 

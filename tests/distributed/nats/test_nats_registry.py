@@ -7,11 +7,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
 import jido_trio as jt
 from jido_trio.testing.conformance import check_registry
+from jido_trio_nats import _registry
+from jido_trio_nats._jetstream import kv_read
 from jido_trio_nats._registry import NatsRegistry, open_registry
 
 
@@ -98,3 +101,90 @@ async def test_metadata_must_be_encodable(nats_options: dict[str, Any]) -> None:
             with pytest.raises(jt.InvalidMessage):
                 await r1.register(jt.AgentRef(id="a", type="w", node="n1"), {"bad": object()})
             assert await r1.count() == 0
+
+
+async def test_a_missing_bucket_is_an_engine_error(nats_options: dict[str, Any]) -> None:
+    async with registries(nats_options, "n1") as (r1,):
+        await r1.register(jt.AgentRef(id="a", type="worker", node="n1"))
+        await r1.conn.bridge.run(r1.conn.js.delete_stream, r1.kv._stream)
+        with trio.fail_after(5), pytest.raises(jt.EngineError) as raised:
+            await r1.lookup("a")
+        assert not isinstance(raised.value, (jt.Unreachable, jt.AgentNotFound))
+
+
+# ---------------------------------------------------------------- contention
+
+
+@asynccontextmanager
+async def contended(
+    monkeypatch: pytest.MonkeyPatch, registry: NatsRegistry, rounds: int
+) -> AsyncIterator[list[int]]:
+    """Before each of the next ``rounds`` compare-and-set writes of the
+    registry, another writer updates the entry (as an update_metadata of its
+    own node does: same owner, same epoch), so that write loses its race."""
+    real_write = _registry.kv_write
+    bumps: list[int] = []
+
+    async def bump_first(
+        kv: Any, key: str, value: bytes, *, last: int, delete: bool = False
+    ) -> Any:
+        if len(bumps) < rounds:
+            current = await kv_read(kv, key)
+            if current.data is not None:
+                stored = _registry._decode(current.data, key)
+                assert stored is not None
+                updated = _registry._resolved(stored, current.revision, kind="updated")
+                bumped = await real_write(
+                    kv, key, _registry._encode(updated), last=current.revision
+                )
+                assert bumped is not None
+                bumps.append(bumped)
+        return await real_write(kv, key, value, last=last, delete=delete)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_registry, "kv_write", bump_first)
+        yield bumps
+
+
+async def test_lost_races_on_an_own_entry_are_retried(
+    nats_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with registries(nats_options, "n1") as (r1,):
+        ref = jt.AgentRef(id="a", type="worker", node="n1")
+        first = await r1.register(ref)
+        async with contended(monkeypatch, r1, rounds=3) as bumps:
+            with trio.fail_after(5):
+                again = await r1.register(ref)  # a restart of the agent on its node
+                updated = await r1.update_metadata("a", {"k": 2})
+        assert len(bumps) == 3
+        assert again.epoch > max(bumps[:2]) > first.epoch
+        assert updated.metadata["k"] == 2
+        assert (await r1.lookup("a")).node == "n1"
+
+
+async def test_contention_is_a_registry_conflict_not_agent_already_exists(
+    nats_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registration, take-over or update that keeps losing to writers of an
+    entry no other node owns raises RegistryConflict (a StateConflict) and
+    changes nothing; AgentAlreadyExists stays for another node's agent."""
+    async with registries(nats_options, "n1") as (r1,):
+        ref = jt.AgentRef(id="a", type="worker", node="n1")
+        entry = await r1.register(ref, {"k": 1})
+        attempts = [
+            ("registration", lambda: r1.register(ref)),
+            ("take-over", lambda: r1.take_over(attrs.evolve(ref, node="n2"), epoch=entry.epoch)),
+            ("metadata update", lambda: r1.update_metadata("a", {"k": 2})),
+        ]
+        for operation, attempt in attempts:
+            async with contended(monkeypatch, r1, rounds=_registry.MAX_CAS_ATTEMPTS):
+                with trio.fail_after(10), pytest.raises(jt.RegistryConflict) as raised:
+                    await attempt()
+            assert not isinstance(raised.value, jt.AgentAlreadyExists)
+            assert isinstance(raised.value, jt.StateConflict)
+            assert raised.value.agent_id == "a" and raised.value.operation == operation
+            found = await r1.lookup("a")
+            assert (found.node, found.epoch, found.metadata["k"]) == ("n1", entry.epoch, 1)
+        # Another node's agent is still AgentAlreadyExists.
+        with pytest.raises(jt.AgentAlreadyExists):
+            await r1.register(attrs.evolve(ref, node="n2"))

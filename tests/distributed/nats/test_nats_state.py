@@ -437,3 +437,22 @@ async def test_body_exception_is_not_wrapped(nats_options: dict[str, Any]) -> No
     with pytest.raises(KeyError, match="mine"):
         async with open_state(config("body"), nats_options):
             raise KeyError("mine")
+
+
+# ---------------------------------------------------------------- engine errors
+
+
+async def test_an_error_answer_from_jetstream_is_an_engine_error(
+    backend: NatsStateBackend,
+) -> None:
+    """NATS answered (with "stream not found"): the engine failed the read,
+    which is EngineError, not Unreachable (NATS is right there)."""
+    import nats.js.errors
+
+    await backend.write("k", b"v")
+    await backend.conn.bridge.run(backend.conn.js.delete_stream, backend.kv_stream)
+    with pytest.raises(jido_trio.EngineError, match="reading state 'k'") as raised:
+        await backend.read("k")
+    assert not isinstance(raised.value, Unreachable)
+    assert isinstance(raised.value.__cause__, nats.js.errors.NotFoundError)
+    assert backend.conn.connected

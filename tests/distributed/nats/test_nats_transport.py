@@ -16,7 +16,7 @@ import trio
 
 import jido_trio as jt
 from jido_trio.testing.conformance import check_transport
-from jido_trio_nats._registry import kv_read, kv_write
+from jido_trio_nats._jetstream import kv_read, kv_write
 from jido_trio_nats._transport import MAX_PAYLOAD, NatsTransport, open_transport
 from jido_trio_nats.testing import NatsServer, start_nats_server
 from tests._polling import wait_until
