@@ -12,6 +12,7 @@ average is recorded next to them).
 
     python bench/run.py                 # full run, ~4-6 minutes on 2 cores
     python bench/run.py --quick         # small sizes: a smoke test of the harness
+    python bench/run.py --savina-only   # the Savina section alone, printed, not written
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -30,9 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import savina_spec
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CASES = HERE / "cases.py"
+SAVINA = HERE / "savina.py"
 
 #: The whole run must stay under 10 minutes on a 2-core machine; steps that
 #: would start after this many seconds are skipped and reported as such.
@@ -76,6 +81,9 @@ def sizes(quick: bool) -> dict[str, Any]:
             "restart_n": 50,
             "durable_n": 1_000,
             "durable_reps": 1,
+            "savina_reps": 1,
+            "savina_peer_reps": 1,
+            "savina": savina_spec.sizes(quick=True),
         }
     return {
         "reps": 5,
@@ -93,6 +101,11 @@ def sizes(quick: bool) -> dict[str, Any]:
         "restart_n": 300,
         "durable_n": 8_000,
         "durable_reps": 3,
+        # Each Savina benchmark: a warm-up and 5 interleaved jido/raw runs in
+        # one fresh process, then a warm-up and 3 runs on each peer.
+        "savina_reps": 5,
+        "savina_peer_reps": 3,
+        "savina": savina_spec.sizes(quick=False),
     }
 
 
@@ -262,7 +275,60 @@ class Run:
         extra = {"n": rounds, "versions": result.get("versions", {})}
         return {"metrics": {metric: {"unit": "rt/s", "samples": result["samples"], **extra}}}
 
+    def savina_peer(self, name: str, bench: str) -> dict[str, Any]:
+        """One Savina benchmark on a peer, in the peer's virtualenv."""
+        requirement, script = PEERS[name]
+        python, info = ensure_peer_venv(name, requirement, Path(self.args.peer_venvs))
+        if python is None:
+            self.peers[name] = f"unavailable: {info}"
+            raise StepError(f"unavailable: {info}")
+        self.peers.setdefault(name, info)
+        quick = ["--quick"] if self.args.quick else []
+        reps = str(self.size["savina_peer_reps"])
+        cmd = [str(python), str(script), "--savina", bench, "--reps", reps, *quick]
+        result = run_json(cmd, timeout=180)
+        if "unsupported" in result:
+            raise StepError(f"not expressible on {name}: {result['unsupported']}")
+        size = self.size["savina"][bench]
+        metric = {"unit": "ms", "samples": result["samples"], "sizes": size}
+        return {"metrics": {f"s.{bench}.{name}": metric}, "versions": result.get("versions", {})}
+
+    def savina(self) -> None:
+        """The Savina section: per benchmark, jido_trio and raw Trio alternated
+        in one fresh process, then each peer in its own, one after another so
+        that load on the machine hits them alike."""
+        peers = [] if self.args.skip_peers else list(PEERS)
+        for name in PEERS:
+            if not peers:
+                self.peers[name] = "unavailable: --skip-peers"
+        quick = ["--quick"] if self.args.quick else []
+        reps = str(self.size["savina_reps"])
+        for bench in savina_spec.BENCHMARKS:
+            title = savina_spec.BENCHMARKS[bench]
+            self.step(
+                f"(s) Savina {title}: jido_trio and raw Trio actors (fresh process)",
+                lambda bench=bench: self.run_savina(bench, reps, quick),
+                [f"s.{bench}.jido", f"s.{bench}.raw"],
+            )
+            for name in peers:
+                if self.peers.get(name, "").startswith("unavailable"):
+                    self.errors[f"s.{bench}.{name}"] = self.peers[name]
+                    continue
+                self.step(
+                    f"(s) Savina {title} on {name} (own virtualenv)",
+                    lambda bench=bench, name=name: self.savina_peer(name, bench),
+                    [f"s.{bench}.{name}"],
+                )
+
+    def run_savina(self, bench: str, reps: str, quick: list[str]) -> dict[str, Any]:
+        return run_json(
+            [sys.executable, str(SAVINA), "run", bench, "--reps", reps, *quick], timeout=240
+        )
+
     def all(self) -> None:
+        if self.args.savina_only:
+            self.savina()
+            return
         s = self.size
         reps = str(s["reps"])
         self.step(
@@ -319,6 +385,7 @@ class Run:
                 "f.jido.remote_tell",
             ],
         )
+        self.savina()
         # (c) last: the longest, one fresh process per measurement; bare tasks,
         # start_agents (the documented bulk path) and the start_agent loop (the
         # default path) alternate repetition by repetition.
@@ -374,6 +441,10 @@ def fmt_rate(value: float, unit: str) -> str:
     if unit == "B":
         return f"{value / 1024:.1f} KiB"
     if unit == "ms":
+        if value >= 100:
+            return f"{value:.0f} ms"
+        if value >= 10:
+            return f"{value:.1f} ms"
         return f"{value:.3f} ms"
     if unit == "s":
         return f"{value:.2f} s"
@@ -440,6 +511,9 @@ class Report:
         )
 
     def build(self) -> list[dict[str, str]]:
+        if self.run.args.savina_only:
+            self._savina_rows()
+            return self.rows
         s = self.run.size
         self.add(
             "a",
@@ -526,7 +600,82 @@ class Report:
             "f.bridge.request_reply_seq",
             "f.raw.request_reply_seq",
         )
+        self._savina_rows()
         return self.rows
+
+    def _savina_rows(self) -> None:
+        """Per benchmark: jido_trio time / raw Trio time and / each peer's;
+        then the three checks of the section."""
+        ratios: dict[str, float] = {}  # benchmark title -> jido / raw
+        behind: list[str] = []  # peer benchmarks where jido_trio is not ahead
+        peer_runs = 0
+        for bench, title in savina_spec.BENCHMARKS.items():
+            size = self.run.size["savina"][bench]
+            what = f"Savina {title} ({', '.join(f'{k} {v:,}' for k, v in size.items())})"
+            jido, raw = f"s.{bench}.jido", f"s.{bench}.raw"
+            self.add("s", what, jido, raw, lower_is_better=True, target=1.5)
+            mv, _ = self.value(jido)
+            rv, _ = self.value(raw)
+            if mv is not None and rv:
+                ratios[title] = mv / rv
+            for name in PEERS:
+                peer_metric = f"s.{bench}.{name}"
+                self.add("s", what, jido, peer_metric, lower_is_better=True)
+                pv, _ = self.value(peer_metric)
+                if mv is not None and pv:
+                    peer_runs += 1
+                    if mv >= pv:
+                        behind.append(f"{name} {title} {mv / pv:.2f}x")
+        complete = len(ratios) == len(savina_spec.BENCHMARKS)
+        missing = ", ".join(
+            title for title in savina_spec.BENCHMARKS.values() if title not in ratios
+        )
+        if ratios:
+            geomean = math.exp(statistics.fmean(math.log(r) for r in ratios.values()))
+            worst = max(ratios, key=ratios.__getitem__)
+            mean_text, max_text = f"{geomean:.2f}x", f"{ratios[worst]:.2f}x ({worst})"
+        else:
+            geomean, worst, mean_text, max_text = math.inf, "", "", ""
+        note = f"not measured: {missing}" if missing else ""
+        self._check_row(
+            "Savina: geometric mean of jido_trio / raw Trio times",
+            mean_text,
+            "<= 1x",
+            self.verdict(geomean <= 1.0) if complete else "n/a",
+            note,
+        )
+        self._check_row(
+            "Savina: no benchmark above 1.5x raw Trio (worst)",
+            max_text,
+            "<= 1.5x",
+            self.verdict(ratios[worst] <= 1.5) if complete else "n/a",
+            note,
+        )
+        self._check_row(
+            "Savina: jido_trio ahead of triotp and pykka on every benchmark they run",
+            ("behind on " + ", ".join(behind))
+            if behind
+            else f"ahead on all {peer_runs}"
+            if peer_runs
+            else "no peer ran",
+            "all ahead",
+            self.verdict(not behind) if peer_runs else "n/a",
+            "",
+        )
+
+    def _check_row(self, what: str, value: str, target: str, verdict: str, note: str) -> None:
+        self.rows.append(
+            {
+                "section": "s",
+                "what": what,
+                "jido_trio": value,
+                "baseline": note,
+                "ratio": "",
+                "target": target,
+                "result": verdict,
+                "note": note,
+            }
+        )
 
     def _spawn_rows(self, s: dict[str, Any]) -> None:
         n = s["spawn_n"]
@@ -638,6 +787,8 @@ BASELINE_LABELS = {
     "d.raw_restart": "hand-written trio restart loop",
     "e.raw_sqlite_commit_full": "raw sqlite3 INSERT+COMMIT per msg",
     "e.jido_amo_memory": "jido at-most-once, memory state",
+    **{f"s.{bench}.raw": "raw Trio actors" for bench in savina_spec.BENCHMARKS},
+    **{f"s.{bench}.{peer}": peer for bench in savina_spec.BENCHMARKS for peer in PEERS},
 }
 
 COLUMNS = ("section", "what", "jido_trio", "baseline", "ratio", "target", "result")
@@ -648,6 +799,49 @@ def text_table(rows: list[dict[str, str]]) -> str:
     line = "  ".join(c.ljust(widths[c]) for c in COLUMNS)
     out = [line, "  ".join("-" * widths[c] for c in COLUMNS)]
     out += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS) for r in rows]
+    return "\n".join(out)
+
+
+def savina_table(run: Run, rows: list[dict[str, str]]) -> str:
+    """The Savina section in one short table: medians and jido_trio's time
+    ratios per benchmark, then the section's checks (``--savina-only``)."""
+    kinds = ("raw", *PEERS)
+    head = ["benchmark", "jido_trio"]
+    for kind in kinds:
+        label = "raw Trio" if kind == "raw" else kind
+        head += [label, f"jido/{label}"]
+    table = [head]
+    for bench, title in savina_spec.BENCHMARKS.items():
+        medians: dict[str, float] = {}
+        for kind in ("jido", *kinds):
+            metric = run.metrics.get(f"s.{bench}.{kind}")
+            if metric and metric["samples"]:
+                medians[kind] = median(metric["samples"])
+        mine = medians.get("jido")
+        line = [title, "-" if mine is None else fmt_rate(mine, "ms")]
+        for kind in kinds:
+            base = medians.get(kind)
+            line.append("-" if base is None else fmt_rate(base, "ms"))
+            line.append("-" if mine is None or not base else f"{mine / base:.2f}x")
+        table.append(line)
+    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
+
+    def aligned(line: list[str]) -> str:
+        cells = [c.rjust(w) for c, w in zip(line, widths, strict=True)]
+        cells[0] = line[0].ljust(widths[0])
+        return "  ".join(cells)
+
+    out = [aligned(line) for line in table]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    out.append("")
+    for row in rows:
+        if not row["ratio"] and row["target"]:  # the section's checks
+            out.append(
+                f"{row['what']}: {row['jido_trio']} (target {row['target']}) {row['result']}"
+            )
+    for name, reason in sorted(run.errors.items()):
+        if name.startswith("s."):
+            out.append(f"  not measured {name}: {reason}")
     return "\n".join(out)
 
 
@@ -726,6 +920,16 @@ def notes(run: Run) -> list[str]:
         "hand-written cancel-and-re-enter loop answering a ping.",
         "(e) 64 concurrent senders to 8 agents, delivery='at_least_once', fresh SQLite file "
         "per repetition, timed until every instruction is applied.",
+        "(s) Savina (Imam & Sarkar, AGERE 2014), bench/savina.py: each workload on jido_trio "
+        "(agents sending to each other with ctx.send inside their actions; the last one "
+        "publishes a signal the driver receives) and on raw Trio actors (one task and one "
+        "memory channel of the mailbox's capacity each, await send / async for), alternated "
+        "run by run after a warm-up in one fresh process per benchmark; triotp (gen_server "
+        "cast) and pykka (ThreadingActor tell) in their own virtualenvs. Times from the first "
+        "message until the result is known (ratios: jido_trio time / other time, lower is "
+        "better); actors exist before the clock starts except in ForkJoin creation. Every run "
+        "checks its result (bench/savina_spec.py) and reports no time if it is wrong. The "
+        "geometric mean and the 1.5x check use the jido_trio / raw Trio ratios.",
     ]
     triotp = run.peers.get("triotp", "")
     if triotp and not triotp.startswith("unavailable") and "triotp==0.2" in triotp:
@@ -787,17 +991,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-peers", action="store_true", help="do not install/run peers")
     parser.add_argument(
+        "--savina-only",
+        action="store_true",
+        help="run only the Savina section; print its table, write no results",
+    )
+    parser.add_argument(
         "--peer-venvs",
         default=str(ROOT / ".nox" / "bench-peers"),
         help="where the peers' own virtualenvs live (created on first use)",
     )
     parser.add_argument("--out", default=str(HERE / "results"), help="results directory")
     args = parser.parse_args(argv)
+    # The steps run with the repository as working directory.
+    args.peer_venvs = str(Path(args.peer_venvs).resolve())
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     run = Run(args)
     run.all()
     rows = Report(run).build()
     env = environment(run, load_before)
+    if args.savina_only:
+        print()
+        print(savina_table(run, rows))
+        print(
+            f"\n{env['duration_s']:.0f} s; load average {load_before[0]:.2f} before, "
+            f"{(env['loadavg_after'] or [0])[0]:.2f} after"
+            + (" (QUICK sizes: a smoke test)" if args.quick else "")
+        )
+        return 0
     write_results(run, rows, env, Path(args.out))
     print()
     print(text_table(rows))
