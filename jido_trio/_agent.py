@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from urllib.parse import quote
 
 import attrs
+import trio
 
 from ._exceptions import ActionNotFound, InvalidMessage
+from ._scheduling import TELL_BUDGET
 
 if TYPE_CHECKING:
     from ._core import Delivery
@@ -282,6 +284,15 @@ class Messenger(Protocol):
     @property
     def node_name(self) -> str: ...
 
+    def tell_nowait(
+        self,
+        ref: AgentRef,
+        instruction: Instruction,
+        sender: AgentRef | None = None,
+        trace_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Receipt | None: ...
+
     async def send_instruction(
         self,
         ref: AgentRef,
@@ -397,7 +408,16 @@ class Context:
     ) -> Receipt:
         """Send an instruction to another agent (see ``Node.send_instruction``)."""
         trace_id, causation_id = self._chain()
-        return await self._messenger.send_instruction(
+        messenger = self._messenger
+        if delivery == "at_most_once":
+            # The synchronous attempt first, as Node.send_instruction does.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            receipt = messenger.tell_nowait(ref, instruction, self.ref, trace_id, causation_id)
+            if receipt is not None:
+                if TELL_BUDGET.count():
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return receipt
+        return await messenger.send_instruction(
             ref,
             instruction,
             delivery=delivery,

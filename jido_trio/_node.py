@@ -33,7 +33,7 @@ from ._message import Instruction, Message, Receipt
 from ._plugins import collect_backends, make_plugin_manager
 from ._ref import AgentRef
 from ._resilience import FailureDetector, RetryPolicy
-from ._scheduling import ScheduleBudget
+from ._scheduling import TELL_BUDGET, ScheduleBudget
 from ._supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor, SupervisorInfo
 from .abc import Consistency, Coordination, Registry, StateBackend, Transport
 from .signals import Signal, SignalBus
@@ -468,6 +468,15 @@ class Node:
         :raises RemoteNotSupported: remote ref, local-only transport.
         :raises Unreachable: the owning node cannot be reached.
         """
+        if delivery == "at_most_once" and timeout is None:
+            # The synchronous attempt first: no coroutine of the general path
+            # for a local agent with room (trio's send_nowait, then send).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            receipt = self._comm.tell_nowait(ref, instruction)
+            if receipt is not None:
+                if TELL_BUDGET.count():
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return receipt
         return await self._comm.send_instruction(
             ref, instruction, delivery=delivery, timeout=timeout
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import trio
 
-__all__ = ["ScheduleBudget"]
+__all__ = ["TELL_BUDGET", "TELL_SCHEDULE_EVERY", "ScheduleBudget"]
 
 
 class ScheduleBudget:
@@ -52,3 +52,12 @@ class ScheduleBudget:
             return False
         self._left = self.every
         return True
+
+
+#: A local tell that queues without waiting is a cancel point on every call
+#: but a schedule point only once per this many such calls (no task makes
+#: more in a row; like Erlang reductions); see docs/performance.md.
+TELL_SCHEDULE_EVERY = 64
+
+#: Counts the local tells that queued without waiting, whoever sent them.
+TELL_BUDGET = ScheduleBudget(TELL_SCHEDULE_EVERY)

@@ -38,7 +38,6 @@ from .._exceptions import (
     describe,
 )
 from ._delivery import Delivery
-from ._plan import run, run_nowait
 
 if TYPE_CHECKING:
     from ._cell import AgentCell
@@ -150,7 +149,7 @@ async def _run_batch(cell: AgentCell, batch: list[Delivery]) -> None:
             # waiting: commit and answer here (no shielded scope needed).
             if dirty:
                 try:
-                    run_nowait(cell.ensure_store().commit(cell.state), state_nowait)
+                    cell.ensure_store().plan_commit(cell.state).run_nowait(state_nowait)
                 except Exception as exc:
                     commit_error = exc
             _release(cell, applied, commit_error)
@@ -174,11 +173,11 @@ async def _run_batch(cell: AgentCell, batch: list[Delivery]) -> None:
 async def _commit(cell: AgentCell) -> None:
     """Commit the cell's state and marked ids, without waiting if the backend allows."""
     kernel = cell.kernel
-    plan = cell.ensure_store().commit(cell.state)
+    plan = cell.ensure_store().plan_commit(cell.state)
     if kernel.state_nowait is not None:
-        run_nowait(plan, kernel.state_nowait)
+        plan.run_nowait(kernel.state_nowait)
     else:
-        await run(plan, kernel.state)
+        await plan.run(kernel.state)
 
 
 def _release(

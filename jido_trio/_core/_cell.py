@@ -42,7 +42,6 @@ from .._ref import AgentRef
 from ._delivery import Delivery
 from ._log import DurableLog, dead_letter_stream, mailbox_stream
 from ._mailbox import Mailbox
-from ._plan import run, run_nowait
 from ._store import AgentStore, encode_state, state_key
 
 if TYPE_CHECKING:
@@ -236,10 +235,10 @@ class AgentCell:
             or self.initial_state is not None
             or state_nowait.read_nowait(state_key(self.ref.id)) is not None
         ):
-            found, state = run_nowait(self.ensure_store().load(self._decode_state), state_nowait)
+            found, state = self.ensure_store().load_nowait(state_nowait, self._decode_state)
         if found or self.initial_state is not None:
             state = self._initial(found, state)
-            run_nowait(self.ensure_store().commit(state), state_nowait)
+            self.ensure_store().plan_commit(state).run_nowait(state_nowait)
         else:
             # A brand-new agent with the default state: nothing to persist yet
             # (no instruction applied; a restart or an eventual read without a
@@ -258,12 +257,12 @@ class AgentCell:
         self._begin()
         instance = self._new_instance()
         store = self.ensure_store()
-        found, state = await run(store.load(self._decode_state), kernel.state)
+        found, state = await store.load(kernel.state, self._decode_state)
         state = self._initial(found, state)
         started = await instance.on_start(state)
         if started is not None:
             state = started
-        await run(store.commit(state), kernel.state)
+        await store.plan_commit(state).run(kernel.state)
         self.state = state
         await self._replay_log()
         await kernel.registry.register(self.ref, self.registry_metadata())

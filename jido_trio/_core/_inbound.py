@@ -32,15 +32,13 @@ from .._message import (
     make_receipt,
 )
 from .._ref import AgentRef
-from .._scheduling import ScheduleBudget
+from .._scheduling import TELL_BUDGET
 from ._cell import AgentCell
 from ._delivery import Delivery
 from ._mailbox import MailboxClosed
 from ._reply import Reply
 
 __all__ = [
-    "TELL_BUDGET",
-    "TELL_SCHEDULE_EVERY",
     "call_abandoned",
     "prepare",
     "prepare_nowait",
@@ -51,15 +49,6 @@ __all__ = [
     "tell_nowait",
     "wait_queued_reply",
 ]
-
-
-#: A local tell that finds room in the mailbox is a cancel point on every
-#: call but a schedule point only once per this many such calls (no task
-#: makes more in a row; like Erlang reductions); see docs/performance.md.
-TELL_SCHEDULE_EVERY = 64
-
-#: Counts the local tells that queued without waiting.
-TELL_BUDGET = ScheduleBudget(TELL_SCHEDULE_EVERY)
 
 
 @contextmanager

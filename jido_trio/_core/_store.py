@@ -11,11 +11,12 @@ Layout in the StateBackend, per agent:
 
 At least ``window`` most recent ids are remembered (chunks are dropped whole).
 
-Loading and committing are storage plans (:mod:`._plan`): written once, run
-synchronously when the node's backend offers
-:class:`~jido_trio.abc.SynchronousState`, awaited otherwise. A store changes
-its own fields only once the record write has succeeded, so a failed commit
-leaves it as it was before.
+A commit is decided once, as a :class:`CommitPlan` (what to write, encoded),
+and then run synchronously when the node's backend offers
+:class:`~jido_trio.abc.SynchronousState` or awaited otherwise. A store
+changes its own fields only once the record write has succeeded, so a failed
+commit leaves it as it was before. Loading reads the record, then the id
+chunks it names, either way.
 """
 
 from __future__ import annotations
@@ -30,10 +31,9 @@ import attrs
 import msgspec
 
 from .._exceptions import InvalidMessage
-from ..abc import Consistency, StateBackend, Versioned
-from ._plan import Plan
+from ..abc import Consistency, StateBackend, SynchronousState, Versioned
 
-__all__ = ["CHUNK_SIZE", "AgentStore", "encode_state", "state_key"]
+__all__ = ["CHUNK_SIZE", "AgentStore", "CommitPlan", "encode_state", "state_key"]
 
 #: Ids per sealed chunk: small enough that the per-batch record stays cheap to
 #: encode; one extra write per chunk is the price.
@@ -78,10 +78,11 @@ class AgentStore:
     recent: list[str] = attrs.field(default=_NO_RECENT)
     first_chunk: int = 0
     next_chunk: int = 0
+    #: The record's key (see :func:`state_key`), made once: every commit writes it.
+    key: str = attrs.field(init=False)
 
-    @property
-    def key(self) -> str:
-        return state_key(self.agent_id)
+    def __attrs_post_init__(self) -> None:
+        self.key = state_key(self.agent_id)
 
     def _chunk_key(self, n: int) -> str:
         return f"{self.key}/ids/{n}"
@@ -90,28 +91,43 @@ class AgentStore:
     def _max_chunks(self) -> int:
         return max(1, math.ceil(self.window / CHUNK_SIZE))
 
-    def load(self, decode_state: Callable[[bytes], Any]) -> Plan[tuple[bool, Any]]:
-        """Plan: read the record and the id chunks it names; return
+    # ------------------------------------------------------------ loading
+
+    def load_nowait(
+        self, access: SynchronousState, decode_state: Callable[[bytes], Any]
+    ) -> tuple[bool, Any]:
+        """Read the record and the id chunks it names without waiting; return
         ``(found, state)`` and fill the dedupe window."""
-        found = yield ("read", self.key)
-        if found is None:
-            return self._adopt(0, None, [], decode_state)
-        record = self._decode_record(found.value)
-        chunks: list[Versioned | None] = []
-        for n in range(record[3], record[4]):
-            chunks.append((yield ("read", self._chunk_key(n))))
-        return self._adopt(found.version, record, chunks, decode_state)
+        found = access.read_nowait(self.key)
+        record = self._record(found)
+        chunks = [access.read_nowait(key) for key in self._chunk_keys(record)]
+        return self._adopt(found, record, chunks, decode_state)
+
+    async def load(
+        self, backend: StateBackend, decode_state: Callable[[bytes], Any]
+    ) -> tuple[bool, Any]:
+        """:meth:`load_nowait`, awaiting each read."""
+        found = await backend.read(self.key, consistency="strong")
+        record = self._record(found)
+        chunks = [await backend.read(key) for key in self._chunk_keys(record)]
+        return self._adopt(found, record, chunks, decode_state)
+
+    def _record(self, found: Versioned | None) -> list[Any] | None:
+        return None if found is None else self._decode_record(found.value)
+
+    def _chunk_keys(self, record: list[Any] | None) -> list[str]:
+        return [] if record is None else [self._chunk_key(n) for n in range(record[3], record[4])]
 
     def _adopt(
         self,
-        version: int,
+        found: Versioned | None,
         record: list[Any] | None,
         chunks: list[Versioned | None],
         decode_state: Callable[[bytes], Any],
     ) -> tuple[bool, Any]:
         """Take over a decoded record (``None``: no record) and the id chunks
         it names; return ``(found, state)``."""
-        if record is None:
+        if found is None or record is None:
             self.version = 0
             self.first_chunk = self.next_chunk = 0
             self.seen, self.recent = _NO_SEEN, _NO_RECENT
@@ -123,7 +139,7 @@ class AgentStore:
             if chunk is not None:
                 seen.update(dict.fromkeys(_decode_ids(chunk.value)))
         seen.update(dict.fromkeys(recent))
-        self.version = version
+        self.version = found.version
         self.first_chunk, self.next_chunk = first, nxt
         self.seen, self.recent = seen, list(recent)
         return True, decode_state(state_bytes)
@@ -137,8 +153,10 @@ class AgentStore:
             raise InvalidMessage(f"stored record {self.key!r} has unknown format {fmt}")
         return [fmt, state_bytes, recent, first, nxt]
 
+    # ------------------------------------------------------------ committing
+
     def mark(self, instruction_id: str) -> None:
-        """Record an applied instruction id (persisted by the next :meth:`commit`)."""
+        """Record an applied instruction id (persisted by the next commit)."""
         if self.seen is _NO_SEEN:
             self.seen = {}
         if self.recent is _NO_RECENT:
@@ -146,30 +164,40 @@ class AgentStore:
         self.seen[instruction_id] = None
         self.recent.append(instruction_id)
 
-    def commit(self, state: Any) -> Plan[None]:
-        """Plan: persist ``state`` with the ids marked so far (compare-and-set
-        on the record); the store takes the new version once it is written.
+    def plan_commit(self, state: Any) -> CommitPlan:
+        """What persisting ``state`` with the ids marked so far writes: a
+        sealed chunk of ids when there are enough, then the record
+        (compare-and-set on this store's version).
 
-        :raises StateConflict: another writer changed the record.
         :raises InvalidMessage: ``state`` cannot be encoded.
         """
         state_bytes = encode_state(state)
         recent, first, nxt = self.recent, self.first_chunk, self.next_chunk
-        expired: list[int] = []
+        chunk: tuple[str, bytes] | None = None
+        expired: list[str] = []
         if len(recent) >= CHUNK_SIZE:
-            yield ("write", self._chunk_key(nxt), _encode(recent), None)
+            chunk = (self._chunk_key(nxt), _encode(recent))
             nxt += 1
             recent = []
             while nxt - first > self._max_chunks:
-                expired.append(first)
+                expired.append(self._chunk_key(first))
                 first += 1
-        record = _encode([_RECORD_FORMAT, state_bytes, recent, first, nxt])
-        self.version = yield ("write", self.key, record, self.version)
-        self.recent, self.first_chunk, self.next_chunk = recent, first, nxt
-        if expired:
+        return CommitPlan(
+            self,
+            chunk,
+            _encode([_RECORD_FORMAT, state_bytes, recent, first, nxt]),
+            recent,
+            first,
+            nxt,
+            expired,
+        )
+
+    def committed(self, plan: CommitPlan, version: int) -> None:
+        """The record of ``plan`` was written as ``version``: take it over."""
+        self.version = version
+        self.recent, self.first_chunk, self.next_chunk = plan.recent, plan.first, plan.next
+        if plan.expired:
             self._trim_seen()
-            for n in expired:
-                yield ("delete", self._chunk_key(n))
 
     def _trim_seen(self) -> None:
         keep = (self.next_chunk - self.first_chunk) * CHUNK_SIZE + len(self.recent)
@@ -191,3 +219,54 @@ class AgentStore:
             return None
         state_bytes = self._decode_record(found.value)[1]
         return decode_state(state_bytes)
+
+
+class CommitPlan:
+    """The writes of one commit, decided and encoded by
+    :meth:`AgentStore.plan_commit`; run once, without waiting or awaited.
+
+    :raises StateConflict: (from either run) another writer changed the record.
+    """
+
+    __slots__ = ("chunk", "expired", "first", "next", "recent", "record", "store")
+
+    def __init__(
+        self,
+        store: AgentStore,
+        chunk: tuple[str, bytes] | None,
+        record: bytes,
+        recent: list[str],
+        first: int,
+        next: int,
+        expired: list[str],
+    ) -> None:
+        self.store = store
+        #: A sealed chunk of ids to write before the record: (key, ids).
+        self.chunk = chunk
+        self.record = record
+        #: The store's fields once the record is written.
+        self.recent = recent
+        self.first = first
+        self.next = next
+        #: Keys of chunks no record refers to any more, deleted after.
+        self.expired = expired
+
+    def run_nowait(self, access: SynchronousState) -> None:
+        store = self.store
+        if self.chunk is not None:
+            access.write_nowait(*self.chunk)
+        store.committed(
+            self, access.write_nowait(store.key, self.record, expected_version=store.version)
+        )
+        for key in self.expired:
+            access.delete_nowait(key)
+
+    async def run(self, backend: StateBackend) -> None:
+        store = self.store
+        if self.chunk is not None:
+            await backend.write(*self.chunk)
+        store.committed(
+            self, await backend.write(store.key, self.record, expected_version=store.version)
+        )
+        for key in self.expired:
+            await backend.delete(key)

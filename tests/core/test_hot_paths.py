@@ -15,7 +15,7 @@ import trio.testing
 
 import jido_trio as jt
 from jido_trio._core import Reply, ReplyDeadlines
-from jido_trio._core._inbound import TELL_SCHEDULE_EVERY
+from jido_trio._scheduling import TELL_SCHEDULE_EVERY
 from jido_trio.testing import agent_internals, pending_reply_deadlines
 from tests._agents import Counter, CounterState
 

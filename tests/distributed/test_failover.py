@@ -14,7 +14,6 @@ import trio
 
 import jido_trio as jt
 from jido_trio._core import RESTART_KEY, AgentStore
-from jido_trio._core._plan import run
 from jido_trio._failover import rank
 from jido_trio.testing import open_cluster
 from tests._agents import Counter, CounterState
@@ -28,9 +27,9 @@ async def _ghost_agent(
     """Leave behind what a crashed node "ghost" that ran ``agent_id`` would."""
     ref = jt.AgentRef(id=agent_id, type=Counter.type, node="ghost")
     store = AgentStore(agent_id=agent_id, window=100)
-    await run(store.load(lambda raw: None), node.state)
+    await store.load(node.state, lambda raw: None)
     store.mark("applied-before-the-crash")
-    await run(store.commit(CounterState(count=count)), node.state)
+    await store.plan_commit(CounterState(count=count)).run(node.state)
     await node.registry.register(ref, {RESTART_KEY: restart, "zone": "eu"})
     return ref
 
