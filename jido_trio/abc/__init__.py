@@ -27,13 +27,23 @@ from ._transport import NodeInfo as NodeInfo
 from ._transport import RequestHandler as RequestHandler
 from ._transport import TopicHandler as TopicHandler
 from ._transport import Transport as Transport
+from ._work_queue import DeadJob as DeadJob
+from ._work_queue import QueuedJob as QueuedJob
+from ._work_queue import WorkQueueBacking as WorkQueueBacking
+from ._work_queue import WorkQueueBackingProvider as WorkQueueBackingProvider
+from ._work_queue import WorkQueueCounts as WorkQueueCounts
+from ._work_queue import WorkQueueSpec as WorkQueueSpec
+from ._work_queue import decode_value as decode_value
+from ._work_queue import encode_value as encode_value
 
 __all__ = [
     "Consistency",
     "Coordination",
+    "DeadJob",
     "Lease",
     "LogEntry",
     "NodeInfo",
+    "QueuedJob",
     "Registry",
     "RegistryEntry",
     "RegistryEvent",
@@ -42,4 +52,10 @@ __all__ = [
     "TopicHandler",
     "Transport",
     "Versioned",
+    "WorkQueueBacking",
+    "WorkQueueBackingProvider",
+    "WorkQueueCounts",
+    "WorkQueueSpec",
+    "decode_value",
+    "encode_value",
 ]
