@@ -24,6 +24,8 @@ import jido_trio as jt
 from jido_trio import DeadJob, QueueStats, open_work_queue
 from jido_trio.abc import encode_value
 from jido_trio.testing import crash_agent
+from jido_trio.testing.conformance import check_work_queue_backing
+from jido_trio_nats._state import open_state
 from jido_trio_nats._work_queue import JetStreamQueue
 from tests._polling import wait_until
 from tests.workqueue.test_work_queue import Worker, WorkerState, applied, everything
@@ -91,6 +93,11 @@ async def test_backing_is_chosen_by_the_state_engine(nats_options: dict[str, Any
                 node, "q", consumers=[ref], action="work", backing="jetstream"
             ):
                 pass  # pragma: no cover
+
+
+async def test_jetstream_backing_conformance(nats_options: dict[str, Any]) -> None:
+    async with open_state(config("conformance", nats_options), nats_options) as state:
+        await check_work_queue_backing(state.open_work_queue_backing)
 
 
 # ---------------------------------------------------------------- basics
@@ -510,7 +517,7 @@ async def test_soak_exactly_once_under_random_crashes(nats_options: dict[str, An
                 while True:
                     await trio.sleep(rng.uniform(0.01, 0.05))
                     # Mostly a consumer with a job in flight, so crashes hit jobs.
-                    busy = sorted({h.consumer for h in impl._held.values()} - {None})
+                    busy = sorted({h.consumer for h in impl._held.values() if h.consumer})
                     victim = by_id[rng.choice(busy)] if busy else rng.choice(refs)
                     await crash_agent(node, victim)
                     crashes += 1
