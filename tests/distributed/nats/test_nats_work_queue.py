@@ -476,7 +476,7 @@ async def test_two_nodes_compete_for_one_queue(nats_options: dict[str, Any]) -> 
 # ---------------------------------------------------------------- soak
 
 # 10k jobs take 40-60 s on NATS on a 2-core machine (the 10k soak of the issue
-# runs on the local backing in tests/test_work_queue.py); 3k keeps CI short.
+# runs on the local backing in tests/workqueue/test_work_queue.py); 3k keeps CI short.
 SOAK_JOBS = int(os.environ.get("JIDO_TRIO_NATS_SOAK_JOBS", "3000"))
 SOAK_CONSUMERS = 8
 POISON_EVERY = 997
