@@ -29,17 +29,6 @@ from .._message import decode_value as decode_value
 from .._message import encode_value as encode_value
 from .._ref import AgentRef
 
-__all__ = [
-    "DeadJob",
-    "QueuedJob",
-    "WorkQueueBacking",
-    "WorkQueueBackingProvider",
-    "WorkQueueCounts",
-    "WorkQueueSpec",
-    "decode_value",
-    "encode_value",
-]
-
 
 @attrs.frozen(kw_only=True)
 class DeadJob:
@@ -94,12 +83,12 @@ class WorkQueueSpec:
     name: str
     consumers: tuple[AgentRef, ...]
     action: str
-    max_attempts: int = 5
-    visibility_timeout: float = 30.0
-    backoff: tuple[float, float] = (0.1, 30.0)
-    concurrency_per_consumer: int = 1
-    dedupe_window: int = 10_000
-    settle_timeout: float = 5.0
+    max_attempts: int
+    visibility_timeout: float
+    backoff: tuple[float, float]
+    concurrency_per_consumer: int
+    dedupe_window: int
+    settle_timeout: float
 
     @classmethod
     def new(
@@ -108,15 +97,15 @@ class WorkQueueSpec:
         *,
         consumers: Sequence[AgentRef],
         action: str,
-        max_attempts: int = 5,
-        visibility_timeout: float = 30.0,
-        backoff: tuple[float, float] = (0.1, 30.0),
-        concurrency_per_consumer: int = 1,
-        dedupe_window: int = 10_000,
-        settle_timeout: float = 5.0,
+        max_attempts: int,
+        visibility_timeout: float,
+        backoff: tuple[float, float],
+        concurrency_per_consumer: int,
+        dedupe_window: int,
+        settle_timeout: float,
     ) -> WorkQueueSpec:
-        """Check the arguments (see :func:`jido_trio.open_work_queue`) and
-        build the spec.
+        """Check the arguments (see :func:`jido_trio.open_work_queue` for
+        what they mean and its defaults) and build the spec.
 
         :raises ValueError: an argument out of range.
         :raises TypeError: a consumer that is not an :class:`~jido_trio.AgentRef`.
@@ -191,13 +180,11 @@ class QueuedJob:
 
     def dead(self) -> DeadJob:
         """The job as a dead letter."""
-        return DeadJob(
-            id=self.id,
-            payload=self.payload,
-            priority=self.priority,
-            attempts=self.attempts,
-            error=self.error,
-        )
+        return DeadJob(**attrs.asdict(self, recurse=False, filter=_DEAD_JOB_FIELDS))
+
+
+#: The fields a dead letter keeps of its job.
+_DEAD_JOB_FIELDS = attrs.filters.include(*attrs.fields_dict(DeadJob))
 
 
 @attrs.frozen(kw_only=True)

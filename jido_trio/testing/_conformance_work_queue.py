@@ -33,11 +33,14 @@ class _Queue:
 
     factory: Callable[[WorkQueueSpec], Any]
     spec: WorkQueueSpec
-    #: Seconds a job released with a delay stays away (and a fetch that
-    #: must find nothing waits half of it).
-    delay: float
     #: Longest wait for anything that must happen.
     timeout: float
+
+    @property
+    def delay(self) -> float:
+        """Seconds a job released with a delay stays away (and a fetch that
+        must find nothing waits half of it)."""
+        return self.timeout / 20
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[WorkQueueBacking]:
@@ -72,6 +75,16 @@ class _Queue:
         )
         return got
 
+    async def take_one(
+        self, b: WorkQueueBacking, what: str, *, after: float = 0.0, **expected: Any
+    ) -> QueuedJob:
+        """Fetch one job and require its fields to have the ``expected`` values."""
+        [job] = await self.take(b, 1, f"fetching {what}", after=after)
+        for field, value in expected.items():
+            actual = getattr(job, field)
+            check(actual == value, f"{what}: {field} is {actual!r}, expected {value!r}")
+        return job
+
     async def nothing(self, b: WorkQueueBacking, what: str) -> None:
         """Require fetch to hand out nothing for half the delay."""
         with trio.move_on_after(self.delay / 2):
@@ -80,20 +93,27 @@ class _Queue:
                 check(not jobs, f"{what}: fetch handed out {[job.id for job in jobs]}")
 
 
-def _same(job: QueuedJob, what: str, **expected: Any) -> None:
-    for field, value in expected.items():
-        actual = getattr(job, field)
-        check(actual == value, f"{what}: {field} is {actual!r}, expected {value!r}")
-
-
-async def _dead_letter(q: _Queue, b: WorkQueueBacking, job_id: str, **fields: Any) -> QueuedJob:
-    """Put ``job_id``, fetch it and dead-letter it after ``fields`` are set."""
-    await b.put(job_id, {"job": job_id}, priority=0)
-    [job] = await q.take(b, 1, f"fetching {job_id!r}")
-    job.attempts = fields.get("attempts", 3)
-    job.error = fields.get("error", "ActionError: boom")
-    await b.dead_letter(job)
+async def _handed_out(
+    q: _Queue,
+    b: WorkQueueBacking,
+    job_id: str = "j",
+    payload: Any = "x",
+    *,
+    priority: int = 0,
+    **changes: Any,
+) -> QueuedJob:
+    """Put a job, fetch it, and change its fields as a dispatcher would."""
+    await b.put(job_id, payload, priority=priority)
+    [job] = await q.take(b, 1, f"fetching job {job_id!r}")
+    for field, value in changes.items():
+        setattr(job, field, value)
     return job
+
+
+async def _dead_letter(q: _Queue, b: WorkQueueBacking, job_id: str) -> None:
+    """Put ``job_id``, fetch it and dead-letter it after three attempts."""
+    job = await _handed_out(q, b, job_id, {"job": job_id}, attempts=3, error="ActionError: x")
+    await b.dead_letter(job)
 
 
 # ---------------------------------------------------------------- putting and fetching
@@ -122,9 +142,8 @@ async def _wq_put_fetch(q: _Queue) -> None:
     async with q.open() as b:
         await b.put("job-1", {"pair": (1, 2), "ref": ref, "text": "é"}, priority=3)
         check(b.counts().unfinished == 1, f"counts() after a put is {b.counts()!r}")
-        [job] = await q.take(b, 1, "fetching the job put")
-        _same(
-            job,
+        await q.take_one(
+            b,
             "the job fetched",
             id="job-1",
             payload={"pair": [1, 2], "ref": ref, "text": "é"},
@@ -184,8 +203,7 @@ async def _wq_put_idempotent(q: _Queue) -> None:
         async with trio.open_nursery() as nursery:
             for n in range(3):
                 nursery.start_soon(functools.partial(b.put, "same", 10 + n, priority=0))
-        [job] = await q.take(b, 1, "fetching the job put five times")
-        _same(job, "the job put first", payload=1, priority=0)
+        await q.take_one(b, "the job put first", payload=1, priority=0)
         await q.nothing(b, "after one job put five times")
         check(b.counts().unfinished == 1, f"counts() is {b.counts()!r}")
 
@@ -194,9 +212,7 @@ async def _wq_put_idempotent(q: _Queue) -> None:
 async def _wq_ack(q: _Queue) -> None:
     """ack finishes a job: not handed out again, not put again within the dedupe window"""
     async with q.open() as b:
-        await b.put("j", "x", priority=0)
-        [job] = await q.take(b, 1, "fetching the job")
-        await b.ack(job)
+        await b.ack(await _handed_out(q, b))
         check(b.counts().unfinished == 0, f"counts() after the ack is {b.counts()!r}")
         with trio.move_on_after(q.timeout) as scope:
             await b.wait_empty()
@@ -212,15 +228,12 @@ async def _wq_ack(q: _Queue) -> None:
 async def _wq_release_keeps_the_record(q: _Queue) -> None:
     """a released job comes back with its attempts, error and reservation"""
     async with q.open() as b:
-        await b.put("j", "x", priority=2)
-        [job] = await q.take(b, 1, "fetching the job")
-        job.attempts = 2
-        job.error = "ValueError: boom"
-        job.reserved_for = "consumer-1"
+        job = await _handed_out(
+            q, b, priority=2, attempts=2, error="ValueError: boom", reserved_for="consumer-1"
+        )
         await b.release(job)
-        [again] = await q.take(b, 1, "fetching the released job")
-        _same(
-            again,
+        await q.take_one(
+            b,
             "the released job",
             id="j",
             payload="x",
@@ -235,10 +248,7 @@ async def _wq_release_keeps_the_record(q: _Queue) -> None:
 async def _wq_release_with_a_delay(q: _Queue) -> None:
     """a job released with a delay is counted delayed and comes back after it"""
     async with q.open() as b:
-        await b.put("j", "x", priority=0)
-        [job] = await q.take(b, 1, "fetching the job")
-        job.attempts = 1
-        job.error = "ValueError: boom"
+        job = await _handed_out(q, b, attempts=1, error="ValueError: boom")
         released = trio.current_time()
         await b.release(job, delay=q.delay)
         counts = b.counts()
@@ -247,10 +257,9 @@ async def _wq_release_with_a_delay(q: _Queue) -> None:
             f"counts() after a release with a delay is {counts!r}",
         )
         await q.nothing(b, f"within {q.delay}s of a release with that delay")
-        [again] = await q.take(b, 1, "fetching the delayed job", after=q.delay)
+        await q.take_one(b, "the delayed job", after=q.delay, id="j", attempts=1)
         waited = trio.current_time() - released
         check(waited >= q.delay * 0.9, f"a job released with delay {q.delay} came back in {waited}")
-        _same(again, "the delayed job", id="j", attempts=1)
         check(b.counts().delayed == 0, f"counts() once the delay is over is {b.counts()!r}")
 
 
@@ -258,16 +267,12 @@ async def _wq_release_with_a_delay(q: _Queue) -> None:
 async def _wq_delivery_in_flight_survives_reopen(q: _Queue) -> None:
     """a delivery cut short by closing comes back counted and reserved for its consumer"""
     async with q.open() as b:
-        await b.put("j", "x", priority=0)
-        [job] = await q.take(b, 1, "fetching the job")
-        job.attempts = 1
-        job.consumer = "consumer-1"
+        job = await _handed_out(q, b, attempts=1, consumer="consumer-1")
         with expect_checkpoint("record_delivery"):
             await b.record_delivery(job)
     async with q.open() as b:
-        [again] = await q.take(b, 1, "fetching the job after a reopen")
-        _same(
-            again,
+        await q.take_one(
+            b,
             "the job whose delivery was cut short",
             id="j",
             payload="x",
@@ -296,10 +301,9 @@ async def _wq_jobs_survive_reopen(q: _Queue) -> None:
 async def _wq_dead_letter(q: _Queue) -> None:
     """a dead letter is listed with its attempts and error, and is not put again"""
     async with q.open() as b:
-        await b.put("p", {"n": 1}, priority=4)
-        [job] = await q.take(b, 1, "fetching the job")
-        job.attempts = 3
-        job.error = "ActionError: boom"
+        job = await _handed_out(
+            q, b, "p", {"n": 1}, priority=4, attempts=3, error="ActionError: boom"
+        )
         await b.dead_letter(job)
         listed = await b.dead_letters()
         expected = DeadJob(
@@ -324,9 +328,8 @@ async def _wq_redrive(q: _Queue) -> None:
         check(await b.redrive("unknown") is False, "redrive of an unknown id is not False")
         check(await b.redrive("p") is True, "redrive of a dead letter is not True")
         check(await b.dead_letters() == [], "a redriven job is still a dead letter")
-        [job] = await q.take(b, 1, "fetching the redriven job")
-        _same(
-            job,
+        job = await q.take_one(
+            b,
             "the redriven job",
             id="p",
             payload={"job": "p"},
@@ -391,8 +394,7 @@ async def _wq_one_move_per_dead_letter(q: _Queue) -> None:
 async def _wq_wait_empty_waits(q: _Queue) -> None:
     """wait_empty waits while a job is unfinished and returns once it is acknowledged"""
     async with q.open() as b:
-        await b.put("j", "x", priority=0)
-        [job] = await q.take(b, 1, "fetching the job")
+        job = await _handed_out(q, b)
         returned = trio.Event()
 
         async def waiter() -> None:
@@ -454,11 +456,7 @@ async def _wq_checkpoints(q: _Queue) -> None:
 
 
 async def check_work_queue_backing(
-    factory: Callable[[WorkQueueSpec], Any],
-    *,
-    skip: Collection[str] = (),
-    delay: float = 0.5,
-    timeout: float = 10.0,
+    factory: Callable[[WorkQueueSpec], Any], *, skip: Collection[str] = (), timeout: float = 10.0
 ) -> None:
     """Run every WorkQueueBacking check, each on a queue of its own.
 
@@ -471,9 +469,9 @@ async def check_work_queue_backing(
         the factory again for the same name, which must give back what was
         stored.
     :param skip: names of checks not to run (see :data:`WORK_QUEUE_BACKING_CHECKS`).
-    :param delay: seconds a job released with a delay stays away in the
-        check of delays; a fetch that must find nothing waits half of it.
-    :param timeout: longest wait for a job to come or a wait to end.
+    :param timeout: longest wait for a job to come or a wait to end. A job
+        released with a delay is released for a twentieth of it, and a fetch
+        that must find nothing waits half of that.
     :raises AssertionError: naming the first check that failed and why.
     """
     consumer = AgentRef.new("conformance-consumer", "conformance", node="conformance")
@@ -483,7 +481,13 @@ async def check_work_queue_backing(
             f"conformance-{item.name}-{secrets.token_hex(4)}",
             consumers=[consumer],
             action="work",
+            max_attempts=5,
+            visibility_timeout=30.0,
+            backoff=(0.1, 30.0),
+            concurrency_per_consumer=1,
+            dedupe_window=10_000,
+            settle_timeout=5.0,
         )
-        await item.fn(_Queue(factory=factory, spec=spec, delay=delay, timeout=timeout))
+        await item.fn(_Queue(factory=factory, spec=spec, timeout=timeout))
 
     await WORK_QUEUE_SUITE.run(skip, run_one)

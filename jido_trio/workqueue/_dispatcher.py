@@ -95,12 +95,16 @@ class Dispatcher:
     _fetching: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _parked: int = attrs.field(default=0, init=False)
-    _in_flight: int = attrs.field(default=0, init=False)
-    #: Jobs waiting out a backoff here (reserved for a consumer).
-    _delayed: int = attrs.field(default=0, init=False)
-    _done: int = attrs.field(default=0, init=False)
-    _retried: int = attrs.field(default=0, init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    # Counts for WorkQueue.stats(); the backing counts the rest.
+    #: Deliveries in flight.
+    in_flight: int = attrs.field(default=0, init=False)
+    #: Jobs waiting out a backoff here (reserved for a consumer).
+    delayed: int = attrs.field(default=0, init=False)
+    #: Jobs acknowledged since the queue was opened.
+    done: int = attrs.field(default=0, init=False)
+    #: Failed deliveries followed by a retry since the queue was opened.
+    retried: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._ready_for = {ref.id: [] for ref in self.spec.consumers}
@@ -129,35 +133,15 @@ class Dispatcher:
     async def drain(self) -> None:
         """Stop taking jobs and wait for the deliveries in flight."""
         self.close()
-        while self._in_flight:
+        while self.in_flight:
             await self._settled.park()
 
     async def join(self) -> None:
         """Wait until the queue has no unfinished job and no delivery here
         is still settling."""
         await self.backing.wait_empty()
-        while self._in_flight:
+        while self.in_flight:
             await self._settled.park()
-
-    @property
-    def in_flight(self) -> int:
-        """Deliveries in flight."""
-        return self._in_flight
-
-    @property
-    def delayed(self) -> int:
-        """Jobs waiting out a backoff here (the backing counts the others)."""
-        return self._delayed
-
-    @property
-    def done(self) -> int:
-        """Jobs acknowledged since the queue was opened."""
-        return self._done
-
-    @property
-    def retried(self) -> int:
-        """Failed deliveries followed by a retry since the queue was opened."""
-        return self._retried
 
     # ------------------------------------------------------------ taking jobs
 
@@ -226,7 +210,7 @@ class Dispatcher:
                 self._received(fetched[0])
                 job = self._pop_for(consumer_id)
             if job is not None:
-                self._in_flight += 1
+                self.in_flight += 1
                 return job
             self._parked += 1
             self._need.set()
@@ -277,10 +261,10 @@ class Dispatcher:
             job.consumer = None
             with self._settling():
                 await self.backing.ack(job)
-            self._done += 1
+            self.done += 1
             return "ok"
         finally:
-            self._in_flight -= 1
+            self.in_flight -= 1
             self._settled.unpark_all()
 
     async def _deliver(self, consumer: AgentRef, job: QueuedJob) -> None:
@@ -341,9 +325,9 @@ class Dispatcher:
             delay,
             job.error,
         )
-        self._retried += 1
+        self.retried += 1
         if timeout:
-            self._delayed += 1
+            self.delayed += 1
             assert self._nursery is not None
             self._nursery.start_soon(self._retry_later, job, delay)
         else:
@@ -353,7 +337,7 @@ class Dispatcher:
         try:
             await trio.sleep(delay)
         finally:
-            self._delayed -= 1
+            self.delayed -= 1
         self._offer(job)
 
     async def _dead_letter(self, job: QueuedJob) -> None:

@@ -312,10 +312,7 @@ async def open_work_queue(
                     dispatcher.close()
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            # A body cancelled because a dispatcher failed should see that failure.
-            failure = single_failure(group, body_error)
-            if failure is not None:
-                raise failure from None
-            raise
+            # A body cancelled because a dispatcher failed sees that failure.
+            raise (single_failure(group, body_error) or group) from None
     if body_error is not None:
         raise body_error

@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -364,30 +364,32 @@ class StateBacking(WorkQueueBacking):
         for job in sorted(loaded, key=lambda j: j.order):
             self._add(job)
 
-    def _close(self) -> None:
-        self._closed = True
-        self._idle.set()  # wake wait_empty() callers: nothing moves any more
-        self._arrived.set()
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, state: StateBackend, spec: WorkQueueSpec) -> AsyncIterator[StateBacking]:
+        """Load the queue from ``state``, yield the backing, close it on exit."""
+        backing = cls(state=state, spec=spec)
+        await backing._load()
+        try:
+            yield backing
+        finally:
+            backing._closed = True
+            backing._idle.set()  # wake wait_empty() callers: nothing moves any more
+            backing._arrived.set()
 
 
-@asynccontextmanager
-async def open_state_backing(
+def open_state_backing(
     state: StateBackend, spec: WorkQueueSpec
-) -> AsyncIterator[StateBacking]:
+) -> AbstractAsyncContextManager[StateBacking]:
     """Open the ``"state"`` work-queue backing of queue ``spec.name`` in
-    ``state`` for the block: the backing :func:`jido_trio.open_work_queue`
-    uses with ``backing="state"``, or with ``"auto"`` when the state engine
-    offers none of its own. It works on every StateBackend; keep one open per
-    queue name.
+    ``state`` for an ``async with`` block: the backing
+    :func:`jido_trio.open_work_queue` uses with ``backing="state"``, or with
+    ``"auto"`` when the state engine offers none of its own. It works on every
+    StateBackend; keep one open per queue name.
 
     :param state: where the jobs live.
     :param spec: the queue's arguments (``dedupe_window`` and
         ``settle_timeout`` are the ones it uses).
     :raises InvalidMessage: a stored record is malformed.
     """
-    backing = StateBacking(state=state, spec=spec)
-    await backing._load()
-    try:
-        yield backing
-    finally:
-        backing._close()
+    return StateBacking.open(state, spec)
