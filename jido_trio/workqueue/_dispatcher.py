@@ -170,13 +170,21 @@ class Dispatcher:
                     self._received(job)
 
     def _received(self, job: QueuedJob) -> None:
-        if job.reserved_for not in self._ready_for or job.reserved_for in self._down:
+        if self._admitted(job):
+            self._offer(job)
+
+    def _admitted(self, job: QueuedJob) -> bool:
+        """Whether a job the backing handed out is to be delivered (else it
+        is being dead-lettered)."""
+        if job.reserved_for is not None and (
+            job.reserved_for not in self._ready_for or job.reserved_for in self._down
+        ):
             job.reserved_for = None  # nobody here to ask about the last delivery
         if job.attempts >= self.spec.max_attempts and job.reserved_for is None:
             job.error = job.error or UNKNOWN_OUTCOME
             self._spawn(self._dead_letter, job)
-            return
-        self._offer(job)
+            return False
+        return True
 
     def _offer(self, job: QueuedJob) -> None:
         if job.reserved_for in self._down:
@@ -201,14 +209,18 @@ class Dispatcher:
     async def _take(self, consumer_id: str) -> QueuedJob | None:
         while not self._closing:
             job = self._pop_for(consumer_id)
-            while job is None and not self._ready:
+            while job is None:
                 # The synchronous attempt: a job the backing has at hand
                 # (one reserved for another consumer goes to that one).
                 fetched = self.backing.fetch_nowait(1)
                 if not fetched:
                     break
-                self._received(fetched[0])
-                job = self._pop_for(consumer_id)
+                job = fetched[0]
+                if not self._admitted(job):
+                    job = None
+                elif job.reserved_for not in (None, consumer_id):
+                    self._offer(job)
+                    job = None
             if job is not None:
                 self.in_flight += 1
                 return job

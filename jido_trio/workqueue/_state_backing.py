@@ -24,7 +24,6 @@ its records and keeps their order and delays in memory.
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -164,17 +163,21 @@ class StateBacking(WorkQueueBacking):
                 return jobs
             self._check_open()
             arrived = self._arrived = trio.Event()
-            with trio.move_on_at(self._delayed[0][0] if self._delayed else math.inf):
+            if not self._delayed:
+                await arrived.wait()
+                continue
+            with trio.move_on_at(self._delayed[0][0]):
                 await arrived.wait()
 
     def fetch_nowait(self, max_jobs: int) -> list[QueuedJob]:
-        self._promote_due()
-        count = min(max_jobs, len(self._ready))
-        return [self._jobs[heapq.heappop(self._ready)[2]] for _ in range(count)]
+        if self._delayed:
+            self._promote_due()
+        ready = self._ready
+        if not ready:
+            return []
+        return [self._jobs[heapq.heappop(ready)[2]] for _ in range(min(max_jobs, len(ready)))]
 
     def _promote_due(self) -> None:
-        if not self._delayed:
-            return
         now = trio.current_time()
         while self._delayed and self._delayed[0][0] <= now:
             job_id = heapq.heappop(self._delayed)[3]
@@ -239,7 +242,8 @@ class StateBacking(WorkQueueBacking):
     # ------------------------------------------------------------ counts
 
     def counts(self) -> WorkQueueCounts:
-        self._promote_due()
+        if self._delayed:
+            self._promote_due()
         return WorkQueueCounts(
             unfinished=len(self._jobs), delayed=len(self._delayed), dead=len(self._dead)
         )
