@@ -217,9 +217,16 @@ class WorkQueueBacking(abc.ABC):
 
     Arguments arrive checked: a job id is a non-empty string, a priority an
     int, a delay a number >= 0, and a job one that :meth:`fetch` returned and
-    that is not settled yet. Every method is a Trio checkpoint. An engine
-    failure is a :class:`~jido_trio.JidoError` (:class:`~jido_trio.Unreachable`
-    when the engine cannot be reached): the dispatcher logs it and retries.
+    that is not settled yet. Every async method is a Trio checkpoint.
+
+    An engine failure is a :class:`~jido_trio.JidoError`
+    (:class:`~jido_trio.Unreachable` when the engine cannot be reached). From
+    :meth:`fetch` the dispatcher logs one and fetches again after a backoff;
+    from :meth:`put`, :meth:`redrive` and :meth:`purge` it reaches the caller;
+    from a settlement (:meth:`record_delivery`, :meth:`ack`, :meth:`release`,
+    :meth:`dead_letter`) it fails the queue. A backing whose engine hands an
+    unsettled job out again by itself (JetStream does, after its ack wait) may
+    log a failed settlement and return instead.
     """
 
     @abc.abstractmethod
