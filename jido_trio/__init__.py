@@ -46,10 +46,6 @@ from ._supervisor import ChildInfo as ChildInfo
 from ._supervisor import ChildSpec as ChildSpec
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorInfo as SupervisorInfo
-from ._work_queue import DeadJob as DeadJob
-from ._work_queue import QueueStats as QueueStats
-from ._work_queue import WorkQueue as WorkQueue
-from ._work_queue import open_work_queue as open_work_queue
 from .hookspecs import hookimpl as hookimpl
 from .signals import Signal as Signal
 from .signals import SignalBus as SignalBus
@@ -57,5 +53,9 @@ from .signals import SignalRouter as SignalRouter
 from .signals import Subscription as Subscription
 from .signals import health_sensor as health_sensor
 from .signals import heartbeat_sensor as heartbeat_sensor
+from .workqueue import DeadJob as DeadJob
+from .workqueue import QueueStats as QueueStats
+from .workqueue import WorkQueue as WorkQueue
+from .workqueue import open_work_queue as open_work_queue
 
 __version__ = "0.1.0"

@@ -60,13 +60,23 @@ from ._transport import NodeInfo as NodeInfo
 from ._transport import RequestHandler as RequestHandler
 from ._transport import TopicHandler as TopicHandler
 from ._transport import Transport as Transport
+from ._work_queue import DeadJob as DeadJob
+from ._work_queue import QueuedJob as QueuedJob
+from ._work_queue import WorkQueueBacking as WorkQueueBacking
+from ._work_queue import WorkQueueBackingProvider as WorkQueueBackingProvider
+from ._work_queue import WorkQueueCounts as WorkQueueCounts
+from ._work_queue import WorkQueueSpec as WorkQueueSpec
+from ._work_queue import decode_value as decode_value
+from ._work_queue import encode_value as encode_value
 
 __all__ = [
     "Consistency",
     "Coordination",
+    "DeadJob",
     "Lease",
     "LogEntry",
     "NodeInfo",
+    "QueuedJob",
     "Registry",
     "RegistryEntry",
     "RegistryEvent",
@@ -77,6 +87,10 @@ __all__ = [
     "TopicHandler",
     "Transport",
     "Versioned",
+    "WorkQueueBacking",
+    "WorkQueueBackingProvider",
+    "WorkQueueCounts",
+    "WorkQueueSpec",
     "check_consistency",
     "check_expected_version",
     "check_log_limit",
@@ -86,6 +100,8 @@ __all__ = [
     "check_state_key",
     "check_state_value",
     "check_ttl",
+    "decode_value",
+    "encode_value",
     "registry_matcher",
     "single_failure",
 ]

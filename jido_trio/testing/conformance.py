@@ -1,4 +1,4 @@
-"""Conformance suites for the four protocols, for plugin authors.
+"""Conformance suites for the four protocols and the work-queue backing, for plugin authors.
 
 Each ``check_*`` function runs a battery of behaviour checks against your
 implementation (a fresh instance per check, built by the factory you pass)
@@ -31,6 +31,12 @@ why, like trio's ``check_two_way_stream``. With pytest and pytest-trio
     async def test_coordination(autojump_clock):   # lease expiry runs on virtual time
         await check_coordination(plugin_factory("coordination", "mine"))
 
+
+    async def test_work_queue_backing():
+        # a state engine that offers a work-queue backing: factory(spec) -> backing
+        async with plugin_factory("state", "mine")() as state:
+            await check_work_queue_backing(state.open_work_queue_backing)
+
 What a factory may return: an async context manager yielding the
 implementation (for anything that owns resources), an awaitable of it, or the
 implementation itself. It must be a subclass of the matching
@@ -50,10 +56,17 @@ implementation itself. It must be a subclass of the matching
   transport on a real network needs the real clock (``timeout``, ``settle``).
   A transport whose ``supports_remote`` is false is only checked to raise
   :class:`~jido_trio.RemoteNotSupported`.
+- :func:`check_work_queue_backing` calls ``factory(spec)`` with a
+  :class:`~jido_trio.abc.WorkQueueSpec` whose queue name is new for each
+  check (one store serves them all), and again with the same spec to check
+  what survives a close. A backing on a real network needs the real clock
+  (``delay``, ``timeout``); one that works in memory also runs under an
+  autojump clock.
 
 Every suite takes ``skip=`` (check names, listed in :data:`STATE_BACKEND_CHECKS`,
-:data:`REGISTRY_CHECKS`, :data:`TRANSPORT_CHECKS`, :data:`COORDINATION_CHECKS`)
-for a documented deviation; an unknown name is a :class:`ValueError`.
+:data:`REGISTRY_CHECKS`, :data:`TRANSPORT_CHECKS`, :data:`COORDINATION_CHECKS`,
+:data:`WORK_QUEUE_BACKING_CHECKS`) for a documented deviation; an unknown name
+is a :class:`ValueError`.
 """
 
 from __future__ import annotations
@@ -67,16 +80,20 @@ from ._conformance_state import STATE_SUITE
 from ._conformance_state import check_state_backend as check_state_backend
 from ._conformance_transport import TRANSPORT_SUITE
 from ._conformance_transport import check_transport as check_transport
+from ._conformance_work_queue import WORK_QUEUE_SUITE
+from ._conformance_work_queue import check_work_queue_backing as check_work_queue_backing
 
 __all__ = [
     "COORDINATION_CHECKS",
     "REGISTRY_CHECKS",
     "STATE_BACKEND_CHECKS",
     "TRANSPORT_CHECKS",
+    "WORK_QUEUE_BACKING_CHECKS",
     "check_coordination",
     "check_registry",
     "check_state_backend",
     "check_transport",
+    "check_work_queue_backing",
     "plugin_factory",
 ]
 
@@ -88,3 +105,5 @@ REGISTRY_CHECKS: tuple[str, ...] = REGISTRY_SUITE.names
 TRANSPORT_CHECKS: tuple[str, ...] = TRANSPORT_SUITE.names
 #: Names of the checks :func:`check_coordination` runs, in order.
 COORDINATION_CHECKS: tuple[str, ...] = COORDINATION_SUITE.names
+#: Names of the checks :func:`check_work_queue_backing` runs, in order.
+WORK_QUEUE_BACKING_CHECKS: tuple[str, ...] = WORK_QUEUE_SUITE.names

@@ -7,8 +7,9 @@ import collections
 import functools
 import itertools
 import random
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import pytest
@@ -17,7 +18,10 @@ import trio.testing
 
 import jido_trio as jt
 from jido_trio import DeadJob, QueueStats, WorkQueue, open_work_queue
+from jido_trio.abc import WorkQueueBacking, WorkQueueBackingProvider, WorkQueueSpec
+from jido_trio.local import MemoryStateBackend
 from jido_trio.testing import crash_agent, faults, frame_kind
+from jido_trio.workqueue import open_state_backing
 
 _hubs = itertools.count()
 
@@ -403,6 +407,47 @@ async def test_payload_is_what_storage_gives_back(autojump_clock: trio.testing.M
                 await queue.put(object())
             await queue.join()
         assert got == [{"pair": [1, 2], "ref": ref}]
+
+
+# ---------------------------------------------------------------- backings
+
+
+class QueueingState(MemoryStateBackend, WorkQueueBackingProvider):
+    """Memory state that offers a work-queue backing of its own ("memq")."""
+
+    work_queue_backing = "memq"
+    opened: ClassVar[list[str]] = []
+
+    def open_work_queue_backing(
+        self, spec: WorkQueueSpec
+    ) -> AbstractAsyncContextManager[WorkQueueBacking]:
+        self.opened.append(spec.name)
+        return open_state_backing(self, spec)
+
+
+class QueueingStatePlugin:
+    @jt.hookimpl
+    def jido_trio_add_backends(self, backends: Any) -> None:
+        backends.add_state("queueing", lambda config, options: QueueingState())
+
+
+async def test_the_state_engine_offers_its_own_backing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with jt.open_node(config(state="queueing"), plugins=[QueueingStatePlugin()]) as node:
+        ref = await node.start_agent(Worker, "w")
+        chosen = {"auto": "memq", "memq": "memq", "state": "state"}
+        for n, (asked, expected) in enumerate(chosen.items()):
+            kwargs: dict[str, Any] = {"consumers": [ref], "action": "work", "backing": asked}
+            async with open_work_queue(node, f"q-{asked}", **kwargs) as queue:
+                assert queue.backing == expected
+                await queue.put({"n": n})
+                await queue.join()
+        assert QueueingState.opened == ["q-auto", "q-memq"]
+        with pytest.raises(jt.ConfigError, match="offers only 'memq' and 'state'"):
+            async with open_work_queue(node, "q", consumers=[ref], action="work", backing="sqs"):
+                pass  # pragma: no cover
+        assert (await node.query_agent(ref)).done == (0, 1, 2)
 
 
 # ---------------------------------------------------------------- lifecycle

@@ -23,7 +23,7 @@ import asyncio
 import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import attrs
@@ -37,6 +37,9 @@ from jido_trio.abc import (
     LogEntry,
     StateBackend,
     Versioned,
+    WorkQueueBacking,
+    WorkQueueBackingProvider,
+    WorkQueueSpec,
     check_consistency,
     check_expected_version,
     check_log_limit,
@@ -140,7 +143,7 @@ class _Cache:
 
 
 @attrs.define(eq=False)
-class NatsStateBackend(StateBackend):
+class NatsStateBackend(StateBackend, WorkQueueBackingProvider):
     """A :class:`~jido_trio.abc.StateBackend` on NATS JetStream.
 
     Build it with :func:`open_state` (or ``Config(state="nats")``).
@@ -668,12 +671,14 @@ class NatsStateBackend(StateBackend):
     #: The work-queue backing this engine offers to :func:`jido_trio.open_work_queue`.
     work_queue_backing = "jetstream"
 
-    def open_work_queue_backing(self, spec: Any) -> Any:
+    def open_work_queue_backing(
+        self, spec: WorkQueueSpec
+    ) -> AbstractAsyncContextManager[WorkQueueBacking]:
         """The ``jetstream`` backing of a work queue: a JetStream work-queue
         stream on this node's connection, shared with every node that opens
         the queue (see :mod:`jido_trio_nats._work_queue`).
 
-        :param spec: the queue's ``jido_trio._work_queue.WorkQueueSpec``.
+        :param spec: the queue's arguments.
         :returns: an async context manager yielding the backing.
         """
         from ._work_queue import open_jetstream_queue

@@ -3,9 +3,11 @@
 :func:`jido_trio.open_work_queue` picks it on a node whose state engine is
 ``"nats"`` (``backing="auto"`` or ``"jetstream"``), through
 :meth:`NatsStateBackend.open_work_queue_backing
-<jido_trio_nats._state.NatsStateBackend.open_work_queue_backing>`. Every node
-that opens queue ``<q>`` in a namespace ``<ns>`` shares it; their consumer
-agents compete for its jobs. Layout (``<q>`` encoded as one subject token):
+<jido_trio_nats._state.NatsStateBackend.open_work_queue_backing>`, and runs
+jido_trio's one dispatcher on it: this module only stores, hands out and
+settles jobs (:class:`jido_trio.abc.WorkQueueBacking`). Every node that opens
+queue ``<q>`` in a namespace ``<ns>`` shares it; their consumer agents compete
+for its jobs. Layout (``<q>`` encoded as one subject token):
 
 - stream ``<ns>_wq_<q>`` (retention ``WorkQueue``: a message is gone once
   acknowledged), subjects ``<ns>.wq.<q>.>``. A job is one message on
@@ -16,10 +18,11 @@ agents compete for its jobs. Layout (``<q>`` encoded as one subject token):
 - one durable pull consumer per priority, named like its subject token
   (``p3``, ``n1``), shared by every node: explicit acks, ``ack_wait`` = the
   visibility timeout, no delivery limit (attempts are counted here, see below).
-  A node fetches only as many jobs as it has idle delivery slots, highest
-  priority first, in one asyncio call (a no-wait pull request per priority),
-  and sends ``+WPI`` (in progress) for every job it holds every third of
-  ``ack_wait``: a job goes to another node only when its node stops answering.
+  :meth:`~JetStreamQueue.fetch` asks only for as many jobs as the dispatcher
+  has idle delivery slots, highest priority first, in one asyncio call (a
+  no-wait pull request per priority), and the backing sends ``+WPI`` (in
+  progress) for every job it holds every third of ``ack_wait``: a job goes to
+  another node only when its node stops answering.
 - KV bucket ``<ns>_workqueues``: ``<q>.fail.<id>`` the attempt record of a job
   whose last delivery failed (``[1, epoch, attempts, deliveries, error,
   owner]``), ``<q>.dead.<id>`` a dead letter (``[1, id, payload, priority,
@@ -28,29 +31,27 @@ agents compete for its jobs. Layout (``<q>`` encoded as one subject token):
   idle nodes at once (they also poll every :data:`IDLE_POLL` seconds, for
   retries coming due and for jobs of nodes that went away).
 
-Attempts: a delivery that failed with a known outcome naks the message (with
-the backoff as delay) after writing the attempt record; one that proved the
-consumer down (no attempt) writes the record too, so the redelivery is not
-counted. A delivery the server repeats with no record of its outcome (its
-node died, or its record was not written) counts as a failed attempt, like a
-job that brought a process down on the StateBackend backing. After
-``max_attempts`` the job is dead-lettered: the dead letter is written, then the
-message acknowledged (a dead letter whose message comes back is acknowledged).
-A delivery that timed out stays on its node, reserved for the same consumer,
-as on the StateBackend backing.
+Attempts: :meth:`~JetStreamQueue.release` writes the attempt record, then naks
+the message (with the dispatcher's backoff as delay), so the redelivery
+carries the attempts, error and reservation. The server counts deliveries, so
+:meth:`~JetStreamQueue.record_delivery` stores nothing: a delivery the server
+repeats with no record of its outcome (its node died, or its record was not
+written) comes back with that delivery counted as a failed attempt, like a job
+that brought a process down on the StateBackend backing. A dead letter is
+written, then its message acknowledged (a dead letter whose message comes back
+is acknowledged).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import heapq
 import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import attrs
 import nats.errors
@@ -61,21 +62,20 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy
 from nats.js.kv import KeyValue
 
-from jido_trio import (
-    AgentRef,
-    CallTimeout,
+from jido_trio import InvalidMessage, JidoError, Unreachable
+from jido_trio.abc import (
     DeadJob,
-    InvalidMessage,
-    JidoError,
-    QueueStats,
-    Unreachable,
+    QueuedJob,
+    WorkQueueBacking,
+    WorkQueueCounts,
+    WorkQueueSpec,
+    decode_value,
+    encode_value,
 )
 
 from ._connection import NatsConnection
+from ._jetstream import KV_OPERATION, MSG_ID, publish_if_last, read_last
 from ._keys import decode_token_or_none, encode_token
-
-if TYPE_CHECKING:
-    from jido_trio._work_queue import WorkQueueBacking, WorkQueueSpec
 
 __all__ = ["BACKING_NAME", "JetStreamQueue", "open_jetstream_queue"]
 
@@ -88,7 +88,7 @@ T = TypeVar("T")
 BACKING_NAME = "jetstream"
 #: Seconds within which the server drops a repeated put of a job id.
 DUPLICATE_WINDOW = 600.0
-#: Longest wait of an idle node before it looks for jobs again (retries that
+#: Longest wait of an idle fetch before it looks for jobs again (retries that
 #: came due, jobs of a node that went away, puts whose bell it missed).
 IDLE_POLL = 0.25
 #: Longest KV subject of a job's records (the server limits protocol lines to 4 KiB).
@@ -98,12 +98,6 @@ MAX_BATCH = 256
 #: Encoded queue names longer than this become a hash in stream names.
 _MAX_TOKEN = 64
 _RECORD_FORMAT = 1
-_MSG_ID = "Nats-Msg-Id"
-_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
-_WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
-_NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, TimeoutError)
-
-JobStatus = Literal["ready", "delayed", "in_flight"]
 
 
 class _Lost(Exception):
@@ -126,31 +120,17 @@ def _msg_id(job_id: str, epoch: int) -> str:
     return token if epoch == 0 else f"{token}@{epoch}"
 
 
-@attrs.define(eq=False)
-class _Held:
+@attrs.define(eq=False, kw_only=True)
+class _Held(QueuedJob):
     """A job this node fetched and has not settled yet (its message is held
-    with in-progress acks)."""
+    with in-progress acks); ``seq`` is its stream sequence."""
 
     msg: Msg
-    job_id: str
-    payload: Any
-    priority: int
-    seq: int
     epoch: int
+    #: Times the server delivered its message.
     deliveries: int
-    attempts: int
-    error: str | None
-    #: The consumer it goes to first (an earlier delivery's outcome is unknown there).
-    affinity: str | None
     #: An attempt record exists in KV (drop it once the job is settled).
     has_record: bool
-    status: JobStatus = "ready"
-    #: The consumer of the delivery in flight.
-    consumer: str | None = None
-
-    @property
-    def order(self) -> tuple[int, int]:
-        return (-self.priority, self.seq)
 
 
 @attrs.define(eq=False)
@@ -186,17 +166,16 @@ class _Pull:
 
 
 @attrs.define(eq=False)
-class JetStreamQueue:
-    """A :class:`jido_trio.WorkQueue` backing on a JetStream work-queue stream.
+class JetStreamQueue(WorkQueueBacking):
+    """The ``jetstream`` :class:`~jido_trio.abc.WorkQueueBacking` of one queue.
 
     Open it with :func:`open_jetstream_queue` (``open_work_queue`` does).
 
-    Counts in :meth:`stats`: ``pending`` is the queue's unfinished jobs on
-    every node (as last seen: refreshed by :meth:`join`, by fetches when idle,
-    and by this node's puts and acknowledgements) less this node's deliveries
-    in flight; ``delayed``, ``in_flight``, ``done`` and ``retried`` count this
-    node's jobs; ``dead`` the queue's dead letters as this node's watch has
-    seen them.
+    :meth:`counts`: ``unfinished`` is the queue's unfinished jobs on every
+    node (as last seen: refreshed by :meth:`wait_empty`, by fetches when idle,
+    and by this node's puts and acknowledgements); ``delayed`` the jobs this
+    node released with a delay; ``dead`` the queue's dead letters as this
+    node's watch has seen them.
     """
 
     spec: WorkQueueSpec
@@ -219,11 +198,8 @@ class JetStreamQueue:
     _strays: list[Msg] = attrs.field(factory=list)
     _priorities: set[int] = attrs.field(factory=set)
     _consumers_made: set[int] = attrs.field(factory=set)
+    #: Jobs handed out and not settled, by stream sequence.
     _held: dict[int, _Held] = attrs.field(factory=dict)
-    _ready: list[tuple[int, int]] = attrs.field(factory=list)
-    _ready_for: dict[str, list[tuple[int, int]]] = attrs.field(factory=dict)
-    #: Consumers whose last probe failed: jobs are not reserved for them.
-    _down: set[str] = attrs.field(factory=set)
     #: Stream sequence -> when a job this node nak'ed with a delay comes due.
     _naked: dict[int, float] = attrs.field(factory=dict)
     _dead: dict[str, _Dead] = attrs.field(factory=dict)
@@ -233,18 +209,10 @@ class JetStreamQueue:
     _queued_ops: list[_Op] = attrs.field(factory=list)
     _settling_now: bool = False
     _round_done: trio.Event = attrs.field(factory=trio.Event)
-    _wakeup: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
-    _settled: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
-    _need: trio.Event = attrs.field(factory=trio.Event)
     _bell: trio.Event = attrs.field(factory=trio.Event)
-    _nursery: trio.Nursery | None = None
-    _parked: int = 0
-    _in_flight: int = 0
-    _local_delayed: int = 0
-    _done: int = 0
-    _retried: int = 0
+    #: When fetches began to find nothing (``None`` while they find jobs).
+    _idle_since: float | None = None
     _stream_msgs: int = 0
-    _closing: bool = False
     _closed: bool = False
 
     # ------------------------------------------------------------ names
@@ -275,7 +243,7 @@ class JetStreamQueue:
         return await self.conn.run(what, fn, *args, **kwargs)
 
     def _settling(self) -> trio.CancelScope:
-        scope = trio.move_on_after(self.spec.node.config.shutdown_timeout)
+        scope = trio.move_on_after(self.spec.settle_timeout)
         scope.shield = True
         return scope
 
@@ -302,7 +270,6 @@ class JetStreamQueue:
         bucket = conn.name("workqueues")
         self.kv_stream = f"KV_{bucket}"
         self.kv_prefix = f"$KV.{bucket}."
-        self._ready_for = {ref.id: [] for ref in self.spec.consumers}
         await self._run("subscribing", self._aio_subscribe)
         initial = await self._run("loading dead letters", self._aio_watch_dead)
         for entry in initial:
@@ -329,13 +296,12 @@ class JetStreamQueue:
 
     async def _shutdown(self) -> None:
         """Give back every job still held (the queue is closing) and unsubscribe."""
-        self._closed = self._closing = True
-        self._wakeup.unpark_all()
+        self._closed = True
         ops: list[_Op] = []
-        for held in sorted(self._held.values(), key=lambda h: h.order):
-            if held.status == "in_flight":
+        for held in sorted(self._held.values(), key=lambda h: (-h.priority, h.seq)):
+            if held.consumer is not None:
                 # Cancelled in flight: counted, and offered to the same consumer first.
-                held.affinity = held.consumer
+                held.reserved_for = held.consumer
             ops.append(self._release_op(held))
         strays, self._strays = self._strays, []
         if ops:
@@ -394,18 +360,16 @@ class JetStreamQueue:
 
     # ------------------------------------------------------------ public API
 
-    async def put(self, payload: Any, *, priority: int, id: str) -> str:
-        if self._closed:
-            raise trio.ClosedResourceError(f"work queue {self.name!r} is closed")
-        job_id = id
+    async def put(self, job_id: str, payload: Any, *, priority: int) -> None:
+        self._check_open()
         if len(self._dead_key(job_id)) > MAX_KEY_SUBJECT:
             raise InvalidMessage(
                 f"work queue {self.name!r}: job id {job_id[:40]!r}... is too long for NATS"
             )
         if job_id in self._dead or job_id in self._moving:
             await trio.lowlevel.checkpoint()
-            return job_id
-        data = self.spec.encode([_RECORD_FORMAT, job_id, payload, 0])
+            return
+        data = encode_value([_RECORD_FORMAT, job_id, payload, 0])
         self._check_size(data)
         duplicate = await self._run(
             f"putting job {job_id!r}",
@@ -417,7 +381,6 @@ class JetStreamQueue:
         )
         if not duplicate:
             self._added(priority)
-        return job_id
 
     def _check_size(self, data: bytes) -> None:
         limit = self.conn.nc.max_payload - 256  # headers
@@ -428,7 +391,7 @@ class JetStreamQueue:
             )
 
     async def _aio_publish(self, subject: str, data: bytes, msg_id: str, priority: int) -> bool:
-        ack = await self.conn.js.publish(subject, data, headers={_MSG_ID: msg_id})
+        ack = await self.conn.js.publish(subject, data, headers={MSG_ID: msg_id})
         if ack.duplicate:
             return True
         await self.conn.nc.publish(self.bell_subject, str(priority).encode())
@@ -439,21 +402,19 @@ class JetStreamQueue:
         self._priorities.add(priority)
         self._bell.set()
 
-    def stats(self) -> QueueStats:
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError(f"work queue {self.name!r} is closed")
+
+    def counts(self) -> WorkQueueCounts:
         now = trio.current_time()
         for seq in [seq for seq, due in self._naked.items() if due <= now]:
             del self._naked[seq]
-        delayed = len(self._naked) + self._local_delayed
-        return QueueStats(
-            pending=max(self._stream_msgs - self._in_flight, delayed, 0),
-            delayed=delayed,
-            in_flight=self._in_flight,
-            done=self._done,
-            dead=len(self._dead),
-            retried=self._retried,
+        return WorkQueueCounts(
+            unfinished=self._stream_msgs, delayed=len(self._naked), dead=len(self._dead)
         )
 
-    async def join(self) -> None:
+    async def wait_empty(self) -> None:
         await trio.lowlevel.checkpoint()
         pause = 0.005
         while True:
@@ -461,8 +422,6 @@ class JetStreamQueue:
             self._stream_msgs = count
             if count == 0:
                 self._naked.clear()  # nothing is waiting anywhere
-                while self._in_flight:  # acknowledged: let the settling finish
-                    await self._settled.park()
                 return
             if self._closed:
                 raise trio.ClosedResourceError(f"work queue {self.name!r} closed with jobs left")
@@ -477,11 +436,11 @@ class JetStreamQueue:
         await trio.lowlevel.checkpoint()
         return [dead.job for dead in sorted(self._dead.values(), key=lambda d: d.order)]
 
-    async def redrive(self, job_ids: list[str] | None) -> list[str]:
+    async def redrive(self, job_id: str) -> bool:
         async def revive(dead: _Dead) -> int:
             job = dead.job
             epoch = dead.epoch + 1
-            data = self.spec.encode([_RECORD_FORMAT, job.id, job.payload, epoch])
+            data = encode_value([_RECORD_FORMAT, job.id, job.payload, epoch])
             return await self._run(
                 f"redriving job {job.id!r}",
                 self._aio_redrive,
@@ -493,10 +452,10 @@ class JetStreamQueue:
                 dead.revision,
             )
 
-        taken = await self._take_dead(job_ids, revive)
-        for dead in taken:
+        dead = await self._take_dead(job_id, revive)
+        if dead is not None:
             self._added(dead.job.priority)
-        return [dead.job.id for dead in taken]
+        return dead is not None
 
     async def _aio_redrive(
         self, subject: str, data: bytes, msg_id: str, priority: int, key: str, revision: int
@@ -506,7 +465,7 @@ class JetStreamQueue:
         await self._aio_publish(subject, data, msg_id, priority)
         return await self._aio_delete_dead(key, revision)
 
-    async def purge_dead_letters(self, job_ids: list[str] | None) -> list[str]:
+    async def purge(self, job_id: str) -> bool:
         async def forget(dead: _Dead) -> int:
             return await self._run(
                 f"purging dead letter {dead.job.id!r}",
@@ -515,50 +474,41 @@ class JetStreamQueue:
                 dead.revision,
             )
 
-        return [dead.job.id for dead in await self._take_dead(job_ids, forget)]
+        return await self._take_dead(job_id, forget) is not None
 
     async def _aio_delete_dead(self, key: str, revision: int) -> int:
         """A KV delete marker on ``key`` if it is still at ``revision``; its revision."""
-        try:
-            ack = await self.conn.js.publish(
-                key, b"", headers={"KV-Operation": "DEL", _EXPECTED_LAST: str(revision)}
-            )
-        except nats.js.errors.APIError as exc:
-            if exc.err_code in _WRONG_LAST_SEQUENCE:
-                raise _Lost from exc
-            raise
-        return int(ack.seq)
+        seq = await publish_if_last(
+            self.conn.js, key, b"", last=revision, headers={KV_OPERATION: "DEL"}
+        )
+        if seq is None:
+            raise _Lost
+        return seq
 
     async def _take_dead(
-        self, job_ids: list[str] | None, store: Callable[[_Dead], Awaitable[int]]
-    ) -> list[_Dead]:
-        if self._closed:
-            raise trio.ClosedResourceError(f"work queue {self.name!r} is closed")
+        self, job_id: str, store: Callable[[_Dead], Awaitable[int]]
+    ) -> _Dead | None:
+        """Take the dead letter ``job_id`` out and run ``store`` for it (put
+        back among the dead letters if that fails); ``None`` if there is none,
+        here or (a lost compare-and-set) on the server."""
+        self._check_open()
         await trio.lowlevel.checkpoint()
-        if job_ids is None:
-            chosen = list(self._dead.values())
-        else:
-            chosen = [self._dead[i] for i in job_ids if i in self._dead]
-        taken: list[_Dead] = []
-        for dead in sorted(chosen, key=lambda d: d.order):
-            job_id = dead.job.id
-            if self._dead.get(job_id) is not dead:
-                continue  # taken by a concurrent redrive or purge
-            del self._dead[job_id]
-            self._moving.add(job_id)
-            try:
-                revision = await store(dead)
-            except _Lost:
-                continue  # another node redrove or purged it first
-            except BaseException:
-                self._dead.setdefault(job_id, dead)
-                raise
-            finally:
-                self._moving.discard(job_id)
-            key = self._dead_key(job_id)
-            self._dead_revisions[key] = max(self._dead_revisions.get(key, 0), revision)
-            taken.append(dead)
-        return taken
+        dead = self._dead.pop(job_id, None)
+        if dead is None:
+            return None
+        self._moving.add(job_id)
+        try:
+            revision = await store(dead)
+        except _Lost:
+            return None  # another node redrove or purged it first
+        except BaseException:
+            self._dead.setdefault(job_id, dead)
+            raise
+        finally:
+            self._moving.discard(job_id)
+        key = self._dead_key(job_id)
+        self._dead_revisions[key] = max(self._dead_revisions.get(key, 0), revision)
+        return dead
 
     # ------------------------------------------------------------ dead-letter watch
 
@@ -575,7 +525,7 @@ class JetStreamQueue:
             self._dead.pop(job_id, None)
             return
         try:
-            fields = self.spec.decode(bytes(entry.value))
+            fields = decode_value(bytes(entry.value))
             _, rid, payload, priority, attempts, error, epoch, seq = fields[:8]
             if rid != job_id or not (_counts(attempts, epoch, seq) and type(priority) is int):
                 raise TypeError("bad dead letter fields")
@@ -623,63 +573,68 @@ class JetStreamQueue:
         )
         return list(info.state.subjects or {}), int(info.state.messages)
 
-    async def _fetcher(self) -> None:
-        """Keep this node's idle delivery slots supplied with jobs."""
-        idle_since: float | None = None
-        failures = 0
-        while not self._closing:
-            need = self._need = trio.Event()
-            want = self._parked - len(self._ready)
-            if want <= 0 and not self._strays:
-                with trio.move_on_after(IDLE_POLL):  # late answers need heartbeats too
-                    await need.wait()
-                continue
-            bell = self._bell = trio.Event()
-            now = trio.current_time()
-            discover = idle_since is not None and now - idle_since >= IDLE_POLL
-            try:
-                if discover:
-                    await self._discover()
-                    idle_since = now
-                got = await self._fetch(max(want, 0))
-            except JidoError as exc:
-                failures += 1
-                pause = self.spec.retry_delay(failures)
-                log.warning(
-                    "work queue %r: fetching jobs (retry in %.3gs): %s", self.name, pause, exc
-                )
-                await trio.sleep(pause)
-                continue
-            failures = 0
-            if got:
-                idle_since = None
-                continue
-            if idle_since is None:
-                idle_since = now
-            wait = IDLE_POLL
-            if self._naked:
-                wait = min(wait, max(min(self._naked.values()) - now, 0.0) + 0.002)
-            with trio.move_on_after(wait):
-                await bell.wait()
+    async def fetch(self, max_jobs: int) -> list[QueuedJob]:
+        """Fetch up to ``max_jobs`` jobs (and any late arrivals); when there
+        are none, wait for a put's bell, a nak'ed job coming due or
+        :data:`IDLE_POLL`, and return nothing (the caller asks again).
 
-    async def _fetch(self, want: int) -> int:
-        """Fetch up to ``want`` jobs (and any late arrivals) and offer them."""
+        :raises Unreachable: NATS cannot be reached.
+        """
+        bell = self._bell = trio.Event()
+        now = trio.current_time()
+        if self._idle_since is not None and now - self._idle_since >= IDLE_POLL:
+            await self._discover()
+            self._idle_since = now
+        pulled, jobs = await self._fetch(max_jobs)
+        if pulled:
+            self._idle_since = None
+            return jobs
+        if self._idle_since is None:
+            self._idle_since = now
+        wait = IDLE_POLL
+        if self._naked:
+            wait = min(wait, max(min(self._naked.values()) - now, 0.0) + 0.002)
+        with trio.move_on_after(wait):
+            await bell.wait()
+        return []
+
+    async def _fetch(self, want: int) -> tuple[int, list[QueuedJob]]:
+        """Fetch up to ``want`` jobs (and any late arrivals): how many
+        messages came, and the jobs among them to hand out."""
         results = await self._run("fetching jobs", self._aio_fetch, min(want, MAX_BATCH))
+        jobs: list[QueuedJob] = []
+        acks: list[_Op] = []
         for msg, record in results:
-            self._receive(msg, record)
-        return len(results)
+            held = self._receive(msg, record)
+            if held is None:
+                continue
+            dead = self._dead.get(held.id)
+            if dead is not None and dead.epoch >= held.epoch:
+                acks.append(_Op(held, "ack"))  # dead-lettered, but its ack was lost
+            else:
+                jobs.append(held)
+        if acks:
+            with self._settling():
+                await self._settle(acks)
+        return len(results), jobs
 
     async def _aio_fetch(self, want: int) -> list[tuple[Msg, bytes | None]]:
         got: list[Msg] = self._strays
         self._strays = []
-        for priority in sorted(self._priorities, reverse=True):
-            if len(got) >= want:
-                break
-            if priority not in self._consumers_made:
-                await self._aio_make_consumer(priority)
-            got.extend(await self._aio_pull(priority, want - len(got)))
-        redelivered = [msg for msg in got if _delivered(msg) > 1]
-        records = await asyncio.gather(*(self._aio_record(msg) for msg in redelivered))
+        try:
+            for priority in sorted(self._priorities, reverse=True):
+                if len(got) >= want:
+                    break
+                if priority not in self._consumers_made:
+                    await self._aio_make_consumer(priority)
+                got.extend(await self._aio_pull(priority, want - len(got)))
+            redelivered = [msg for msg in got if _delivered(msg) > 1]
+            records = await asyncio.gather(*(self._aio_record(msg) for msg in redelivered))
+        except BaseException:
+            # Cancelled or failed: the messages are still ours to hand out
+            # (or to give back as the queue closes).
+            self._strays[:0] = got
+            raise
         by_msg = {id(msg): record for msg, record in zip(redelivered, records, strict=True)}
         return [(msg, by_msg.get(id(msg))) for msg in got]
 
@@ -722,6 +677,9 @@ class JetStreamQueue:
                 await asyncio.wait_for(asyncio.shield(pull.done), self._timeout)
             except TimeoutError:
                 log.debug("work queue %r: pull request unanswered", self.name)
+        except BaseException:
+            self._strays.extend(pull.msgs)  # still ours to hand out
+            raise
         finally:
             self._pull = None
             if not pull.done.done():
@@ -730,48 +688,39 @@ class JetStreamQueue:
 
     async def _aio_record(self, msg: Msg) -> bytes | None:
         try:
-            job_id = self.spec.decode(bytes(msg.data))[1]
+            job_id = decode_value(bytes(msg.data))[1]
         except (InvalidMessage, TypeError, IndexError):
             return None
         if not isinstance(job_id, str):
             return None
-        try:
-            found = await self.conn.js.get_msg(
-                self.kv_stream, subject=self._fail_key(job_id), direct=True
-            )
-        except nats.js.errors.NotFoundError:
-            return None
-        headers = found.headers or {}
-        if headers.get("KV-Operation") in ("DEL", "PURGE"):
-            return None
-        return bytes(found.data or b"")
+        found = await read_last(self.conn.js, self.kv_stream, self._fail_key(job_id), direct=True)
+        return found.data
 
-    def _receive(self, msg: Msg, record: bytes | None) -> None:
-        """Take a fetched message in: offer its job, or settle it at once."""
+    def _receive(self, msg: Msg, record: bytes | None) -> _Held | None:
+        """Take a fetched message in: the job it holds, or ``None`` (dropped,
+        or a repeated answer for a job already held)."""
         meta = msg.metadata
         seq = int(meta.sequence.stream)
         self._naked.pop(seq, None)
         try:
-            fields = self.spec.decode(bytes(msg.data))
+            fields = decode_value(bytes(msg.data))
             _, job_id, payload, epoch = fields[:4]
             if not isinstance(job_id, str) or not isinstance(epoch, int):
                 raise TypeError("bad job fields")
         except (InvalidMessage, TypeError, ValueError):
             log.error("work queue %r: malformed job at seq %d dropped", self.name, seq)
             self.conn.bridge.submit(msg.ack)
-            return
+            return None
         subject_priority = _token_priority(msg.subject[len(self.subject_prefix) :])
         held = _Held(
             msg=msg,
-            job_id=job_id,
+            id=job_id,
             payload=payload,
             priority=0 if subject_priority is None else subject_priority,
             seq=seq,
             epoch=epoch,
             deliveries=int(meta.num_delivered),
             attempts=int(meta.num_delivered) - 1,
-            error=None,
-            affinity=None,
             has_record=record is not None,
         )
         if record is not None:
@@ -779,33 +728,20 @@ class JetStreamQueue:
         if seq in self._held:
             # Already held (an answer the server repeated): keep the newer message.
             self._held[seq].msg = msg
-            return
+            return None
         self._held[seq] = held
-        dead = self._dead.get(job_id)
-        if dead is not None and dead.epoch >= epoch:
-            # Dead-lettered, but its acknowledgement was lost.
-            self._spawn_settle(_Op(held, "ack"))
-            return
-        if held.attempts >= self.spec.max_attempts:
-            held.error = held.error or "delivery outcome unknown (its node stopped answering)"
-            self._spawn_settle(self._dead_op(held))
-            return
-        if held.affinity is not None and held.affinity in self._down:
-            held.affinity = None
-        self._offer(held)
+        return held
 
     def _apply_record(self, held: _Held, record: bytes) -> None:
         try:
-            fields = self.spec.decode(record)
+            fields = decode_value(record)
             _, epoch, attempts, deliveries, error, owner = fields[:6]
             if not _counts(epoch, attempts, deliveries):
                 raise TypeError("bad attempt record fields")
             if error is not None and not isinstance(error, str):
                 raise TypeError("bad attempt record error")
         except (InvalidMessage, TypeError, ValueError):
-            log.warning(
-                "work queue %r: malformed attempt record of %r ignored", self.name, held.job_id
-            )
+            log.warning("work queue %r: malformed attempt record of %r ignored", self.name, held.id)
             return
         if epoch != held.epoch:
             return  # left over from before a redrive
@@ -813,7 +749,7 @@ class JetStreamQueue:
         # counts as a failed attempt.
         held.attempts = attempts + max(held.deliveries - 1 - deliveries, 0)
         held.error = error
-        held.affinity = owner if isinstance(owner, str) else None
+        held.reserved_for = owner if isinstance(owner, str) else None
 
     # ------------------------------------------------------------ heartbeats
 
@@ -821,7 +757,8 @@ class JetStreamQueue:
         """Tell the server every held job is still being worked on."""
         while True:
             await trio.sleep(max(self.ack_wait / 3, 0.05))
-            msgs = [held.msg for held in self._held.values()]
+            # Late answers too: they are handed out by the next fetch.
+            msgs = [held.msg for held in self._held.values()] + self._strays
             if not msgs:
                 continue
             try:
@@ -833,171 +770,44 @@ class JetStreamQueue:
         for msg in msgs:
             await msg.in_progress()
 
-    # ------------------------------------------------------------ dispatch
+    # ------------------------------------------------------------ outcomes
 
-    async def serve(self) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._fetcher)
-            nursery.start_soon(self._heartbeat)
-            nursery.start_soon(self._watch_dead)
-            for ref in self.spec.consumers:
-                for _ in range(self.spec.concurrency_per_consumer):
-                    nursery.start_soon(self._dispatcher, ref)
+    async def record_delivery(self, job: QueuedJob) -> None:
+        # The server counts deliveries, and a job cut short is given back
+        # (reserved for its consumer) as the queue closes.
+        await trio.lowlevel.checkpoint()
 
-    def close(self) -> None:
-        self._closing = True
-        self._wakeup.unpark_all()
-        self._need.set()
-        self._bell.set()
+    async def ack(self, job: QueuedJob) -> None:
+        await self._settle([_Op(self._held_job(job), "ack")])
 
-    async def drain(self) -> None:
-        self.close()
-        while self._in_flight:
-            await self._settled.park()
-
-    async def _dispatcher(self, consumer: AgentRef) -> None:
-        pause = 0.0
-        while True:
-            held = await self._take(consumer.id)
-            if held is None:
-                return
-            outcome = await self._deliver(consumer, held)
-            if outcome == "ok":
-                pause = 0.0
-                continue
-
-            def down(cid: str = consumer.id) -> None:
-                self._down.add(cid)
-                self._release_affinity(cid)
-
-            try:
-                pause = await self.spec.recover(
-                    consumer, pause, probe_first=outcome == "timeout", on_down=down
-                )
-            finally:
-                self._down.discard(consumer.id)
-
-    async def _take(self, consumer_id: str) -> _Held | None:
-        while not self._closing:
-            held = self._pop_for(consumer_id)
-            if held is not None:
-                held.status = "in_flight"
-                held.consumer = consumer_id
-                self._in_flight += 1
-                return held
-            self._parked += 1
-            self._need.set()
-            try:
-                await self._wakeup.park()
-            finally:
-                self._parked -= 1
-        return None
-
-    def _pop_for(self, consumer_id: str) -> _Held | None:
-        own = self._ready_for[consumer_id]
-        shared = self._ready
-        if own and (not shared or own[0] < shared[0]):
-            return self._held[heapq.heappop(own)[1]]
-        if shared:
-            return self._held[heapq.heappop(shared)[1]]
-        return None
-
-    def _offer(self, held: _Held) -> None:
-        held.status = "ready"
-        if held.affinity is not None and held.affinity in self._ready_for:
-            heapq.heappush(self._ready_for[held.affinity], held.order)
-            self._wakeup.unpark_all()
-        else:
-            held.affinity = None
-            heapq.heappush(self._ready, held.order)
-            self._wakeup.unpark()
-
-    def _release_affinity(self, consumer_id: str) -> None:
-        """The consumer is down: the jobs reserved for it go back to the stream."""
-        reserved = self._ready_for[consumer_id]
-        ops: list[_Op] = []
-        while reserved:
-            held = self._held[heapq.heappop(reserved)[1]]
-            held.affinity = None
-            ops.append(self._release_op(held))
-        if ops:
-            self._spawn_settle(*ops)
-
-    async def _deliver(self, consumer: AgentRef, held: _Held) -> Literal["ok", "down", "timeout"]:
-        try:
-            held.attempts += 1
-            try:
-                await self.spec.deliver(consumer, held.job_id, held.payload)
-            except JidoError as exc:
-                if self.spec.consumer_down(exc):
-                    held.attempts -= 1
-                    log.info(
-                        "work queue %r: consumer %r cannot take job %r now: %s",
-                        self.name,
-                        consumer.id,
-                        held.job_id,
-                        self.spec.describe(exc),
-                    )
-                    with self._settling():
-                        await self._settle([self._release_op(held)])
-                    return "down"
-                with self._settling():
-                    await self._failed(consumer, held, exc)
-                return "timeout" if isinstance(exc, CallTimeout) else "ok"
-            with self._settling():
-                await self._settle([_Op(held, "ack")])
-            return "ok"
-        finally:
-            self._in_flight -= 1
-            self._settled.unpark_all()
-
-    async def _failed(self, consumer: AgentRef, held: _Held, exc: JidoError) -> None:
-        held.error = self.spec.describe(exc)
-        timeout = isinstance(exc, CallTimeout)
-        # After a timeout the outcome is unknown: the job stays here, reserved
-        # for this consumer, whose dedupe can tell, until it is found down.
-        held.affinity = consumer.id if timeout else None
-        if held.attempts >= self.spec.max_attempts:
-            await self._settle([self._dead_op(held)])
-            return
-        delay = self.spec.retry_delay(held.attempts)
-        log.info(
-            "work queue %r: job %r failed (attempt %d of %d), retry in %.3gs: %s",
-            self.name,
-            held.job_id,
-            held.attempts,
-            self.spec.max_attempts,
-            delay,
-            held.error,
-        )
-        self._retried += 1
-        if timeout:
-            assert self._nursery is not None
-            held.status = "delayed"
-            self._local_delayed += 1
-            self._nursery.start_soon(self._retry_later, held, delay)
-            return
+    async def release(self, job: QueuedJob, *, delay: float = 0.0) -> None:
+        held = self._held_job(job)
         op = self._release_op(held)
         op.delay = delay
         await self._settle([op])
-        if op.result is None:
+        if op.result is None and delay > 0:
             self._naked[held.seq] = trio.current_time() + delay
 
-    async def _retry_later(self, held: _Held, delay: float) -> None:
-        try:
-            await trio.sleep(delay)
-        finally:
-            self._local_delayed -= 1
-        if held.affinity in self._down:
-            held.affinity = None
-        self._offer(held)
+    async def dead_letter(self, job: QueuedJob) -> None:
+        await self._settle([self._dead_op(self._held_job(job))])
+
+    def _held_job(self, job: QueuedJob) -> _Held:
+        if not isinstance(job, _Held) or self._held.get(job.seq) is not job:
+            raise ValueError(f"work queue {self.name!r}: job {job.id!r} is not held here")
+        return job
 
     # ------------------------------------------------------------ settling
 
     def _record(self, held: _Held) -> bytes:
-        return self.spec.encode(
-            [_RECORD_FORMAT, held.epoch, held.attempts, held.deliveries, held.error, held.affinity]
+        return encode_value(
+            [
+                _RECORD_FORMAT,
+                held.epoch,
+                held.attempts,
+                held.deliveries,
+                held.error,
+                held.reserved_for,
+            ]
         )
 
     def _release_op(self, held: _Held) -> _Op:
@@ -1005,17 +815,10 @@ class JetStreamQueue:
         return _Op(held, "nak", record=self._record(held))
 
     def _dead_op(self, held: _Held) -> _Op:
-        log.warning(
-            "work queue %r: job %r dead-lettered after %d attempts: %s",
-            self.name,
-            held.job_id,
-            held.attempts,
-            held.error,
-        )
-        record = self.spec.encode(
+        record = encode_value(
             [
                 _RECORD_FORMAT,
-                held.job_id,
+                held.id,
                 held.payload,
                 held.priority,
                 held.attempts,
@@ -1025,15 +828,6 @@ class JetStreamQueue:
             ]
         )
         return _Op(held, "dead", record=record)
-
-    def _spawn_settle(self, *ops: _Op) -> None:
-        async def settle() -> None:
-            with self._settling():
-                await self._settle(list(ops))
-
-        if self._nursery is not None and not self._closed:
-            self._nursery.start_soon(settle)
-        # Otherwise the jobs are given back as the queue closes.
 
     async def _settle(self, ops: list[_Op]) -> None:
         """Run ``ops`` together with those of concurrent callers: one asyncio
@@ -1073,27 +867,20 @@ class JetStreamQueue:
             log.warning(
                 "work queue %r: settling job %r (%s) failed: %r",
                 self.name,
-                held.job_id,
+                held.id,
                 op.kind,
                 result,
             )
             return
         if op.kind == "ack":
-            self._done += 1
             self._stream_msgs = max(self._stream_msgs - 1, 0)
         elif op.kind == "dead":
             assert isinstance(result, int)
-            key = self._dead_key(held.job_id)
+            key = self._dead_key(held.id)
             if result > self._dead_revisions.get(key, 0):
                 self._dead_revisions[key] = result
-                self._dead[held.job_id] = _Dead(
-                    job=DeadJob(
-                        id=held.job_id,
-                        payload=held.payload,
-                        priority=held.priority,
-                        attempts=held.attempts,
-                        error=held.error,
-                    ),
+                self._dead[held.id] = _Dead(
+                    job=held.dead(),
                     epoch=held.epoch,
                     seq=held.seq,
                     revision=result,
@@ -1112,17 +899,17 @@ class JetStreamQueue:
         js = self.conn.js
         if op.kind == "nak":
             assert op.record is not None
-            await js.publish(self._fail_key(held.job_id), op.record)
+            await js.publish(self._fail_key(held.id), op.record)
             await held.msg.nak(delay=op.delay or None)
             return None
         revision: int | None = None
         if op.kind == "dead":
             assert op.record is not None
-            ack = await js.publish(self._dead_key(held.job_id), op.record)
+            ack = await js.publish(self._dead_key(held.id), op.record)
             revision = int(ack.seq)
         await held.msg.ack_sync(timeout=self._timeout)
         if held.has_record or op.kind == "dead":
-            await js.purge_stream(self.kv_stream, subject=self._fail_key(held.job_id))
+            await js.purge_stream(self.kv_stream, subject=self._fail_key(held.id))
         return revision
 
 
@@ -1169,13 +956,13 @@ async def open_jetstream_queue(
     )
     try:
         await queue._setup()
-        yield queue
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(queue._heartbeat)
+            nursery.start_soon(queue._watch_dead)
+            try:
+                yield queue
+            finally:
+                nursery.cancel_scope.cancel()
     finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(spec.node.config.shutdown_timeout):
+        with trio.CancelScope(shield=True), trio.move_on_after(spec.settle_timeout):
             await queue._shutdown()
-
-
-if TYPE_CHECKING:
-
-    def _implements_the_protocol(queue: JetStreamQueue) -> WorkQueueBacking:
-        return queue  # mypy checks that JetStreamQueue is a WorkQueueBacking

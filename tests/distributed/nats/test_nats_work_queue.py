@@ -22,7 +22,10 @@ import trio
 
 import jido_trio as jt
 from jido_trio import DeadJob, QueueStats, open_work_queue
+from jido_trio.abc import encode_value
 from jido_trio.testing import crash_agent
+from jido_trio.testing.conformance import check_work_queue_backing
+from jido_trio_nats._state import open_state
 from jido_trio_nats._work_queue import JetStreamQueue
 from tests._polling import wait_until
 from tests.workqueue.test_work_queue import Worker, WorkerState, applied, everything
@@ -47,7 +50,7 @@ async def nats_node(name: str, options: dict[str, Any], **extra: Any) -> AsyncIt
 
 
 def backing(queue: jt.WorkQueue) -> JetStreamQueue:
-    impl = queue._impl
+    impl = queue._dispatcher.backing
     assert isinstance(impl, JetStreamQueue)
     return impl
 
@@ -90,6 +93,11 @@ async def test_backing_is_chosen_by_the_state_engine(nats_options: dict[str, Any
                 node, "q", consumers=[ref], action="work", backing="jetstream"
             ):
                 pass  # pragma: no cover
+
+
+async def test_jetstream_backing_conformance(nats_options: dict[str, Any]) -> None:
+    async with open_state(config("conformance", nats_options), nats_options) as state:
+        await check_work_queue_backing(state.open_work_queue_backing)
 
 
 # ---------------------------------------------------------------- basics
@@ -363,7 +371,7 @@ async def test_a_job_held_by_a_node_that_died_comes_back(nats_options: dict[str,
 
         async def steal(job_id: str, n: int) -> None:
             """Put a job and take it with a bare pull, as a node that dies would."""
-            data = impl.spec.encode([1, job_id, {"n": n}, 0])
+            data = encode_value([1, job_id, {"n": n}, 0])
             await conn.bridge.run(impl._aio_publish, impl._subject(0), data, job_id, 0)
 
             async def pull() -> None:
@@ -468,7 +476,7 @@ async def test_two_nodes_compete_for_one_queue(nats_options: dict[str, Any]) -> 
 # ---------------------------------------------------------------- soak
 
 # 10k jobs take 40-60 s on NATS on a 2-core machine (the 10k soak of the issue
-# runs on the local backing in tests/test_work_queue.py); 3k keeps CI short.
+# runs on the local backing in tests/workqueue/test_work_queue.py); 3k keeps CI short.
 SOAK_JOBS = int(os.environ.get("JIDO_TRIO_NATS_SOAK_JOBS", "3000"))
 SOAK_CONSUMERS = 8
 POISON_EVERY = 997
@@ -509,10 +517,7 @@ async def test_soak_exactly_once_under_random_crashes(nats_options: dict[str, An
                 while True:
                     await trio.sleep(rng.uniform(0.01, 0.05))
                     # Mostly a consumer with a job in flight, so crashes hit jobs.
-                    busy = sorted(
-                        {h.consumer for h in impl._held.values() if h.status == "in_flight"}
-                        - {None}
-                    )
+                    busy = sorted({h.consumer for h in impl._held.values() if h.consumer})
                     victim = by_id[rng.choice(busy)] if busy else rng.choice(refs)
                     await crash_agent(node, victim)
                     crashes += 1
@@ -576,7 +581,7 @@ async def test_malformed_records_in_the_bucket_are_ignored(
 
             async def plant() -> None:
                 for job_id, record in bad_dead_letters.items():
-                    await impl.conn.js.publish(impl._dead_key(job_id), impl.spec.encode(record))
+                    await impl.conn.js.publish(impl._dead_key(job_id), encode_value(record))
                 await impl.conn.js.publish(f"{impl.kv_prefix}{impl.token}.dead.x=zz", b"")
 
             await impl.conn.bridge.run(plant)
@@ -587,7 +592,7 @@ async def test_malformed_records_in_the_bucket_are_ignored(
             assert queue.stats().dead == 0
             # An attempt record with counts of the wrong type changes nothing.
             held = _held(impl, "good")
-            impl._apply_record(held, impl.spec.encode([1, 0, "x", 0, None, None]))
+            impl._apply_record(held, encode_value([1, 0, "x", 0, None, None]))
             assert (held.attempts, held.error) == (0, None)
             await queue.put({"n": 2}, id="good-2")
             with trio.fail_after(20):
@@ -603,7 +608,7 @@ def _held(impl: JetStreamQueue, job_id: str) -> Any:
 
     return _Held(
         msg=None,  # type: ignore[arg-type]
-        job_id=job_id,
+        id=job_id,
         payload=None,
         priority=0,
         seq=1,
@@ -611,6 +616,6 @@ def _held(impl: JetStreamQueue, job_id: str) -> Any:
         deliveries=1,
         attempts=0,
         error=None,
-        affinity=None,
+        reserved_for=None,
         has_record=True,
     )
