@@ -56,7 +56,8 @@ import secrets
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from collections.abc import Callable
 from typing import Any
 
 perf = time.perf_counter
@@ -522,7 +523,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version
 
     try:
         return version(name)

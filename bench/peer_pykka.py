@@ -20,7 +20,12 @@ from importlib import metadata
 from typing import Any
 
 import pykka
-from savina_spec import COLOURS, Done, check, complement, compute, sizes
+from savina_spec import COLOURS
+from savina_spec import Done
+from savina_spec import check
+from savina_spec import complement
+from savina_spec import compute
+from savina_spec import sizes
 
 
 class Counter(pykka.ThreadingActor):

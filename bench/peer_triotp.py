@@ -23,8 +23,14 @@ from typing import Any
 
 import trio
 import trio.testing
-from savina_spec import COLOURS, Done, check, complement, compute, sizes
-from triotp import gen_server, mailbox
+from savina_spec import COLOURS
+from savina_spec import Done
+from savina_spec import check
+from savina_spec import complement
+from savina_spec import compute
+from savina_spec import sizes
+from triotp import gen_server
+from triotp import mailbox
 
 #: Savina workloads triotp cannot run, and why.
 NOT_EXPRESSIBLE = {

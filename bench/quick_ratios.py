@@ -21,15 +21,13 @@ import argparse
 import gc
 
 import trio
-from cases import (
-    Counter,
-    floor_call,
-    floor_tell,
-    jido_call,
-    jido_tell,
-    raw_channel_awaited,
-    raw_ping_pong,
-)
+from cases import Counter
+from cases import floor_call
+from cases import floor_tell
+from cases import jido_call
+from cases import jido_tell
+from cases import raw_channel_awaited
+from cases import raw_ping_pong
 
 import jido_trio as jt
 

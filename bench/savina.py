@@ -38,21 +38,20 @@ import json
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import trio
 import trio.testing
-from savina_spec import (
-    BENCHMARKS,
-    COLOURS,
-    Done,
-    check,
-    complement,
-    compute,
-    sizes,
-)
+from savina_spec import BENCHMARKS
+from savina_spec import COLOURS
+from savina_spec import Done
+from savina_spec import check
+from savina_spec import complement
+from savina_spec import compute
+from savina_spec import sizes
 
 import jido_trio as jt
 

@@ -4,6 +4,21 @@ Agents are addressed by logical :class:`AgentRef` values, every message is a
 versioned :class:`Message` envelope, all communication goes through one layer,
 and every failure is an explicit :class:`JidoError`. Start with
 :func:`open_node`.
+
+Layout (docs/architecture.md), top down; a layer imports nothing above it:
+
+- ``_node.py``: the Node facade and ``open_node``;
+- ``signals/``, ``workqueue/``, ``_supervisor.py``, ``_failover.py``: capabilities
+  built on the layers below;
+- ``_comm/``: Communication, where a ref becomes a local delivery or a request
+  to another node (directory, remote client and server, wire format, health);
+- ``_core/``: the local kernel (agent cells, mailboxes, batch loop, state
+  store, durable mailbox, local delivery);
+- ``abc/``: the engine protocols; ``local/``: the default engines;
+- value types and the programming model: ``_agent.py``, ``_message.py``,
+  ``_ref.py``, ``_exceptions.py``, ``_config.py``.
+
+This module only re-exports the public names.
 """
 
 from __future__ import annotations
@@ -21,17 +36,22 @@ from ._exceptions import AgentNotFound as AgentNotFound
 from ._exceptions import AgentUnavailable as AgentUnavailable
 from ._exceptions import AlreadyProcessed as AlreadyProcessed
 from ._exceptions import CallTimeout as CallTimeout
+from ._exceptions import ChildAlreadyExists as ChildAlreadyExists
+from ._exceptions import ChildNotFound as ChildNotFound
 from ._exceptions import CircuitOpen as CircuitOpen
 from ._exceptions import ConfigError as ConfigError
 from ._exceptions import EngineError as EngineError
 from ._exceptions import InvalidMessage as InvalidMessage
 from ._exceptions import JidoError as JidoError
 from ._exceptions import MailboxFull as MailboxFull
+from ._exceptions import NodeClosing as NodeClosing
 from ._exceptions import NodeFenced as NodeFenced
 from ._exceptions import RegistryConflict as RegistryConflict
 from ._exceptions import RemoteNotSupported as RemoteNotSupported
 from ._exceptions import StateConflict as StateConflict
 from ._exceptions import SupervisorEscalation as SupervisorEscalation
+from ._exceptions import SupervisorNotFound as SupervisorNotFound
+from ._exceptions import SupervisorUnavailable as SupervisorUnavailable
 from ._exceptions import Unreachable as Unreachable
 from ._health import Health as Health
 from ._message import Instruction as Instruction

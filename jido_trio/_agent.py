@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import builtins
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import ClassVar
+from typing import Protocol
+from typing import TypeVar
 from urllib.parse import quote
 
 import attrs
-import trio
 
-from ._exceptions import ActionNotFound, InvalidMessage
-from ._scheduling import TELL_BUDGET
+from ._exceptions import ActionNotFound
+from ._exceptions import InvalidMessage
+from ._message import Origin
 
 if TYPE_CHECKING:
     from ._core import Delivery
-    from ._message import Instruction, Message, Receipt
+    from ._message import Instruction
+    from ._message import Message
+    from ._message import Receipt
     from ._ref import AgentRef
     from .signals import Signal
 
@@ -26,7 +34,6 @@ __all__ = [
     "Context",
     "Handler",
     "Messenger",
-    "Publish",
     "action",
     "attach_context",
 ]
@@ -278,47 +285,20 @@ def attach_context(agent: Agent, context: Context) -> None:
     agent._ctx = context
 
 
-class Messenger(Protocol):
-    """What an agent's :class:`Context` sends through (the Communication layer)."""
+@attrs.frozen
+class Messenger:
+    """How an agent's :class:`Context` reaches the rest of its node: the
+    Communication layer's sends and the node's signal bus (one per node)."""
 
-    @property
-    def node_name(self) -> str: ...
-
-    def tell_nowait(
-        self,
-        ref: AgentRef,
-        instruction: Instruction,
-        sender: AgentRef | None = None,
-        trace_id: str | None = None,
-        causation_id: str | None = None,
-    ) -> Receipt | None: ...
-
-    async def send_instruction(
-        self,
-        ref: AgentRef,
-        instruction: Instruction,
-        *,
-        delivery: str = "at_most_once",
-        sender: AgentRef | None = None,
-        timeout: float | None = None,
-        trace_id: str | None = None,
-        causation_id: str | None = None,
-    ) -> Receipt: ...
-
-    async def call(
-        self,
-        ref: AgentRef,
-        instruction: Instruction,
-        *,
-        timeout: float | None = None,
-        sender: AgentRef | None = None,
-        trace_id: str | None = None,
-        causation_id: str | None = None,
-    ) -> Any: ...
-
-
-#: Publishes a signal on the node's bus; returns the local deliveries (``ctx.emit``).
-Publish = Callable[["Signal"], Awaitable[int]]
+    node_name: str
+    #: ``(ref, instruction, delivery, timeout, origin)`` -> receipt.
+    send_instruction: Callable[
+        [AgentRef, Instruction, str, float | None, Origin], Awaitable[Receipt]
+    ]
+    #: ``(ref, instruction, timeout, origin)`` -> the reply.
+    call: Callable[[AgentRef, Instruction, float | None, Origin], Awaitable[Any]]
+    #: Publishes a signal on the node's bus; returns the local deliveries.
+    publish: Callable[[Signal], Awaitable[int]]
 
 
 class Handler(Protocol):
@@ -338,16 +318,10 @@ class Context:
     trace and causation chain.
     """
 
-    __slots__ = ("_agent", "_messenger", "_publish", "ref")
+    __slots__ = ("_agent", "_messenger", "ref")
 
-    def __init__(
-        self,
-        messenger: Messenger,
-        publish: Publish,
-        agent: Handler,
-    ) -> None:
+    def __init__(self, messenger: Messenger, agent: Handler) -> None:
         self._messenger = messenger
-        self._publish = publish
         self._agent = agent
         self.ref = agent.ref
 
@@ -375,12 +349,13 @@ class Context:
         delivery.replied = True
         delivery.reply_value = value
 
-    def _chain(self) -> tuple[str | None, str | None]:
-        """Trace and causation ids for what the current handler sends."""
+    def _origin(self) -> Origin:
+        """The origin of what this agent sends now: it, continuing the trace
+        of the message it handles."""
         delivery = self._agent.handling
         if delivery is None:
-            return None, None
-        return delivery.chain()
+            return Origin(self.ref)
+        return delivery.origin_for(self.ref)
 
     async def emit(self, type: str, data: Any = None, **attributes: Any) -> Signal:
         """Publish a signal from this agent and return it.
@@ -391,51 +366,28 @@ class Context:
         """
         from .signals._signal import Signal
 
-        trace_id, causation_id = self._chain()
+        origin = self._origin()
         signal = Signal.new(
             type,
             f"jido://{quote(self.node_name, safe='')}/{quote(self.ref.id, safe='')}",
             data,
-            trace_id=trace_id,
-            causation_id=causation_id,
+            trace_id=origin.trace_id,
+            causation_id=origin.causation_id,
             **attributes,
         )
-        await self._publish(signal)
+        await self._messenger.publish(signal)
         return signal
 
     async def send(
         self, ref: AgentRef, instruction: Instruction, *, delivery: str = "at_most_once"
     ) -> Receipt:
         """Send an instruction to another agent (see ``Node.send_instruction``)."""
-        trace_id, causation_id = self._chain()
-        messenger = self._messenger
-        if delivery == "at_most_once":
-            # The synchronous attempt first, as Node.send_instruction does.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            receipt = messenger.tell_nowait(ref, instruction, self.ref, trace_id, causation_id)
-            if receipt is not None:
-                if TELL_BUDGET.count():
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                return receipt
-        return await messenger.send_instruction(
-            ref,
-            instruction,
-            delivery=delivery,
-            sender=self.ref,
-            trace_id=trace_id,
-            causation_id=causation_id,
+        return await self._messenger.send_instruction(
+            ref, instruction, delivery, None, self._origin()
         )
 
     async def call(
         self, ref: AgentRef, instruction: Instruction, *, timeout: float | None = None
     ) -> Any:
         """Call another agent and wait for its reply (see ``Node.call``)."""
-        trace_id, causation_id = self._chain()
-        return await self._messenger.call(
-            ref,
-            instruction,
-            timeout=timeout,
-            sender=self.ref,
-            trace_id=trace_id,
-            causation_id=causation_id,
-        )
+        return await self._messenger.call(ref, instruction, timeout, self._origin())

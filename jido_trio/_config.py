@@ -8,7 +8,8 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
+from typing import Literal
 
 import attrs
 

@@ -20,6 +20,11 @@ Every error the runtime raises on purpose derives from :class:`JidoError`::
     │   └── RegistryConflict                     a registry entry kept changing under concurrent writers
     ├── EngineError                              an engine failed an operation (storage I/O, KV error)
     ├── SupervisorEscalation                     a supervisor exceeded its restart intensity
+    ├── SupervisorNotFound   (also LookupError)  no such supervisor on this node
+    ├── SupervisorUnavailable (also RuntimeError) the supervisor is not running, takes no child
+    ├── ChildNotFound        (also LookupError)  the supervisor has no child with this id
+    ├── ChildAlreadyExists   (also ValueError)   a supervisor or child id that is taken
+    ├── NodeClosing          (also RuntimeError) the node is shutting down and starts nothing
     └── NodeFenced                               the node lost its cluster membership lease
 
 ``Unreachable`` and ``EngineError`` split the failures of an engine (a state
@@ -43,17 +48,22 @@ __all__ = [
     "AgentUnavailable",
     "AlreadyProcessed",
     "CallTimeout",
+    "ChildAlreadyExists",
+    "ChildNotFound",
     "CircuitOpen",
     "ConfigError",
     "EngineError",
     "InvalidMessage",
     "JidoError",
     "MailboxFull",
+    "NodeClosing",
     "NodeFenced",
     "RegistryConflict",
     "RemoteNotSupported",
     "StateConflict",
     "SupervisorEscalation",
+    "SupervisorNotFound",
+    "SupervisorUnavailable",
     "Unreachable",
 ]
 
@@ -199,6 +209,27 @@ class SupervisorEscalation(JidoError):
         self.supervisor_id = supervisor_id
         self.restarts = restarts
         self.within = within
+
+
+class SupervisorNotFound(JidoError, LookupError):
+    """No supervisor with this id runs on this node (or the handle given
+    belongs to another node)."""
+
+
+class SupervisorUnavailable(JidoError, RuntimeError):
+    """The supervisor is stopped, failed or shutting down: it starts no child."""
+
+
+class ChildNotFound(JidoError, LookupError):
+    """The supervisor has no child with this id."""
+
+
+class ChildAlreadyExists(JidoError, ValueError):
+    """A supervisor (or a supervisor's child) with this id exists already."""
+
+
+class NodeClosing(JidoError, RuntimeError):
+    """The node is shutting down: it starts no more agents or supervisors."""
 
 
 class NodeFenced(JidoError):

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -30,9 +32,14 @@ import trio
 
 from ._agent import Agent
 from ._core import RESTART_KEY
-from ._exceptions import AgentAlreadyExists, AgentNotFound, JidoError, RegistryConflict
+from ._exceptions import AgentAlreadyExists
+from ._exceptions import AgentNotFound
+from ._exceptions import JidoError
+from ._exceptions import RegistryConflict
 from ._ref import AgentRef
-from .abc import Registry, RegistryEntry, Transport
+from .abc import Registry
+from .abc import RegistryEntry
+from .abc import Transport
 
 __all__ = ["Failover", "rank"]
 

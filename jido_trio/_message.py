@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
+from typing import Literal
+from typing import NamedTuple
 
 import attrs
 import msgspec
@@ -24,8 +27,10 @@ from ._ref import AgentRef
 __all__ = [
     "ENVELOPE_VERSION",
     "MAX_MESSAGE_SIZE",
+    "NO_ORIGIN",
     "Instruction",
     "Message",
+    "Origin",
     "Receipt",
     "ReceiptStatus",
     "decode_value",
@@ -307,17 +312,26 @@ def _build_message(
 EnvelopeParts = tuple[str, "AgentRef | None", AgentRef, Any, float, str, "str | None"]
 
 
-def envelope_parts(
-    sender: AgentRef | None,
-    recipient: AgentRef,
-    payload: Any,
-    trace_id: str | None,
-    causation_id: str | None,
-) -> EnvelopeParts:
+class Origin(NamedTuple):
+    """Where a message comes from: the agent that sends it (``None``: from
+    outside any agent) and the chain it continues, its trace id and the id of
+    the message that caused it."""
+
+    sender: AgentRef | None = None
+    trace_id: str | None = None
+    causation_id: str | None = None
+
+
+#: A message sent from outside any agent, starting a trace of its own.
+NO_ORIGIN = Origin()
+
+
+def envelope_parts(origin: Origin, recipient: AgentRef, payload: Any) -> EnvelopeParts:
     """What :meth:`Message.new` would fix now (the id, the time, the trace),
     for an envelope that may never be looked at: a local delivery builds its
     :class:`Message` only when something reads it (:func:`build_envelope`)."""
     message_id = new_id()
+    sender, trace_id, causation_id = origin
     return (
         message_id,
         sender,

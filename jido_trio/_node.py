@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from contextlib import AsyncExitStack
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
@@ -13,30 +19,57 @@ import pluggy
 import trio
 
 from ._agent import Agent
-from ._comm import (
-    Communication,
-    Directory,
-    HealthPolicy,
-    NodeCellEvents,
-    RemoteClient,
-    RemoteServer,
-    ping,
-)
+from ._agent import Messenger
+from ._comm import Communication
+from ._comm import Directory
+from ._comm import HealthPolicy
+from ._comm import NodeCellEvents
+from ._comm import RemoteClient
+from ._comm import RemoteServer
+from ._comm import ping
 from ._config import Config
 from ._context import current_node_name
-from ._core import AgentCell, Delivery, Kernel, Mailbox, dead_letter_stream
-from ._exceptions import AgentAlreadyExists, AgentNotFound, ConfigError, JidoError, NodeFenced
+from ._core import AgentCell
+from ._core import Delivery
+from ._core import Kernel
+from ._core import Mailbox
+from ._core import dead_letter_stream
+from ._exceptions import AgentAlreadyExists
+from ._exceptions import AgentNotFound
+from ._exceptions import ChildAlreadyExists
+from ._exceptions import ChildNotFound
+from ._exceptions import ConfigError
+from ._exceptions import InvalidMessage
+from ._exceptions import JidoError
+from ._exceptions import NodeClosing
+from ._exceptions import NodeFenced
+from ._exceptions import SupervisorNotFound
 from ._failover import Failover
 from ._groups import single_failure
 from ._health import Health
-from ._message import Instruction, Message, Receipt
-from ._plugins import collect_backends, make_plugin_manager
+from ._message import NO_ORIGIN
+from ._message import Instruction
+from ._message import Message
+from ._message import Receipt
+from ._plugins import collect_backends
+from ._plugins import make_plugin_manager
 from ._ref import AgentRef
-from ._resilience import FailureDetector, RetryPolicy
-from ._scheduling import TELL_BUDGET, ScheduleBudget
-from ._supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor, SupervisorInfo
-from .abc import Consistency, Coordination, Registry, StateBackend, Transport
-from .signals import Signal, SignalBus
+from ._resilience import FailureDetector
+from ._resilience import RetryPolicy
+from ._scheduling import ScheduleBudget
+from ._supervisor import Backoff
+from ._supervisor import ChildSpec
+from ._supervisor import Restart
+from ._supervisor import Strategy
+from ._supervisor import Supervisor
+from ._supervisor import SupervisorInfo
+from .abc import Consistency
+from .abc import Coordination
+from .abc import Registry
+from .abc import StateBackend
+from .abc import Transport
+from .signals import Signal
+from .signals import SignalBus
 
 __all__ = ["Node", "open_node"]
 
@@ -134,8 +167,7 @@ class Node:
             state=self.state,
             registry=self.registry,
             events=events,
-            messenger=comm,
-            publish=signals.publish,
+            messenger=Messenger(name, comm.send_instruction, comm.call, signals.publish),
             dedupe_window=config.dedupe_window,
             max_delivery_attempts=config.max_delivery_attempts,
             shutdown_timeout=config.shutdown_timeout,
@@ -198,12 +230,16 @@ class Node:
             return self._root
         if isinstance(supervisor, Supervisor):
             if self._supervisors.get(supervisor.id) is not supervisor:
-                raise ValueError(f"supervisor {supervisor.id!r} does not belong to this node")
+                raise SupervisorNotFound(
+                    f"supervisor {supervisor.id!r} does not belong to this node"
+                )
             return supervisor
         try:
             return self._supervisors[supervisor]
         except KeyError:
-            raise LookupError(f"no supervisor {supervisor!r} on node {self.name!r}") from None
+            raise SupervisorNotFound(
+                f"no supervisor {supervisor!r} on node {self.name!r}"
+            ) from None
 
     # ------------------------------------------------------------ agents
 
@@ -233,6 +269,12 @@ class Node:
         class, :meth:`start_agents`.
 
         :raises AgentAlreadyExists: ``agent_id`` names a live agent.
+        :raises InvalidMessage: ``agent_id`` is not a non-empty string, or the
+            state (given or initial) cannot be encoded.
+        :raises SupervisorNotFound: ``supervisor`` is not a supervisor of this node.
+        :raises SupervisorUnavailable: ``supervisor`` is not running.
+        :raises NodeClosing: the node is shutting down.
+        :raises Unreachable, EngineError: the registry or state backend failed.
         :raises TypeError: ``cls`` is not an :class:`Agent` subclass with a ``type``.
         """
         self._check_agent_class(cls)
@@ -264,13 +306,15 @@ class Node:
         running.
 
         :raises AgentAlreadyExists: an id names a live agent.
-        :raises ValueError: an id is empty or given twice.
+        :raises InvalidMessage: an id is empty or given twice.
+        :raises SupervisorNotFound, SupervisorUnavailable, NodeClosing, Unreachable,
+            EngineError: as for :meth:`start_agent`.
         :raises TypeError: ``cls`` is not an :class:`Agent` subclass with a ``type``.
         """
         self._check_agent_class(cls)
         ids = list(agent_ids)
         if len(set(ids)) != len(ids):
-            raise ValueError("agent ids must be unique")
+            raise InvalidMessage("agent ids must be unique")
         for agent_id in ids:
             self._check_new_agent_id(agent_id)
         parent = self._supervisor(supervisor)
@@ -302,7 +346,11 @@ class Node:
             # the new one. Then check the id again.
             await self._directory.wait_unregistered(agent_id, self.config.operation_timeout)
             self._check_new_agent_id(agent_id)
-        cell, spec = self._new_cell(cls, agent_id, parent, state, restart, metadata)
+        spec = self._agent_spec(cls, restart)
+        ref = AgentRef(id=agent_id, type=cls.type, node=self.name, metadata=metadata)
+        # Not Mailbox[Delivery](...): calling a subscripted generic is ~10x slower.
+        mailbox: Mailbox[Delivery] = Mailbox(self.config.mailbox_size)
+        cell = AgentCell(ref, cls, self._kernel, mailbox, restart, state, metadata, parent)
         if parent.can_add_nowait(agent_id) and cell.can_start_nowait():
             self._start_nowait(cell, spec, parent)
             if _start_budget.count():
@@ -320,44 +368,23 @@ class Node:
 
     def _check_new_agent_id(self, agent_id: str) -> None:
         if not isinstance(agent_id, str) or not agent_id:
-            raise ValueError("agent id must be a non-empty string")
+            raise InvalidMessage("agent id must be a non-empty string")
         if self._closing:
-            raise RuntimeError(f"node {self.name!r} is shutting down")
+            raise NodeClosing(f"node {self.name!r} is shutting down")
         existing = self._directory.cells.get(agent_id)
         if existing is not None and existing.alive:
             raise AgentAlreadyExists(f"agent {agent_id!r} is already running")
 
-    def _new_cell(
-        self,
-        cls: type[Agent],
-        agent_id: str,
-        parent: Supervisor,
-        state: Any,
-        restart: Restart,
-        metadata: Mapping[str, Any] | None,
-    ) -> tuple[AgentCell, ChildSpec]:
-        """A cell for ``agent_id`` (checked by the caller) and the child spec
-        its supervisor gets (one per class and restart type)."""
+    def _agent_spec(self, cls: type[Agent], restart: Restart) -> ChildSpec:
+        """The child spec of the agents of ``cls`` with ``restart`` (one shared
+        by all of them)."""
         spec = self._agent_specs.get((cls, restart))
         if spec is None:
             spec = ChildSpec(
                 id=cls.type, start=cls, restart=restart, shutdown=self.config.shutdown_timeout
             )
             self._agent_specs[cls, restart] = spec
-        ref = AgentRef(id=agent_id, type=cls.type, node=self.name, metadata=metadata)
-        # Not Mailbox[Delivery](...): calling a subscripted generic is ~10x slower.
-        mailbox: Mailbox[Delivery] = Mailbox(self.config.mailbox_size)
-        cell = AgentCell(
-            ref=ref,
-            cls=cls,
-            kernel=self._kernel,
-            mailbox=mailbox,
-            restart=restart,
-            initial_state=state,
-            metadata=metadata,
-            supervisor=parent,
-        )
-        return cell, spec
+        return spec
 
     def _start_nowait(self, cell: AgentCell, spec: ChildSpec, parent: Supervisor) -> None:
         """Start the agent without awaiting (only after ``can_add_nowait`` and
@@ -440,7 +467,7 @@ class Node:
         assert cell.supervisor is not None
         try:
             await cell.supervisor.stop_child(agent_id)
-        except LookupError:
+        except ChildNotFound:
             cell.on_final("stopped")
 
     async def send_instruction(
@@ -463,23 +490,18 @@ class Node:
         :raises AgentNotFound: unknown agent.
         :raises AgentUnavailable: the agent is stopped for good.
         :raises ActionNotFound: the agent type has no such action.
-        :raises InvalidMessage: the parameters do not fit the action.
+        :raises InvalidMessage: the parameters do not fit the action, or
+            ``delivery`` or ``timeout`` is not valid.
         :raises MailboxFull: the mailbox stayed full until the deadline.
         :raises RemoteNotSupported: remote ref, local-only transport.
         :raises Unreachable: the owning node cannot be reached.
+        :raises CallTimeout: the owning node did not answer before the deadline.
+        :raises CircuitOpen: the breaker of the agent refuses requests for now.
+        :raises EngineError: the durable mailbox (at-least-once) could not be written.
+        :raises TypeError: ``ref`` is not an :class:`AgentRef` or
+            ``instruction`` not an :class:`Instruction`.
         """
-        if delivery == "at_most_once" and timeout is None:
-            # The synchronous attempt first: no coroutine of the general path
-            # for a local agent with room (trio's send_nowait, then send).
-            await trio.lowlevel.checkpoint_if_cancelled()
-            receipt = self._comm.tell_nowait(ref, instruction)
-            if receipt is not None:
-                if TELL_BUDGET.count():
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                return receipt
-        return await self._comm.send_instruction(
-            ref, instruction, delivery=delivery, timeout=timeout
-        )
+        return await self._comm.send_instruction(ref, instruction, delivery, timeout, NO_ORIGIN)
 
     async def call(
         self, ref: AgentRef, instruction: Instruction, *, timeout: float | None = None
@@ -490,10 +512,11 @@ class Node:
         :raises ActionError: the action raised (the original is ``__cause__``).
         :raises ActionNotFound: the agent type has no such action.
         :raises AlreadyProcessed: this instruction id was applied before.
-        :raises AgentNotFound, AgentUnavailable, RemoteNotSupported, Unreachable: as
-            for :meth:`send_instruction`.
+        :raises CircuitOpen: the breaker of calls to the agent is open.
+        :raises AgentNotFound, AgentUnavailable, RemoteNotSupported, Unreachable,
+            InvalidMessage, TypeError: as for :meth:`send_instruction`.
         """
-        return await self._comm.call(ref, instruction, timeout=timeout)
+        return await self._comm.call(ref, instruction, timeout, NO_ORIGIN)
 
     async def query_agent(
         self,
@@ -510,8 +533,13 @@ class Node:
         StateBackend; ``"weak"`` returns the owning node's in-memory copy
         without waiting for the mailbox. Another ``query`` name runs that
         action as a call (always strong).
+
+        :raises CallTimeout: no answer before ``timeout`` (default ``operation_timeout``).
+        :raises InvalidMessage: ``consistency`` or ``timeout`` is not valid.
+        :raises AgentNotFound, AgentUnavailable, RemoteNotSupported, Unreachable,
+            CircuitOpen, EngineError: as for :meth:`send_instruction`.
         """
-        return await self._comm.query(ref, query, consistency=consistency, timeout=timeout)
+        return await self._comm.query(ref, query, consistency, timeout)
 
     async def check_agent_health(self, ref: AgentRef, *, timeout: float | None = None) -> Health:
         """Return the agent's :class:`Health`; never raises for the four outcomes."""
@@ -574,11 +602,17 @@ class Node:
         ``children`` are started in order (agent classes or functions); more
         can be added with ``start_agent(..., supervisor=sup)`` or
         :meth:`Supervisor.start_child`.
+
+        :raises ChildAlreadyExists: a supervisor with this id runs on this node.
+        :raises InvalidMessage: ``sup_id`` is not a non-empty string.
+        :raises SupervisorNotFound: ``supervisor`` is not a supervisor of this node.
+        :raises SupervisorUnavailable: ``supervisor`` is not running.
+        :raises ConfigError: ``strategy``, the intensity or ``backoff`` is not valid.
         """
         if not isinstance(sup_id, str) or not sup_id:
-            raise ValueError("supervisor id must be a non-empty string")
+            raise InvalidMessage("supervisor id must be a non-empty string")
         if sup_id in self._supervisors or sup_id == ROOT_SUPERVISOR:
-            raise ValueError(f"supervisor {sup_id!r} already exists")
+            raise ChildAlreadyExists(f"supervisor {sup_id!r} already exists")
         parent = self._supervisor(supervisor)
         sup = self._new_supervisor(sup_id, strategy, max_restarts, max_seconds, backoff)
         spec = ChildSpec(id=sup_id, start=sup.run, restart=restart, shutdown=math.inf)
@@ -765,14 +799,7 @@ async def open_node(
                 await _enter(stack, factory(config, config.options_for(n)))
                 for factory, n in zip(factories, names, strict=True)
             ]
-            node = Node(
-                config=config,
-                plugin_manager=pm,
-                registry=registry,
-                transport=transport,
-                state=state,
-                coordination=coordination,
-            )
+            node = Node(config, pm, registry, transport, state, coordination)
             node._kernel.use_clock()
             async with trio.open_nursery() as nursery:
                 background_done = trio.Event()

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar, TypeVarTuple
+from collections.abc import Awaitable
+from collections.abc import Callable
+from typing import Literal
+from typing import TypeVar
+from typing import TypeVarTuple
 
 import attrs
 import tenacity

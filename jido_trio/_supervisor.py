@@ -16,14 +16,23 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+from typing import Literal
+from typing import Protocol
 
 import attrs
 import trio
 
 from ._context import current_node_name
-from ._exceptions import ConfigError, SupervisorEscalation, describe
+from ._exceptions import ChildAlreadyExists
+from ._exceptions import ChildNotFound
+from ._exceptions import ConfigError
+from ._exceptions import SupervisorEscalation
+from ._exceptions import SupervisorUnavailable
+from ._exceptions import describe
 
 __all__ = [
     "Backoff",
@@ -330,7 +339,7 @@ class Supervisor:
     async def stop_child(self, child_id: str) -> None:
         """Stop a child gracefully and forget it.
 
-        :raises LookupError: no child with this id.
+        :raises ChildNotFound: no child with this id.
         """
         async with self._lock:
             child = self._find(child_id)
@@ -375,7 +384,7 @@ class Supervisor:
 
     def _check_accepting(self) -> None:
         if self._nursery is None or self.status != "running" or self._shutdown_requested.is_set():
-            raise RuntimeError(f"supervisor {self.id!r} is not running")
+            raise SupervisorUnavailable(f"supervisor {self.id!r} is not running")
 
     def _notify(self, callback: Callable[..., None], *args: Any) -> None:
         # An observer must not be able to break the supervisor's loop.
@@ -388,7 +397,7 @@ class Supervisor:
         child = self._children.get(child_id)
         if child is not None:
             return child
-        raise LookupError(f"supervisor {self.id!r} has no child {child_id!r}")
+        raise ChildNotFound(f"supervisor {self.id!r} has no child {child_id!r}")
 
     def _emit(self, child: _Child, event: str, reason: str | None = None) -> None:
         if self.on_event is not None:
@@ -423,16 +432,8 @@ class Supervisor:
         async with self._lock:
             self._check_accepting()
             if child_id in self._children:
-                raise ValueError(f"supervisor {self.id!r} already has a child {child_id!r}")
-            child = _Child(
-                id=child_id,
-                spec=spec,
-                run=run,
-                kind=kind,
-                observer=observer,
-                supervisor=supervisor,
-                self_scoped=self_scoped,
-            )
+                raise ChildAlreadyExists(f"supervisor {self.id!r} already has a child {child_id!r}")
+            child = _Child(child_id, spec, run, kind, observer, supervisor, self_scoped=self_scoped)
             self._children[child.id] = child
             try:
                 await self._start(child)

@@ -4,8 +4,10 @@ event to wait on (connection state, stats, what another node has seen)."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from collections.abc import Callable
+from typing import Any
+from typing import TypeVar
 
 import trio
 

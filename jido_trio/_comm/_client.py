@@ -17,21 +17,23 @@ import attrs
 import trio
 
 from .._core import AgentCell
-from .._exceptions import (
-    AgentNotFound,
-    AgentUnavailable,
-    CallTimeout,
-    CircuitOpen,
-    RemoteNotSupported,
-    Unreachable,
-)
+from .._exceptions import AgentNotFound
+from .._exceptions import AgentUnavailable
+from .._exceptions import CallTimeout
+from .._exceptions import CircuitOpen
+from .._exceptions import RemoteNotSupported
+from .._exceptions import Unreachable
 from .._message import Message
 from .._ref import AgentRef
-from .._resilience import FailureDetector, RetryPolicy, retry_idempotent
+from .._resilience import FailureDetector
+from .._resilience import RetryPolicy
+from .._resilience import retry_idempotent
 from ..abc import Transport
 from ._directory import Directory
-from ._health import HealthPolicy, breaker_key
-from ._wire import decode_reply, encode_request
+from ._health import HealthPolicy
+from ._health import breaker_key
+from ._wire import decode_reply
+from ._wire import encode_request
 
 __all__ = ["MovedHere", "RemoteClient", "ping"]
 

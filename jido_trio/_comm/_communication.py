@@ -13,46 +13,48 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
+from typing import Literal
 
 import attrs
 import trio
 
-from .._core import AgentCell, Delivery, Reply, state_decoder
-from .._core._inbound import (
-    call_abandoned,
-    prepare,
-    prepare_nowait,
-    queue_and_wait,
-    queue_call_nowait,
-    reply_value,
-    tell,
-    tell_nowait,
-    wait_queued_reply,
-)
-from .._exceptions import (
-    AgentNotFound,
-    AgentUnavailable,
-    AlreadyProcessed,
-    CallTimeout,
-    CircuitOpen,
-    JidoError,
-    RemoteNotSupported,
-    Unreachable,
-)
+from .._core import AgentCell
+from .._core import Delivery
+from .._core import Reply
+from .._core import state_decoder
+from .._core._inbound import call_abandoned
+from .._core._inbound import prepare
+from .._core._inbound import prepare_nowait
+from .._core._inbound import queue_and_wait
+from .._core._inbound import queue_call_nowait
+from .._core._inbound import reply_value
+from .._core._inbound import tell
+from .._core._inbound import tell_nowait
+from .._core._inbound import wait_queued_reply
+from .._exceptions import AgentNotFound
+from .._exceptions import AgentUnavailable
+from .._exceptions import AlreadyProcessed
+from .._exceptions import CallTimeout
+from .._exceptions import CircuitOpen
+from .._exceptions import InvalidMessage
+from .._exceptions import JidoError
+from .._exceptions import RemoteNotSupported
+from .._exceptions import Unreachable
 from .._health import Health
-from .._message import (
-    EnvelopeParts,
-    Instruction,
-    Message,
-    Receipt,
-    envelope_parts,
-    make_receipt,
-)
+from .._message import NO_ORIGIN
+from .._message import EnvelopeParts
+from .._message import Instruction
+from .._message import Message
+from .._message import Origin
+from .._message import Receipt
+from .._message import envelope_parts
+from .._message import make_receipt
 from .._ref import AgentRef
 from .._scheduling import TELL_BUDGET
 from ..abc import Consistency
-from ._client import MovedHere, RemoteClient
+from ._client import MovedHere
+from ._client import RemoteClient
 from ._directory import Directory
 from ._health import HealthPolicy
 from ._wire import decode_state_reply
@@ -68,11 +70,11 @@ def deadline_after(
 ) -> float:
     """The deadline ``timeout`` seconds from now (``default`` when ``None``).
 
-    :raises ValueError: ``timeout`` is not a non-negative number.
+    :raises InvalidMessage: ``timeout`` is not a non-negative number.
     """
     t = default if timeout is None else timeout
     if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0 or math.isnan(t):
-        raise ValueError(f"timeout must be a non-negative number, got {timeout!r}")
+        raise InvalidMessage(f"timeout must be a non-negative number, got {timeout!r}")
     return now() + t
 
 
@@ -92,12 +94,7 @@ class Communication:
     # ------------------------------------------------------------ tell
 
     def tell_nowait(
-        self,
-        ref: AgentRef,
-        instruction: Instruction,
-        sender: AgentRef | None = None,
-        trace_id: str | None = None,
-        causation_id: str | None = None,
+        self, ref: AgentRef, instruction: Instruction, origin: Origin = NO_ORIGIN
     ) -> Receipt | None:
         """Queue an at-most-once instruction for an agent of this node at
         once, if it is valid, new and the mailbox has room; ``None`` for
@@ -114,18 +111,15 @@ class Communication:
         cell = self.directory.cells.get(ref.id)
         if cell is None:
             return None
-        return tell_nowait(cell, instruction, sender, trace_id, causation_id)
+        return tell_nowait(cell, instruction, origin)
 
     async def send_instruction(
         self,
         ref: AgentRef,
         instruction: Instruction,
-        *,
-        delivery: str = "at_most_once",
-        sender: AgentRef | None = None,
-        timeout: float | None = None,
-        trace_id: str | None = None,
-        causation_id: str | None = None,
+        delivery: str,
+        timeout: float | None,
+        origin: Origin,
     ) -> Receipt:
         """Queue ``instruction`` for the agent of ``ref``, wherever it runs;
         see :meth:`jido_trio.Node.send_instruction`."""
@@ -133,16 +127,14 @@ class Communication:
             if timeout is not None:
                 deadline_after(timeout, 0.0)  # checked first, as on every path
             await trio.lowlevel.checkpoint_if_cancelled()
-            receipt = self.tell_nowait(ref, instruction, sender, trace_id, causation_id)
+            receipt = self.tell_nowait(ref, instruction, origin)
             if receipt is not None:
                 if TELL_BUDGET.count():
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return receipt
         elif delivery != "at_least_once":
-            raise ValueError(f"delivery must be one of {', '.join(_DELIVERY_MODES)}")
-        target, message, deadline = await self._address(
-            ref, instruction, timeout, sender, trace_id, causation_id
-        )
+            raise InvalidMessage(f"delivery must be one of {', '.join(_DELIVERY_MODES)}")
+        target, message, deadline = await self._address(ref, instruction, timeout, origin)
         if isinstance(target, str):
             kind = "tell" if delivery == "at_most_once" else "tell_alo"
             # Safe to repeat: the instruction id makes a second delivery a no-op.
@@ -153,36 +145,23 @@ class Communication:
                 message = attrs.evolve(message, recipient=target.ref)
             else:
                 return make_receipt(message.id, instruction.id, status)
-        return await self.deliver_tell(
+        return await tell(
             target, message, instruction, deadline, durable=delivery == "at_least_once"
         )
-
-    async def deliver_tell(
-        self,
-        cell: AgentCell,
-        message: Message | EnvelopeParts,
-        instruction: Instruction,
-        deadline: float,
-        *,
-        durable: bool = False,
-    ) -> Receipt:
-        """Queue a one-way instruction for an agent of this node."""
-        return await tell(cell, message, instruction, deadline, durable=durable)
 
     async def _address(
         self,
         ref: AgentRef,
         instruction: Instruction,
         timeout: float | None,
-        sender: AgentRef | None,
-        trace_id: str | None,
-        causation_id: str | None,
+        origin: Origin,
     ) -> tuple[AgentCell | str, Message, float]:
         """Validate, fix the deadline, find the owner and wrap the envelope."""
         if not isinstance(instruction, Instruction):
             raise TypeError(f"expected an Instruction, got {type(instruction).__name__}")
         deadline = deadline_after(timeout, self.operation_timeout)
         target = await self.directory.resolve(ref)
+        sender, trace_id, causation_id = origin
         message = Message.new(
             sender,
             ref if isinstance(target, str) else target.ref,
@@ -195,14 +174,7 @@ class Communication:
     # ------------------------------------------------------------ call
 
     async def call(
-        self,
-        ref: AgentRef,
-        instruction: Instruction,
-        *,
-        timeout: float | None = None,
-        sender: AgentRef | None = None,
-        trace_id: str | None = None,
-        causation_id: str | None = None,
+        self, ref: AgentRef, instruction: Instruction, timeout: float | None, origin: Origin
     ) -> Any:
         """Run an action of the agent of ``ref``, wherever it runs, and return
         its reply; see :meth:`jido_trio.Node.call`."""
@@ -211,11 +183,9 @@ class Communication:
             if cell is not None:
                 # Ours: no registry, and the envelope built only if read.
                 deadline = deadline_after(timeout, self.operation_timeout, cell.kernel.now)
-                parts = envelope_parts(sender, cell.ref, instruction, trace_id, causation_id)
+                parts = envelope_parts(origin, cell.ref, instruction)
                 return await self.deliver_call(cell, parts, instruction, deadline)
-        target, message, deadline = await self._address(
-            ref, instruction, timeout, sender, trace_id, causation_id
-        )
+        target, message, deadline = await self._address(ref, instruction, timeout, origin)
         if isinstance(target, str):
             try:
                 return await self.client.request(target, "call", message, deadline)
@@ -289,17 +259,12 @@ class Communication:
     # ------------------------------------------------------------ query
 
     async def query(
-        self,
-        ref: AgentRef,
-        query: str = "get_state",
-        *,
-        consistency: Consistency = "strong",
-        timeout: float | None = None,
+        self, ref: AgentRef, query: str, consistency: Consistency, timeout: float | None
     ) -> Any:
         """Read the state of the agent of ``ref``, wherever it runs; see
         :meth:`jido_trio.Node.query_agent`."""
         if consistency not in _CONSISTENCY:
-            raise ValueError(f"consistency must be one of {', '.join(_CONSISTENCY)}")
+            raise InvalidMessage(f"consistency must be one of {', '.join(_CONSISTENCY)}")
         deadline = deadline_after(timeout, self.operation_timeout)
         target = await self.directory.resolve(ref)
         if isinstance(target, str):
@@ -341,7 +306,7 @@ class Communication:
                 raise CallTimeout(f"state read of agent {cell.ref.id!r} timed out")
         await trio.lowlevel.checkpoint_if_cancelled()
         reply = Reply()
-        parts = envelope_parts(None, cell.ref, {"query": query}, None, None)
+        parts = envelope_parts(NO_ORIGIN, cell.ref, {"query": query})
         item = Delivery("query", parts, None, reply)
         if queue_call_nowait(cell, item, reply, deadline, cell.kernel.now()):
             return await wait_queued_reply(cell, reply, None)

@@ -10,14 +10,20 @@ naming this node for an agent that is not here is looked up in the registry
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from collections.abc import Awaitable
+from collections.abc import Callable
+from typing import Any
+from typing import NoReturn
 
 import attrs
 import trio
 
 from .._core import AgentCell
-from .._exceptions import AgentNotFound, AgentUnavailable, CallTimeout, EngineError, Unreachable
+from .._exceptions import AgentNotFound
+from .._exceptions import AgentUnavailable
+from .._exceptions import CallTimeout
+from .._exceptions import EngineError
+from .._exceptions import Unreachable
 from .._ref import AgentRef
 from ..abc import Registry
 

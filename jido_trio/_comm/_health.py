@@ -19,7 +19,9 @@ import trio
 from .._config import Config
 from .._core import AgentCell
 from .._health import Health
-from .._resilience import BreakerConfig, BreakerRegistry, LatencyTracker
+from .._resilience import BreakerConfig
+from .._resilience import BreakerRegistry
+from .._resilience import LatencyTracker
 
 __all__ = ["HealthPolicy", "breaker_key"]
 

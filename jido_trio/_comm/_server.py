@@ -9,24 +9,29 @@ and delivered to the local agent exactly as a local operation would be.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from typing import Any
 
 import attrs
 import trio
 
 from .._core import encode_state
-from .._exceptions import ActionError, CallTimeout, InvalidMessage, JidoError
-from .._message import Instruction, Message
+from .._core._inbound import tell
+from .._exceptions import ActionError
+from .._exceptions import CallTimeout
+from .._exceptions import InvalidMessage
+from .._exceptions import JidoError
+from .._message import Instruction
+from .._message import Message
 from ._directory import Directory
 from ._health import HealthPolicy
-from ._wire import (
-    RemoteActionError,
-    decode_request,
-    encode_error,
-    encode_ok,
-    remaining_time,
-)
+from ._wire import RemoteActionError
+from ._wire import decode_request
+from ._wire import encode_error
+from ._wire import encode_ok
+from ._wire import remaining_time
 
 if TYPE_CHECKING:
     from ._communication import Communication
@@ -85,7 +90,7 @@ class RemoteServer:
             if not isinstance(instruction, Instruction):
                 raise InvalidMessage("instruction message without an Instruction payload")
             if kind != "call":
-                receipt = await comm.deliver_tell(
+                receipt = await tell(
                     cell, message, instruction, deadline, durable=kind == "tell_alo"
                 )
                 return receipt.status

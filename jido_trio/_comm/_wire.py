@@ -12,15 +12,20 @@ the caller's side, with the node that raised them in their text.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
+from typing import Literal
 
 import attrs
 
 from .. import _exceptions as errors
 from .._agent import Agent
 from .._core import state_decoder
-from .._exceptions import ActionError, InvalidMessage, JidoError
-from .._message import Message, decode_value, encode_value
+from .._exceptions import ActionError
+from .._exceptions import InvalidMessage
+from .._exceptions import JidoError
+from .._message import Message
+from .._message import decode_value
+from .._message import encode_value
 
 __all__ = [
     "DEADLINE_KEY",

@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import logging
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
 import trio
 
 from .._agent import ActionSpec
-from .._exceptions import (
-    ActionError,
-    ActionNotFound,
-    AgentUnavailable,
-    AlreadyProcessed,
-    describe,
-)
+from .._exceptions import ActionError
+from .._exceptions import ActionNotFound
+from .._exceptions import AgentUnavailable
+from .._exceptions import AlreadyProcessed
+from .._exceptions import describe
 from ._delivery import Delivery
 
 if TYPE_CHECKING:

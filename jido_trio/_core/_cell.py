@@ -23,26 +23,34 @@ import logging
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Literal
+from typing import Protocol
 
 import attrs
 import msgspec
 import trio
 
-from .._agent import Agent, Context, attach_context
-from .._exceptions import (
-    AgentUnavailable,
-    InvalidMessage,
-    JidoError,
-    describe,
-)
+from .._agent import Agent
+from .._agent import Context
+from .._agent import attach_context
+from .._exceptions import AgentUnavailable
+from .._exceptions import InvalidMessage
+from .._exceptions import JidoError
+from .._exceptions import describe
 from .._health import Health
-from .._message import Instruction, Message
+from .._message import Instruction
+from .._message import Message
 from .._ref import AgentRef
 from ._delivery import Delivery
-from ._log import DurableLog, dead_letter_stream, mailbox_stream
+from ._log import DurableLog
+from ._log import dead_letter_stream
+from ._log import mailbox_stream
 from ._mailbox import Mailbox
-from ._store import AgentStore, encode_state, state_key
+from ._store import AgentStore
+from ._store import encode_state
+from ._store import state_key
 
 if TYPE_CHECKING:
     from ._kernel import Kernel
@@ -278,7 +286,7 @@ class AgentCell:
         """Make the agent instance and its context for this incarnation."""
         instance = self.cls()
         kernel = self.kernel
-        context = Context(kernel.messenger, kernel.publish, self)
+        context = Context(kernel.messenger, self)
         attach_context(instance, context)
         self.instance = instance
         self.context = context

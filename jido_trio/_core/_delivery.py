@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
+from typing import Literal
 
-from .._message import EnvelopeParts, Instruction, Message, build_envelope
+from .._message import EnvelopeParts
+from .._message import Instruction
+from .._message import Message
+from .._message import Origin
+from .._message import build_envelope
+from .._ref import AgentRef
 from ._reply import Reply
 
 __all__ = ["Delivery"]
@@ -56,15 +62,14 @@ class Delivery:
         assert isinstance(message, Message)
         return message
 
-    def chain(self) -> tuple[str | None, str]:
-        """The trace id and the id of this delivery's envelope: what the
-        messages its handler sends carry as their trace and causation
-        (without building the envelope)."""
+    def origin_for(self, sender: AgentRef) -> Origin:
+        """The origin of what ``sender`` sends while handling this delivery:
+        the trace of its envelope, caused by it (without building the envelope)."""
         message = self._message
         if type(message) is tuple:
-            return message[5], message[0]
+            return Origin(sender, message[5], message[0])
         assert isinstance(message, Message)
-        return message.trace_id, message.id
+        return Origin(sender, message.trace_id, message.id)
 
     def resolve(self) -> None:
         if self.reply is not None:

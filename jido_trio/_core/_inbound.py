@@ -21,17 +21,17 @@ from typing import Any
 
 import trio
 
-from .._exceptions import CallTimeout, InvalidMessage, MailboxFull
-from .._message import (
-    EnvelopeParts,
-    Instruction,
-    Message,
-    Receipt,
-    build_envelope,
-    envelope_parts,
-    make_receipt,
-)
-from .._ref import AgentRef
+from .._exceptions import CallTimeout
+from .._exceptions import InvalidMessage
+from .._exceptions import MailboxFull
+from .._message import EnvelopeParts
+from .._message import Instruction
+from .._message import Message
+from .._message import Origin
+from .._message import Receipt
+from .._message import build_envelope
+from .._message import envelope_parts
+from .._message import make_receipt
 from .._scheduling import TELL_BUDGET
 from ._cell import AgentCell
 from ._delivery import Delivery
@@ -108,13 +108,7 @@ async def prepare(
 # ---------------------------------------------------------------- tell
 
 
-def tell_nowait(
-    cell: AgentCell,
-    instruction: Instruction,
-    sender: AgentRef | None,
-    trace_id: str | None,
-    causation_id: str | None,
-) -> Receipt | None:
+def tell_nowait(cell: AgentCell, instruction: Instruction, origin: Origin) -> Receipt | None:
     """Queue a one-way instruction at once: a valid, new instruction for an
     agent whose mailbox has room. ``None``: anything else, for :func:`tell`.
 
@@ -131,7 +125,7 @@ def tell_nowait(
     if not cell.accept(prepared.id):
         return None  # a duplicate: tell() answers "already_processed"
     # The envelope is built only if something reads it (see Delivery).
-    parts = envelope_parts(sender, cell.ref, instruction, trace_id, causation_id)
+    parts = envelope_parts(origin, cell.ref, instruction)
     mailbox.put_nowait(Delivery("instruction", parts, prepared, None))
     return make_receipt(parts[0], prepared.id, "accepted")
 

@@ -10,16 +10,20 @@ above implements (hooks, health policy, the directory of agents).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
 
-from ..abc import Registry, StateBackend, SynchronousRegistry, SynchronousState
+from ..abc import Registry
+from ..abc import StateBackend
+from ..abc import SynchronousRegistry
+from ..abc import SynchronousState
 from ._reply import ReplyDeadlines
 
 if TYPE_CHECKING:
-    from .._agent import Messenger, Publish
+    from .._agent import Messenger
     from .._message import Message
     from ._cell import AgentCell
 
@@ -58,7 +62,6 @@ class Kernel:
     :param registry: where an agent registers once started.
     :param events: what cells report to.
     :param messenger: what an agent's :class:`~jido_trio.Context` sends through.
-    :param publish: publishes an agent's signals (``ctx.emit``).
     """
 
     node_name: str
@@ -66,7 +69,6 @@ class Kernel:
     registry: Registry
     events: CellEvents
     messenger: Messenger
-    publish: Publish
     dedupe_window: int
     max_delivery_attempts: int
     shutdown_timeout: float

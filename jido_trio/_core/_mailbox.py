@@ -14,8 +14,11 @@ calls it instead, once, and the callback gives the agent its task.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable
+from collections.abc import Iterable
+from typing import Any
+from typing import Generic
+from typing import TypeVar
 
 import trio
 

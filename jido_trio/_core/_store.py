@@ -25,13 +25,17 @@ import itertools
 import math
 from collections.abc import Callable
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
+from typing import cast
 
 import attrs
 import msgspec
 
 from .._exceptions import InvalidMessage
-from ..abc import Consistency, StateBackend, SynchronousState, Versioned
+from ..abc import Consistency
+from ..abc import StateBackend
+from ..abc import SynchronousState
+from ..abc import Versioned
 
 __all__ = ["CHUNK_SIZE", "AgentStore", "CommitPlan", "encode_state", "state_key"]
 

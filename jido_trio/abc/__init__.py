@@ -37,6 +37,7 @@ from __future__ import annotations
 from .._groups import single_failure as single_failure
 from ._coordination import Coordination as Coordination
 from ._coordination import Lease as Lease
+from ._registry import Metadata as Metadata
 from ._registry import Registry as Registry
 from ._registry import RegistryEntry as RegistryEntry
 from ._registry import RegistryEvent as RegistryEvent
@@ -44,6 +45,7 @@ from ._rules import check_consistency as check_consistency
 from ._rules import check_expected_version as check_expected_version
 from ._rules import check_log_limit as check_log_limit
 from ._rules import check_log_seq as check_log_seq
+from ._rules import check_option_keys as check_option_keys
 from ._rules import check_parties as check_parties
 from ._rules import check_registered_ref as check_registered_ref
 from ._rules import check_state_key as check_state_key
@@ -75,6 +77,7 @@ __all__ = [
     "DeadJob",
     "Lease",
     "LogEntry",
+    "Metadata",
     "NodeInfo",
     "QueuedJob",
     "Registry",
@@ -95,6 +98,7 @@ __all__ = [
     "check_expected_version",
     "check_log_limit",
     "check_log_seq",
+    "check_option_keys",
     "check_parties",
     "check_registered_ref",
     "check_state_key",

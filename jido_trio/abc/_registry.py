@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Literal
 
 import attrs
 
@@ -15,7 +18,10 @@ from .._ref import AgentRef
 if TYPE_CHECKING:
     from ._synchronous import SynchronousRegistry
 
-__all__ = ["Registry", "RegistryEntry", "RegistryEvent"]
+#: Registry metadata: searchable fields of an entry.
+Metadata = Mapping[str, Any]
+
+__all__ = ["Metadata", "Registry", "RegistryEntry", "RegistryEvent"]
 
 
 def _frozen_map(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -128,11 +134,7 @@ class Registry(abc.ABC):
 
     @abc.abstractmethod
     async def select(
-        self,
-        *,
-        type: str | None = None,
-        node: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        self, *, type: str | None = None, node: str | None = None, metadata: Metadata | None = None
     ) -> list[RegistryEntry]:
         """Return the entries matching every given criterion.
 

@@ -23,9 +23,13 @@ it can stand where the argument is used.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, get_args
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from typing import Any
+from typing import get_args
 
+from .._exceptions import ConfigError
 from .._ref import AgentRef
 from ._state import Consistency
 
@@ -184,3 +188,22 @@ def check_parties(parties: int) -> int:
     if parties < 1:
         raise ValueError(f"parties must be at least 1, got {parties!r}")
     return parties
+
+
+def check_option_keys(options: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+    """Refuse keys of an engine's options (``plugin_options[name]``, or a
+    table inside it) that the engine does not know: a typo must not be
+    ignored silently.
+
+    :param where: how the user wrote the table, e.g. ``"plugin_options['nats']"``.
+    :raises ConfigError: ``options`` is not a table, or has unknown keys.
+    """
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{where} must be a table, got {options!r}")
+    known = set(known)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown {where} key(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(known)) or 'none'}"
+        )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Collection
+from collections.abc import Sequence
 
 import attrs
 import trio

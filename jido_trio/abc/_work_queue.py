@@ -21,7 +21,8 @@ import abc
 import math
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar
+from typing import Any
+from typing import ClassVar
 
 import attrs
 

@@ -7,8 +7,14 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, ClassVar, Final, cast
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+from typing import ClassVar
+from typing import Final
+from typing import cast
 
 import attrs
 import msgspec
@@ -16,27 +22,31 @@ import trio
 
 from .._agent import Agent
 from .._config import Config
-from .._exceptions import AgentAlreadyExists, AgentNotFound, AgentUnavailable, ConfigError
+from .._exceptions import AgentAlreadyExists
+from .._exceptions import AgentNotFound
+from .._exceptions import AgentUnavailable
+from .._exceptions import ConfigError
 from .._health import Health
-from .._node import Node, open_node
-from .._supervisor import ChildInfo, Restart, SupervisorInfo
-from ._protocol import (
-    DEFAULT_ADMIN,
-    MAX_REQUEST,
-    PROTOCOL_VERSION,
-    AdminAddress,
-    AgentHealth,
-    AgentRow,
-    ErrorInfo,
-    FrameReader,
-    FrameTooLarge,
-    NodeInfo,
-    Reply,
-    Request,
-    TreeNode,
-    encode_frame,
-    request_decoder,
-)
+from .._node import Node
+from .._node import open_node
+from .._supervisor import ChildInfo
+from .._supervisor import Restart
+from .._supervisor import SupervisorInfo
+from ._protocol import DEFAULT_ADMIN
+from ._protocol import MAX_REQUEST
+from ._protocol import PROTOCOL_VERSION
+from ._protocol import AdminAddress
+from ._protocol import AgentHealth
+from ._protocol import AgentRow
+from ._protocol import ErrorInfo
+from ._protocol import FrameReader
+from ._protocol import FrameTooLarge
+from ._protocol import NodeInfo
+from ._protocol import Reply
+from ._protocol import Request
+from ._protocol import TreeNode
+from ._protocol import encode_frame
+from ._protocol import request_decoder
 
 __all__ = [
     "AdminServer",

@@ -6,7 +6,9 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Final, NoReturn
+from typing import Annotated
+from typing import Final
+from typing import NoReturn
 
 import attrs
 import msgspec
@@ -17,18 +19,20 @@ from rich.console import Console
 from .._config import Config
 from .._exceptions import JidoError
 from .._groups import exception_leaves
-from ._admin import AgentSpec, plan_node, run_node
-from ._protocol import (
-    DEFAULT_ADMIN,
-    AdminAddress,
-    AdminError,
-    AgentHealth,
-    AgentRow,
-    NodeInfo,
-    TreeNode,
-    exchange,
-)
-from ._render import agents_table, health_text, supervision_tree
+from ._admin import AgentSpec
+from ._admin import plan_node
+from ._admin import run_node
+from ._protocol import DEFAULT_ADMIN
+from ._protocol import AdminAddress
+from ._protocol import AdminError
+from ._protocol import AgentHealth
+from ._protocol import AgentRow
+from ._protocol import NodeInfo
+from ._protocol import TreeNode
+from ._protocol import exchange
+from ._render import agents_table
+from ._render import health_text
+from ._render import supervision_tree
 
 __all__ = ["EXIT_ADMIN_ERROR", "HEALTH_EXIT_CODES", "app", "main"]
 
@@ -256,7 +260,8 @@ def demo(
     senders while a chaos task crashes some of them; every agent's state is
     read back at the end. Exit code 0 if every check passed, 1 otherwise.
     """
-    from ._demo import DemoSettings, run_demo
+    from ._demo import DemoSettings
+    from ._demo import run_demo
 
     settings = DemoSettings(seconds=seconds, agents=agents, senders=senders, seed=seed)
     passed = trio.run(run_demo, settings, _stdout())

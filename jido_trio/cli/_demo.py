@@ -20,23 +20,29 @@ from typing import Final
 
 import attrs
 import trio
-from rich.console import Console, Group, RenderableType
+from rich.console import Console
+from rich.console import Group
+from rich.console import RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .._agent import Agent, action
+from .._agent import Agent
+from .._agent import action
 from .._config import Config
 from .._exceptions import ActionError
 from .._health import Health
 from .._message import Instruction
-from .._node import Node, open_node
+from .._node import Node
+from .._node import open_node
 from .._ref import AgentRef
-from .._supervisor import ChildInfo, SupervisorInfo
+from .._supervisor import ChildInfo
+from .._supervisor import SupervisorInfo
 from ..hookspecs import hookimpl
 from ..testing import crash_agent
-from ._render import HEALTH_STYLES, STATUS_STYLES
+from ._render import HEALTH_STYLES
+from ._render import STATUS_STYLES
 
 __all__ = ["DemoCounter", "DemoSettings", "Totals", "run_demo"]
 

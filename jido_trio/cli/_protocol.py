@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Any, Final
+from typing import Any
+from typing import Final
 
 import msgspec
 import trio

@@ -9,7 +9,10 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ._protocol import AgentHealth, AgentRow, NodeInfo, TreeNode
+from ._protocol import AgentHealth
+from ._protocol import AgentRow
+from ._protocol import NodeInfo
+from ._protocol import TreeNode
 
 __all__ = ["HEALTH_STYLES", "STATUS_STYLES", "agents_table", "health_text", "supervision_tree"]
 

@@ -10,7 +10,10 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from ..abc import Coordination, Lease, check_parties, check_ttl
+from ..abc import Coordination
+from ..abc import Lease
+from ..abc import check_parties
+from ..abc import check_ttl
 
 __all__ = ["LocalCoordination"]
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Protocol
 
 import attrs
 
@@ -14,7 +17,8 @@ if TYPE_CHECKING:
     from ._coordination import LocalCoordination
     from ._registry import LocalRegistry
     from ._state import MemoryStateBackend
-    from ._transport import LocalTransport, _Request
+    from ._transport import LocalTransport
+    from ._transport import _Request
 
 __all__ = ["Interceptor", "LocalHub", "hub_name", "open_hub"]
 

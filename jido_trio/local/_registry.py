@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any
@@ -12,16 +13,16 @@ from typing import Any
 import attrs
 import trio
 
-from .._exceptions import AgentAlreadyExists, AgentNotFound
+from .._exceptions import AgentAlreadyExists
+from .._exceptions import AgentNotFound
 from .._ref import AgentRef
-from ..abc import (
-    Registry,
-    RegistryEntry,
-    RegistryEvent,
-    SynchronousRegistry,
-    check_registered_ref,
-    registry_matcher,
-)
+from ..abc import Metadata
+from ..abc import Registry
+from ..abc import RegistryEntry
+from ..abc import RegistryEvent
+from ..abc import SynchronousRegistry
+from ..abc import check_registered_ref
+from ..abc import registry_matcher
 
 __all__ = ["LocalRegistry"]
 
@@ -159,11 +160,7 @@ class LocalRegistry(Registry, SynchronousRegistry):
         return entry
 
     async def select(
-        self,
-        *,
-        type: str | None = None,
-        node: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        self, *, type: str | None = None, node: str | None = None, metadata: Metadata | None = None
     ) -> list[RegistryEntry]:
         await trio.lowlevel.checkpoint()
         matches = registry_matcher(type=type, node=node, metadata=metadata)

@@ -41,27 +41,32 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
+from typing import Literal
 
 import attrs
 import trio
 
 from .._config import Config
-from .._exceptions import ConfigError, EngineError, JidoError, StateConflict, Unreachable
-from ..abc import (
-    Consistency,
-    LogEntry,
-    StateBackend,
-    Versioned,
-    check_consistency,
-    check_expected_version,
-    check_log_limit,
-    check_log_seq,
-    check_state_key,
-    check_state_value,
-)
+from .._exceptions import ConfigError
+from .._exceptions import EngineError
+from .._exceptions import JidoError
+from .._exceptions import StateConflict
+from .._exceptions import Unreachable
+from ..abc import Consistency
+from ..abc import LogEntry
+from ..abc import StateBackend
+from ..abc import Versioned
+from ..abc import check_consistency
+from ..abc import check_expected_version
+from ..abc import check_log_limit
+from ..abc import check_log_seq
+from ..abc import check_state_key
+from ..abc import check_state_value
 
 __all__ = ["MAX_BATCH", "SqliteStateBackend", "open_sqlite_state_backend", "sqlite_factory"]
 

@@ -9,19 +9,17 @@ import trio
 
 from .._exceptions import StateConflict
 from .._message import slot_setter
-from ..abc import (
-    Consistency,
-    LogEntry,
-    StateBackend,
-    SynchronousState,
-    Versioned,
-    check_consistency,
-    check_expected_version,
-    check_log_limit,
-    check_log_seq,
-    check_state_key,
-    check_state_value,
-)
+from ..abc import Consistency
+from ..abc import LogEntry
+from ..abc import StateBackend
+from ..abc import SynchronousState
+from ..abc import Versioned
+from ..abc import check_consistency
+from ..abc import check_expected_version
+from ..abc import check_log_limit
+from ..abc import check_log_seq
+from ..abc import check_state_key
+from ..abc import check_state_value
 
 __all__ = ["MemoryStateBackend"]
 

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import trio
 
-from .._exceptions import CallTimeout, RemoteNotSupported, Unreachable
-from ..abc import NodeInfo, RequestHandler, Transport
+from .._exceptions import CallTimeout
+from .._exceptions import RemoteNotSupported
+from .._exceptions import Unreachable
+from ..abc import NodeInfo
+from ..abc import RequestHandler
+from ..abc import Transport
 from ._hub import LocalHub
 
 __all__ = ["LocalTransport"]

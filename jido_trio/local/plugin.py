@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from contextlib import asynccontextmanager
+from typing import Any
+from typing import TypeVar
 
 from .._config import Config
 from ..hookspecs import hookimpl
 from ._coordination import LocalCoordination
-from ._hub import LocalHub, hub_name, open_hub
+from ._hub import LocalHub
+from ._hub import hub_name
+from ._hub import open_hub
 from ._registry import LocalRegistry
 from ._sqlite import sqlite_factory
 from ._state import MemoryStateBackend

@@ -31,20 +31,34 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
+from typing import Literal
 
 import attrs
 import msgspec
 import trio
 
-from .._comm._wire import decode_request, encode_one_way
-from .._exceptions import InvalidMessage, JidoError
-from .._message import Instruction, Message, Receipt, decode_value, encode_value
+from .._comm._wire import decode_request
+from .._comm._wire import encode_one_way
+from .._exceptions import InvalidMessage
+from .._exceptions import JidoError
+from .._message import Instruction
+from .._message import Message
+from .._message import Origin
+from .._message import Receipt
+from .._message import decode_value
+from .._message import encode_value
 from .._ref import AgentRef
-from ..abc import StateBackend, Transport
-from ._router import RouteHandle, SignalRouter, validate_pattern
+from ..abc import StateBackend
+from ..abc import Transport
+from ._router import RouteHandle
+from ._router import SignalRouter
+from ._router import validate_pattern
 from ._signal import Signal
 
 __all__ = ["Overflow", "SignalBus", "Subscription", "pattern_topics", "signal_topic"]
@@ -273,12 +287,8 @@ class SignalBus:
                 {"signal": signal},
                 id=f"{target.action}:{signal.source}:{signal.id}",
             )
-            await self.send_instruction(
-                target.ref,
-                instruction,
-                trace_id=signal.trace_id,
-                causation_id=signal.causation_id or signal.id,
-            )
+            origin = Origin(None, signal.trace_id, signal.causation_id or signal.id)
+            await self.send_instruction(target.ref, instruction, "at_most_once", None, origin)
             return True
         await self.state.append(_durable_log(target.name), _encode_signal(signal))
         target.appended.set()

@@ -21,7 +21,9 @@ test per route, and remembers the result per type until the routes change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final, Generic, TypeVar
+from typing import Final
+from typing import Generic
+from typing import TypeVar
 
 import attrs
 

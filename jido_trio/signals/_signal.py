@@ -33,11 +33,17 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta, timezone
+from collections.abc import Callable
+from collections.abc import Mapping
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
 from types import MappingProxyType
-from typing import Any, Final
-from urllib.parse import quote, unquote_to_bytes
+from typing import Any
+from typing import Final
+from urllib.parse import quote
+from urllib.parse import unquote_to_bytes
 
 import attrs
 
@@ -74,6 +80,8 @@ CORRELATION_ID_EXTENSION: Final = "jidocorrelationid"
 #: and ``Integer`` (signed 32-bit) types. Binary, URI and Timestamp values
 #: travel as their canonical strings.
 ExtensionValue = str | bool | int
+#: What an HTTP body may be given as.
+Body = bytes | bytearray | memoryview
 
 _CONTEXT_ATTRIBUTES: Final = frozenset(
     {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema"}
@@ -362,15 +370,25 @@ def _loads(data: bytes, what: str) -> Any:
     except UnicodeDecodeError as exc:
         raise _invalid(f"{what} is not UTF-8: {exc}") from None
     try:
+        return _parse_json(text, what)
+    except InvalidMessage:
+        raise
+    except ValueError as exc:  # JSONDecodeError, and the int digit limit
+        raise _invalid(f"{what} is not valid JSON: {exc}") from None
+
+
+def _parse_json(text: str, what: str) -> Any:
+    """``text`` parsed as JSON, refusing duplicate keys, NaN and infinities.
+
+    :raises InvalidMessage: refused, or nested too deeply.
+    :raises ValueError: not JSON (the caller says what that means).
+    """
+    try:
         return json.loads(
             text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
         )
-    except InvalidMessage:
-        raise
     except RecursionError:
         raise _invalid(f"{what} is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, and the int digit limit
-        raise _invalid(f"{what} is not valid JSON: {exc}") from None
 
 
 def _dumps(value: Any) -> bytes:
@@ -575,11 +593,7 @@ class Signal:
 
     @classmethod
     def from_binary_http(
-        cls,
-        headers: Mapping[str, str],
-        body: bytes | bytearray | memoryview,
-        *,
-        max_size: int = MAX_SIGNAL_SIZE,
+        cls, headers: Mapping[str, str], body: Body, *, max_size: int = MAX_SIGNAL_SIZE
     ) -> Signal:
         """Decode an HTTP binary content mode message (header names in any case).
 
@@ -632,11 +646,7 @@ class Signal:
 
     @classmethod
     def from_http(
-        cls,
-        headers: Mapping[str, str],
-        body: bytes | bytearray | memoryview,
-        *,
-        max_size: int = MAX_SIGNAL_SIZE,
+        cls, headers: Mapping[str, str], body: Body, *, max_size: int = MAX_SIGNAL_SIZE
     ) -> Signal:
         """Decode an HTTP message in either content mode, as the SDK's ``from_http``.
 
@@ -808,13 +818,9 @@ def _read_body(body: bytes, content_type: str | None) -> Any:
         except UnicodeDecodeError:
             return body
         try:
-            return json.loads(
-                text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
-            )
+            return _parse_json(text, "body")
         except InvalidMessage:
             raise
-        except RecursionError:
-            raise _invalid("body is nested too deeply") from None
         except ValueError:
             # The SDK writes str data under a JSON media type unquoted, and
             # reads a body that is not JSON as text: so do we.

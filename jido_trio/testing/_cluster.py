@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator
+from collections.abc import Iterable
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 
 from .._config import Config
-from .._node import Node, open_node
-from ._faults import Faults, faults
+from .._node import Node
+from .._node import open_node
+from ._faults import Faults
+from ._faults import faults
 
 __all__ = ["Cluster", "open_cluster"]
 

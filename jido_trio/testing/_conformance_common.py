@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Collection
+from collections.abc import Iterator
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from contextlib import asynccontextmanager
+from contextlib import contextmanager
+from typing import Any
+from typing import TypeVar
 
 import attrs
 import trio
@@ -90,6 +98,18 @@ async def opened(made: Any) -> AsyncIterator[Any]:
     yield made
 
 
+@asynccontextmanager
+async def opened_engine(factory: Callable[[], Any], protocol: type) -> AsyncIterator[Any]:
+    """Open one engine from a conformance suite's ``factory`` and check that it
+    implements ``protocol``."""
+    async with opened(factory()) as engine:
+        check(
+            isinstance(engine, protocol),
+            f"the factory made a {type(engine).__name__}, not a jido_trio.abc.{protocol.__name__}",
+        )
+        yield engine
+
+
 def plugin_factory(
     kind: str,
     name: str,
@@ -115,7 +135,8 @@ def plugin_factory(
     """
     from .._config import Config
     from .._exceptions import ConfigError
-    from .._plugins import collect_backends, make_plugin_manager
+    from .._plugins import collect_backends
+    from .._plugins import make_plugin_manager
 
     kinds = ("registry", "transport", "state", "coordination")
     if kind not in kinds:

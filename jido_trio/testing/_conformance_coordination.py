@@ -7,13 +7,19 @@ the ``autojump_clock`` fixture) and they take no real time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable
+from collections.abc import Collection
 from typing import Any
 
 import trio
 
-from ..abc import Coordination, Lease
-from ._conformance_common import Check, Suite, check, expect_checkpoint, opened
+from ..abc import Coordination
+from ..abc import Lease
+from ._conformance_common import Check
+from ._conformance_common import Suite
+from ._conformance_common import check
+from ._conformance_common import expect_checkpoint
+from ._conformance_common import opened_engine
 
 __all__ = ["COORDINATION_SUITE", "check_coordination"]
 
@@ -300,12 +306,7 @@ async def check_coordination(
     """
 
     async def run_one(item: Check) -> None:
-        async with opened(factory()) as coordination:
-            check(
-                isinstance(coordination, Coordination),
-                f"the factory made a {type(coordination).__name__}, "
-                "not a jido_trio.abc.Coordination",
-            )
+        async with opened_engine(factory, Coordination) as coordination:
             await item.fn(coordination, ttl)
 
     await COORDINATION_SUITE.run(skip, run_one)

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Collection
+from collections.abc import Iterable
 from typing import Any
 
 import trio
 
-from .._exceptions import AgentAlreadyExists, AgentNotFound
+from .._exceptions import AgentAlreadyExists
+from .._exceptions import AgentNotFound
 from .._ref import AgentRef
-from ..abc import Registry, RegistryEntry, RegistryEvent
-from ._conformance_common import Check, Suite, check, expect_checkpoint, opened, raises
+from ..abc import Registry
+from ..abc import RegistryEntry
+from ..abc import RegistryEvent
+from ._conformance_common import Check
+from ._conformance_common import Suite
+from ._conformance_common import check
+from ._conformance_common import expect_checkpoint
+from ._conformance_common import opened_engine
+from ._conformance_common import raises
 
 __all__ = ["REGISTRY_SUITE", "check_registry"]
 
@@ -326,11 +337,7 @@ async def check_registry(
     """
 
     async def run_one(item: Check) -> None:
-        async with opened(factory()) as registry:
-            check(
-                isinstance(registry, Registry),
-                f"the factory made a {type(registry).__name__}, not a jido_trio.abc.Registry",
-            )
+        async with opened_engine(factory, Registry) as registry:
             await item.fn(registry, timeout)
 
     await REGISTRY_SUITE.run(skip, run_one)

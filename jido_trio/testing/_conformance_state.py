@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Collection
 from typing import Any
 
 import trio
 
 from .._exceptions import StateConflict
-from ..abc import Consistency, LogEntry, StateBackend, Versioned
-from ._conformance_common import Check, Suite, check, expect_checkpoint, opened, raises
+from ..abc import Consistency
+from ..abc import LogEntry
+from ..abc import StateBackend
+from ..abc import Versioned
+from ._conformance_common import Check
+from ._conformance_common import Suite
+from ._conformance_common import check
+from ._conformance_common import expect_checkpoint
+from ._conformance_common import opened_engine
+from ._conformance_common import raises
 
 __all__ = ["STATE_SUITE", "check_state_backend"]
 
@@ -539,11 +549,7 @@ async def check_state_backend(factory: Callable[[], Any], *, skip: Collection[st
     """
 
     async def run_one(item: Check) -> None:
-        async with opened(factory()) as backend:
-            check(
-                isinstance(backend, StateBackend),
-                f"the factory made a {type(backend).__name__}, not a jido_trio.abc.StateBackend",
-            )
+        async with opened_engine(factory, StateBackend) as backend:
             await item.fn(backend)
 
     await STATE_SUITE.run(skip, run_one)

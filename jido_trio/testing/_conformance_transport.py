@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 import trio
 
-from .._exceptions import CallTimeout, RemoteNotSupported, Unreachable
-from ..abc import NodeInfo, RequestHandler, Transport
-from ._conformance_common import Check, Suite, check, expect_checkpoint, opened, raises
+from .._exceptions import CallTimeout
+from .._exceptions import RemoteNotSupported
+from .._exceptions import Unreachable
+from ..abc import NodeInfo
+from ..abc import RequestHandler
+from ..abc import Transport
+from ._conformance_common import Check
+from ._conformance_common import Suite
+from ._conformance_common import check
+from ._conformance_common import expect_checkpoint
+from ._conformance_common import opened
+from ._conformance_common import raises
 
 __all__ = ["TRANSPORT_SUITE", "check_transport"]
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import itertools
 import secrets
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,8 +20,17 @@ import attrs
 import trio
 
 from .._ref import AgentRef
-from ..abc import DeadJob, QueuedJob, WorkQueueBacking, WorkQueueCounts, WorkQueueSpec
-from ._conformance_common import Check, Suite, check, expect_checkpoint, opened, raises
+from ..abc import DeadJob
+from ..abc import QueuedJob
+from ..abc import WorkQueueBacking
+from ..abc import WorkQueueCounts
+from ..abc import WorkQueueSpec
+from ._conformance_common import Check
+from ._conformance_common import Suite
+from ._conformance_common import check
+from ._conformance_common import expect_checkpoint
+from ._conformance_common import opened
+from ._conformance_common import raises
 
 __all__ = ["WORK_QUEUE_SUITE", "check_work_queue_backing"]
 

@@ -6,7 +6,8 @@ import trio
 
 from .._core import InjectedCrash
 from .._exceptions import AgentUnavailable
-from .._node import Node, node_internals
+from .._node import Node
+from .._node import node_internals
 from .._ref import AgentRef
 
 __all__ = ["InjectedCrash", "crash_agent"]

@@ -46,17 +46,23 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Literal
+from typing import TypedDict
+from typing import Unpack
 
 import attrs
 import trio
 
-from .._exceptions import InvalidMessage, Unreachable
+from .._exceptions import InvalidMessage
+from .._exceptions import Unreachable
 from .._message import decode_value
-from ..local._hub import LocalHub, _hubs
-from ..local._transport import LocalTransport, _Request
+from ..local._hub import LocalHub
+from ..local._hub import _hubs
+from ..local._transport import LocalTransport
+from ..local._transport import _Request
 
 __all__ = ["FaultRule", "Faults", "faults", "frame_kind"]
 
@@ -64,6 +70,18 @@ __all__ = ["FaultRule", "Faults", "faults", "frame_kind"]
 Match = Callable[[bytes], bool]
 Kind = Literal["drop", "delay", "duplicate", "reorder", "partition"]
 Nodes = str | Iterable[str] | None
+
+
+class Where(TypedDict, total=False):
+    """Which messages a rule applies to, and its randomness: the keyword
+    arguments every rule of :class:`Faults` takes (documented there)."""
+
+    source: Nodes
+    dest: Nodes
+    match: Match | None
+    limit: int | None
+    seed: int | None
+
 
 _EXTENSION = "faults"
 
@@ -420,11 +438,7 @@ class Faults:
         probability: float = 1.0,
         *,
         reply: bool = False,
-        source: Nodes = None,
-        dest: Nodes = None,
-        match: Match | None = None,
-        limit: int | None = None,
-        seed: int | None = None,
+        **where: Unpack[Where],
     ) -> FaultRule:
         """Lose matching messages with ``probability``.
 
@@ -438,12 +452,8 @@ class Faults:
         """
         return self._add(
             "drop",
-            source,
-            dest,
-            match,
             probability,
-            limit,
-            seed,
+            where,
             reply=bool(reply),
         )
 
@@ -453,11 +463,7 @@ class Faults:
         *,
         jitter: float = 0.0,
         probability: float = 1.0,
-        source: Nodes = None,
-        dest: Nodes = None,
-        match: Match | None = None,
-        limit: int | None = None,
-        seed: int | None = None,
+        **where: Unpack[Where],
     ) -> FaultRule:
         """Deliver matching messages ``seconds`` (plus up to ``jitter``, uniform)
         later, on the Trio clock. Delays of several rules add up.
@@ -471,12 +477,8 @@ class Faults:
         """
         return self._add(
             "delay",
-            source,
-            dest,
-            match,
             probability,
-            limit,
-            seed,
+            where,
             seconds=_seconds(seconds, "seconds"),
             jitter=_seconds(jitter, "jitter"),
         )
@@ -486,11 +488,7 @@ class Faults:
         probability: float = 1.0,
         *,
         copies: int = 1,
-        source: Nodes = None,
-        dest: Nodes = None,
-        match: Match | None = None,
-        limit: int | None = None,
-        seed: int | None = None,
+        **where: Unpack[Where],
     ) -> FaultRule:
         """Deliver matching messages ``1 + copies`` times.
 
@@ -501,7 +499,7 @@ class Faults:
         """
         copies_ = _count(copies, "copies", 1)
         assert copies_ is not None
-        return self._add("duplicate", source, dest, match, probability, limit, seed, copies=copies_)
+        return self._add("duplicate", probability, where, copies=copies_)
 
     def reorder(
         self,
@@ -509,11 +507,7 @@ class Faults:
         *,
         max_hold: float = 1.0,
         probability: float = 1.0,
-        source: Nodes = None,
-        dest: Nodes = None,
-        match: Match | None = None,
-        limit: int | None = None,
-        seed: int | None = None,
+        **where: Unpack[Where],
     ) -> FaultRule:
         """Hold matching messages (each with ``probability``) per link, and
         release them in a shuffled order, never the order they were sent in,
@@ -527,12 +521,8 @@ class Faults:
         assert window_ is not None
         return self._add(
             "reorder",
-            source,
-            dest,
-            match,
             probability,
-            limit,
-            seed,
+            where,
             window=window_,
             max_hold=_seconds(max_hold, "max_hold", positive=True),
         )
@@ -582,25 +572,22 @@ class Faults:
             await self._idle.wait()
 
     def _add(
-        self,
-        kind: Kind,
-        source: Nodes,
-        dest: Nodes,
-        match: Match | None,
-        probability: float,
-        limit: int | None,
-        seed: int | None,
-        **options: float | int | bool,
+        self, kind: Kind, probability: float, where: Where, **options: float | int | bool
     ) -> FaultRule:
+        unknown = set(where) - set(Where.__annotations__)
+        if unknown:
+            raise TypeError(f"unexpected argument(s): {', '.join(sorted(unknown))}")
+        match = where.get("match")
+        seed = where.get("seed")
         if match is not None and not callable(match):
             raise TypeError("match must be a callable taking the frame bytes")
         rule = FaultRule(
             kind=kind,
-            source=_nodes(source, "source"),
-            dest=_nodes(dest, "dest"),
+            source=_nodes(where.get("source"), "source"),
+            dest=_nodes(where.get("dest"), "dest"),
             match=match,
             probability=_probability(probability),
-            limit=_count(limit, "limit", 1),
+            limit=_count(where.get("limit"), "limit", 1),
             random=random.Random(self._random.getrandbits(64) if seed is None else seed),
             **options,  # type: ignore[arg-type]
         )
@@ -680,12 +667,17 @@ class Faults:
                 verdict.hold = rule
         return verdict
 
+    def _crossing(self, source: str, dest: str) -> FaultRule | None:
+        """The partition a message from ``source`` to ``dest`` meets (counted as hit)."""
+        cut = self._partition(source, dest)
+        if cut is not None:
+            cut.hits += 1
+        return cut
+
     async def send(self, source: LocalTransport, node: str, request: _Request) -> None:
         peer = source._peer(node)
         name = source.node_name
-        cut = self._partition(name, node)
-        if cut is not None:
-            cut.hits += 1
+        if self._crossing(name, node) is not None:
             await trio.lowlevel.checkpoint()
             return
         verdict = self._verdict(name, node, request.data, is_request=False)
@@ -697,9 +689,8 @@ class Faults:
     async def request(self, source: LocalTransport, node: str, request: _Request) -> None:
         peer = source._peer(node)
         name = source.node_name
-        cut = self._partition(name, node)
+        cut = self._crossing(name, node)
         if cut is not None:
-            cut.hits += 1
             if cut.fail_fast:
                 await trio.lowlevel.checkpoint()
                 raise Unreachable(self._cut(name, node))
@@ -718,9 +709,8 @@ class Faults:
         if request.lost is not None:
             return  # no reply to lose
         name = source.node_name
-        cut = self._partition(node, name)
+        cut = self._crossing(node, name)
         if cut is not None:  # the reply meets a partition
-            cut.hits += 1
             if cut.fail_fast:
                 await trio.lowlevel.checkpoint()
                 raise Unreachable(self._cut(name, node))

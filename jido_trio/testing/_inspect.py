@@ -8,7 +8,8 @@ from typing import Any
 
 import attrs
 
-from .._node import Node, node_internals
+from .._node import Node
+from .._node import node_internals
 
 __all__ = ["AgentInternals", "agent_internals", "peer_reachable", "pending_reply_deadlines"]
 

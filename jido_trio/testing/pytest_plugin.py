@@ -15,14 +15,17 @@ timeouts, heartbeats and restart windows then pass instantly and exactly.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from .._config import Config
-from .._node import Node, open_node
-from ._cluster import Cluster, open_cluster
+from .._node import Node
+from .._node import open_node
+from ._cluster import Cluster
+from ._cluster import open_cluster
 
 
 @pytest.fixture

@@ -25,28 +25,30 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterator
 from contextlib import suppress
 from typing import Literal
 
 import attrs
 import trio
 
-from .._exceptions import (
-    AgentNotFound,
-    AgentUnavailable,
-    AlreadyProcessed,
-    CallTimeout,
-    CircuitOpen,
-    JidoError,
-    MailboxFull,
-    Unreachable,
-    describe,
-)
+from .._exceptions import AgentNotFound
+from .._exceptions import AgentUnavailable
+from .._exceptions import AlreadyProcessed
+from .._exceptions import CallTimeout
+from .._exceptions import CircuitOpen
+from .._exceptions import JidoError
+from .._exceptions import MailboxFull
+from .._exceptions import Unreachable
+from .._exceptions import describe
 from .._message import Instruction
 from .._node import Node
 from .._ref import AgentRef
-from ..abc import QueuedJob, WorkQueueBacking, WorkQueueSpec
+from ..abc import QueuedJob
+from ..abc import WorkQueueBacking
+from ..abc import WorkQueueSpec
 
 __all__ = ["Dispatcher"]
 

@@ -9,8 +9,12 @@ body, and drains or cancels it on the way out, the same for every backing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
@@ -21,12 +25,10 @@ from .._groups import single_failure
 from .._ids import new_id
 from .._node import Node
 from .._ref import AgentRef
-from ..abc import (
-    DeadJob,
-    WorkQueueBacking,
-    WorkQueueBackingProvider,
-    WorkQueueSpec,
-)
+from ..abc import DeadJob
+from ..abc import WorkQueueBacking
+from ..abc import WorkQueueBackingProvider
+from ..abc import WorkQueueSpec
 from ._dispatcher import Dispatcher
 from ._state_backing import open_state_backing
 

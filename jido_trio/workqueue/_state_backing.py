@@ -24,24 +24,25 @@ its records and keeps their order and delays in memory.
 from __future__ import annotations
 
 import heapq
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 import trio
 
-from .._exceptions import InvalidMessage, StateConflict
-from ..abc import (
-    DeadJob,
-    QueuedJob,
-    StateBackend,
-    WorkQueueBacking,
-    WorkQueueCounts,
-    WorkQueueSpec,
-    decode_value,
-    encode_value,
-)
+from .._exceptions import InvalidMessage
+from .._exceptions import StateConflict
+from ..abc import DeadJob
+from ..abc import QueuedJob
+from ..abc import StateBackend
+from ..abc import WorkQueueBacking
+from ..abc import WorkQueueCounts
+from ..abc import WorkQueueSpec
+from ..abc import decode_value
+from ..abc import encode_value
 
 __all__ = ["StateBacking", "open_state_backing"]
 

@@ -16,7 +16,8 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,21 @@ import attrs
 import msgspec
 import pytest
 import trio
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
+from typer.testing import Result
 
 import jido_trio as jt
 from jido_trio.cli import app
-from jido_trio.cli._admin import AdminServer, AgentSpec, CliOptions, load_agent_class, plan_node
+from jido_trio.cli._admin import AdminServer
+from jido_trio.cli._admin import AgentSpec
+from jido_trio.cli._admin import CliOptions
+from jido_trio.cli._admin import load_agent_class
+from jido_trio.cli._admin import plan_node
 from jido_trio.cli._app import find_bench
-from jido_trio.cli._protocol import MAX_REQUEST, AdminAddress, FrameReader, encode_frame
+from jido_trio.cli._protocol import MAX_REQUEST
+from jido_trio.cli._protocol import AdminAddress
+from jido_trio.cli._protocol import FrameReader
+from jido_trio.cli._protocol import encode_frame
 from jido_trio.testing import crash_agent
 from tests._agents import Counter
 

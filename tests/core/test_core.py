@@ -11,8 +11,11 @@ import trio
 
 import jido_trio as jt
 from jido_trio._core import CHUNK_SIZE
-from jido_trio.testing import agent_internals, crash_agent, open_cluster
-from tests._agents import Counter, CounterState
+from jido_trio.testing import agent_internals
+from jido_trio.testing import crash_agent
+from jido_trio.testing import open_cluster
+from tests._agents import Counter
+from tests._agents import CounterState
 
 
 async def test_design_example_round_trip() -> None:

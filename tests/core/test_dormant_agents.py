@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextvars
 import gc
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable
+from collections.abc import Iterator
+from typing import Any
+from typing import ClassVar
 
 import attrs
 import pytest
@@ -18,8 +20,10 @@ import trio.testing
 
 import jido_trio as jt
 from jido_trio.abc import RegistryEntry
-from jido_trio.testing import agent_internals, crash_agent
-from tests._agents import Counter, CounterState
+from jido_trio.testing import agent_internals
+from jido_trio.testing import crash_agent
+from tests._agents import Counter
+from tests._agents import CounterState
 from tests.distributed.test_failover import _FencingPlugin
 
 

@@ -14,10 +14,13 @@ import trio
 import trio.testing
 
 import jido_trio as jt
-from jido_trio._core import Reply, ReplyDeadlines
+from jido_trio._core import Reply
+from jido_trio._core import ReplyDeadlines
 from jido_trio._scheduling import TELL_SCHEDULE_EVERY
-from jido_trio.testing import agent_internals, pending_reply_deadlines
-from tests._agents import Counter, CounterState
+from jido_trio.testing import agent_internals
+from jido_trio.testing import pending_reply_deadlines
+from tests._agents import Counter
+from tests._agents import CounterState
 
 
 class StepCounter(trio.abc.Instrument):

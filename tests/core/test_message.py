@@ -10,11 +10,13 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
 import jido_trio as jt
-from jido_trio._ids import id_time, new_id
+from jido_trio._ids import id_time
+from jido_trio._ids import new_id
 
 texts = st.text(max_size=20)
 refs = st.builds(

@@ -14,7 +14,8 @@ import trio.testing
 import jido_trio as jt
 from jido_trio._node import START_SCHEDULE_EVERY
 from jido_trio.testing import crash_agent
-from tests._agents import Counter, CounterState
+from tests._agents import Counter
+from tests._agents import CounterState
 
 
 class HookLog:

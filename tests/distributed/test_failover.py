@@ -13,10 +13,12 @@ import pytest
 import trio
 
 import jido_trio as jt
-from jido_trio._core import RESTART_KEY, AgentStore
+from jido_trio._core import RESTART_KEY
+from jido_trio._core import AgentStore
 from jido_trio._failover import rank
 from jido_trio.testing import open_cluster
-from tests._agents import Counter, CounterState
+from tests._agents import Counter
+from tests._agents import CounterState
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ import pytest
 import trio
 
 import jido_trio as jt
-from tests._agents import Counter, CounterState
+from tests._agents import Counter
+from tests._agents import CounterState
 
 _hubs = itertools.count()
 

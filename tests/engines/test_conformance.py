@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,23 +14,19 @@ import trio
 
 import jido_trio as jt
 from jido_trio.abc import StateBackend
-from jido_trio.local import (
-    LocalCoordination,
-    LocalRegistry,
-    MemoryStateBackend,
-    open_sqlite_state_backend,
-)
-from jido_trio.testing.conformance import (
-    COORDINATION_CHECKS,
-    REGISTRY_CHECKS,
-    STATE_BACKEND_CHECKS,
-    TRANSPORT_CHECKS,
-    check_coordination,
-    check_registry,
-    check_state_backend,
-    check_transport,
-    plugin_factory,
-)
+from jido_trio.local import LocalCoordination
+from jido_trio.local import LocalRegistry
+from jido_trio.local import MemoryStateBackend
+from jido_trio.local import open_sqlite_state_backend
+from jido_trio.testing.conformance import COORDINATION_CHECKS
+from jido_trio.testing.conformance import REGISTRY_CHECKS
+from jido_trio.testing.conformance import STATE_BACKEND_CHECKS
+from jido_trio.testing.conformance import TRANSPORT_CHECKS
+from jido_trio.testing.conformance import check_coordination
+from jido_trio.testing.conformance import check_registry
+from jido_trio.testing.conformance import check_state_backend
+from jido_trio.testing.conformance import check_transport
+from jido_trio.testing.conformance import plugin_factory
 
 
 def sqlite_files(tmp_path: Path, **options: Any) -> Callable[[], Any]:

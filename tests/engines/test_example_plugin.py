@@ -15,7 +15,8 @@ import pytest
 import jido_trio as jt
 import jido_trio_example
 from jido_trio.testing import crash_agent
-from jido_trio.testing.conformance import check_state_backend, plugin_factory
+from jido_trio.testing.conformance import check_state_backend
+from jido_trio.testing.conformance import plugin_factory
 
 
 @attrs.frozen

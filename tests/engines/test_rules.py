@@ -10,20 +10,20 @@ import pytest
 import trio
 
 import jido_trio as jt
-from jido_trio.abc import (
-    check_consistency,
-    check_expected_version,
-    check_log_limit,
-    check_log_seq,
-    check_parties,
-    check_registered_ref,
-    check_state_key,
-    check_state_value,
-    check_ttl,
-    registry_matcher,
-    single_failure,
-)
-from jido_trio.local import LocalCoordination, LocalRegistry, MemoryStateBackend
+from jido_trio.abc import check_consistency
+from jido_trio.abc import check_expected_version
+from jido_trio.abc import check_log_limit
+from jido_trio.abc import check_log_seq
+from jido_trio.abc import check_parties
+from jido_trio.abc import check_registered_ref
+from jido_trio.abc import check_state_key
+from jido_trio.abc import check_state_value
+from jido_trio.abc import check_ttl
+from jido_trio.abc import registry_matcher
+from jido_trio.abc import single_failure
+from jido_trio.local import LocalCoordination
+from jido_trio.local import LocalRegistry
+from jido_trio.local import MemoryStateBackend
 
 
 def test_checks_return_what_they_accept() -> None:

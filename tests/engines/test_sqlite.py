@@ -9,7 +9,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from collections.abc import Callable
 from contextlib import closing
 from functools import partial
 from pathlib import Path
@@ -19,8 +20,10 @@ import trio
 
 import jido_trio as jt
 from jido_trio.abc import LogEntry
-from jido_trio.local import SqliteStateBackend, open_sqlite_state_backend
-from jido_trio.local._sqlite import MAX_BATCH, _prefix_end
+from jido_trio.local import SqliteStateBackend
+from jido_trio.local import open_sqlite_state_backend
+from jido_trio.local._sqlite import MAX_BATCH
+from jido_trio.local._sqlite import _prefix_end
 from tests._agents import Counter
 
 WORKER = Path(__file__).with_name("sqlite_worker.py")

@@ -11,7 +11,9 @@ import pytest
 import trio
 
 import jido_trio as jt
-from jido_trio.testing import faults, frame_kind, peer_reachable
+from jido_trio.testing import faults
+from jido_trio.testing import frame_kind
+from jido_trio.testing import peer_reachable
 from tests._agents import Counter
 
 _hubs = itertools.count()

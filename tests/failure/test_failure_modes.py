@@ -9,7 +9,8 @@ import pytest
 import trio
 
 import jido_trio as jt
-from tests._agents import Counter, CounterState
+from tests._agents import Counter
+from tests._agents import CounterState
 
 
 async def test_breaker_opens_after_repeated_timeouts_and_recovers(

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.testing
 
 import jido_trio as jt
-from jido_trio.local._hub import _hubs, open_hub
+from jido_trio.local._hub import _hubs
+from jido_trio.local._hub import open_hub
 from jido_trio.local._transport import LocalTransport
 from jido_trio.testing._conformance_transport import check_transport
-from jido_trio.testing._faults import Faults, faults, frame_kind
-from tests._agents import Counter, CounterState
+from jido_trio.testing._faults import Faults
+from jido_trio.testing._faults import faults
+from jido_trio.testing._faults import frame_kind
+from tests._agents import Counter
+from tests._agents import CounterState
 
 _hub_names = itertools.count()
 

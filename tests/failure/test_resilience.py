@@ -11,15 +11,13 @@ import trio
 import trio.testing
 
 import jido_trio as jt
-from jido_trio._resilience import (
-    BreakerConfig,
-    BreakerRegistry,
-    CircuitBreaker,
-    FailureDetector,
-    LatencyTracker,
-    RetryPolicy,
-    retry_idempotent,
-)
+from jido_trio._resilience import BreakerConfig
+from jido_trio._resilience import BreakerRegistry
+from jido_trio._resilience import CircuitBreaker
+from jido_trio._resilience import FailureDetector
+from jido_trio._resilience import LatencyTracker
+from jido_trio._resilience import RetryPolicy
+from jido_trio._resilience import retry_idempotent
 
 EPS = 1e-9
 

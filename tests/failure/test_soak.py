@@ -10,7 +10,9 @@ import pytest
 import trio
 
 import jido_trio as jt
-from jido_trio.testing import crash_agent, faults, frame_kind
+from jido_trio.testing import crash_agent
+from jido_trio.testing import faults
+from jido_trio.testing import frame_kind
 from tests._agents import Counter
 
 pytestmark = pytest.mark.slow

@@ -19,18 +19,18 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from cloudevents.v1 import conversion as ce_legacy_conversion
 from cloudevents.v1 import http as ce_legacy
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from jido_trio._exceptions import InvalidMessage
-from jido_trio._message import decode_value, encode_value
-from jido_trio.signals._signal import (
-    CAUSATION_ID_EXTENSION,
-    CORRELATION_ID_EXTENSION,
-    MAX_SIGNAL_SIZE,
-    TRACE_ID_EXTENSION,
-    Signal,
-)
+from jido_trio._message import decode_value
+from jido_trio._message import encode_value
+from jido_trio.signals._signal import CAUSATION_ID_EXTENSION
+from jido_trio.signals._signal import CORRELATION_ID_EXTENSION
+from jido_trio.signals._signal import MAX_SIGNAL_SIZE
+from jido_trio.signals._signal import TRACE_ID_EXTENSION
+from jido_trio.signals._signal import Signal
 
 UTC = dt.UTC
 T0 = dt.datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)

@@ -11,7 +11,8 @@ import pytest
 import trio
 
 import jido_trio as jt
-from jido_trio.testing import crash_agent, open_cluster
+from jido_trio.testing import crash_agent
+from jido_trio.testing import open_cluster
 
 _n = itertools.count()
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
-from jido_trio.signals._router import (
-    RouteHandle,
-    SignalRouter,
-    pattern_matches,
-    validate_pattern,
-)
+from jido_trio.signals._router import RouteHandle
+from jido_trio.signals._router import SignalRouter
+from jido_trio.signals._router import pattern_matches
+from jido_trio.signals._router import validate_pattern
 from jido_trio.signals._signal import Signal
 
 

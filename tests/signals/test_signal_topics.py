@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator
+from collections.abc import Collection
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
+from typing import TypeVar
 
 import attrs
 import pytest
 import trio
 
 import jido_trio as jt
-from jido_trio._message import decode_value, encode_value
+from jido_trio._message import decode_value
+from jido_trio._message import encode_value
 from jido_trio.abc import TopicHandler
 from jido_trio.local._hub import open_hub
 from jido_trio.local._transport import LocalTransport
-from jido_trio.signals._bus import _prune, pattern_topics, signal_topic
+from jido_trio.signals._bus import _prune
+from jido_trio.signals._bus import pattern_topics
+from jido_trio.signals._bus import signal_topic
 from jido_trio.signals._router import pattern_matches
 from jido_trio.testing import open_cluster
 from tests._polling import wait_until

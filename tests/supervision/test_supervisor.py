@@ -9,7 +9,8 @@ never for wall-clock time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -478,9 +479,9 @@ async def test_stop_child_stops_a_subtree_in_reverse_order(
         assert [c.id for c in sup_info(node, "s1").children] == ["a"]
         with pytest.raises(jt.AgentUnavailable):
             await get(node, "b")
-        with pytest.raises(RuntimeError, match="not running"):
+        with pytest.raises(jt.SupervisorUnavailable, match="not running"):
             await s2.start_child(worker_spec("late"))
-        with pytest.raises(LookupError):
+        with pytest.raises(jt.ChildNotFound):
             await s1.stop_child("s2")
         assert rec.exits()[-1] == ("s1", "s2", "shutdown")
 
@@ -494,9 +495,9 @@ async def test_dynamic_children(autojump_clock: trio.testing.MockClock, rec: Rec
         assert [c.id for c in sup_info(node, "s").children] == ["w1", "a1", "w2"]
         assert [c.kind for c in sup_info(node, "s").children] == ["worker", "agent", "worker"]
 
-        with pytest.raises(ValueError, match="already has a child"):
+        with pytest.raises(jt.ChildAlreadyExists, match="already has a child"):
             await sup.start_child(worker_spec("w1"))
-        with pytest.raises(LookupError):
+        with pytest.raises(jt.ChildNotFound):
             await sup.stop_child("nope")
 
         # a child that fails before it is ready: start_child raises its error
@@ -1151,11 +1152,12 @@ async def test_agent_stopped_hook_fires_on_graceful_stop(
 
 async def test_a_stopped_supervisor_id_can_be_used_again() -> None:
     async with jt.open_node(name="n") as node:
-        await node.start_supervisor("workers")
-        await node._root.stop_child("workers")
+        parent = await node.start_supervisor("parent")
+        await node.start_supervisor("workers", supervisor=parent)
+        await parent.stop_child("workers")
         again = await node.start_supervisor("workers")
         assert again.id == "workers"
-        with pytest.raises(ValueError, match="already exists"):
+        with pytest.raises(jt.ChildAlreadyExists, match="already exists"):
             await node.start_supervisor("workers")
 
 

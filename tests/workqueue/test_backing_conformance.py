@@ -11,9 +11,12 @@ from typing import Any
 import pytest
 import trio.testing
 
-from jido_trio.abc import QueuedJob, WorkQueueSpec
-from jido_trio.local import MemoryStateBackend, open_sqlite_state_backend
-from jido_trio.testing.conformance import WORK_QUEUE_BACKING_CHECKS, check_work_queue_backing
+from jido_trio.abc import QueuedJob
+from jido_trio.abc import WorkQueueSpec
+from jido_trio.local import MemoryStateBackend
+from jido_trio.local import open_sqlite_state_backend
+from jido_trio.testing.conformance import WORK_QUEUE_BACKING_CHECKS
+from jido_trio.testing.conformance import check_work_queue_backing
 from jido_trio.workqueue import open_state_backing
 from jido_trio.workqueue._state_backing import StateBacking
 

@@ -9,7 +9,8 @@ import itertools
 import random
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
+from typing import ClassVar
 
 import attrs
 import pytest
@@ -17,10 +18,17 @@ import trio
 import trio.testing
 
 import jido_trio as jt
-from jido_trio import DeadJob, QueueStats, WorkQueue, open_work_queue
-from jido_trio.abc import WorkQueueBacking, WorkQueueBackingProvider, WorkQueueSpec
+from jido_trio import DeadJob
+from jido_trio import QueueStats
+from jido_trio import WorkQueue
+from jido_trio import open_work_queue
+from jido_trio.abc import WorkQueueBacking
+from jido_trio.abc import WorkQueueBackingProvider
+from jido_trio.abc import WorkQueueSpec
 from jido_trio.local import MemoryStateBackend
-from jido_trio.testing import crash_agent, faults, frame_kind
+from jido_trio.testing import crash_agent
+from jido_trio.testing import faults
+from jido_trio.testing import frame_kind
 from jido_trio.workqueue import open_state_backing
 
 _hubs = itertools.count()

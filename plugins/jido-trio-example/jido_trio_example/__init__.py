@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
 import jido_trio
 from jido_trio.local import MemoryStateBackend

@@ -14,7 +14,8 @@ nats-py and trio-asyncio are imported only when a node uses an engine.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
 from ._options import NatsOptions as NatsOptions
 from ._options import TlsOptions as TlsOptions

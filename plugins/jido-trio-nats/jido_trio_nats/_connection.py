@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
+from typing import ParamSpec
+from typing import TypeVar
 
 import attrs
 import nats
@@ -21,13 +26,20 @@ import nats.js.errors
 import trio
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig
+from nats.js.api import StorageType
+from nats.js.api import StreamConfig
 from nats.js.kv import KeyValue
 
-from jido_trio import Config, Unreachable
+from jido_trio import Config
+from jido_trio import Unreachable
 
-from ._bridge import Bridge, open_bridge
-from ._jetstream import NATS_ERRORS, KvItem, kv_list, raise_jido_error
+from ._bridge import Bridge
+from ._bridge import open_bridge
+from ._jetstream import NATS_ERRORS
+from ._jetstream import KvItem
+from ._jetstream import kv_list
+from ._jetstream import raise_jido_error
 from ._options import NatsOptions
 
 __all__ = ["NatsConnection", "open_connection"]

@@ -56,7 +56,10 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -67,19 +70,23 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 
-from jido_trio import Config, StateConflict, Unreachable
-from jido_trio.abc import Coordination, Lease, check_parties, check_ttl
+from jido_trio import Config
+from jido_trio import StateConflict
+from jido_trio import Unreachable
+from jido_trio.abc import Coordination
+from jido_trio.abc import Lease
+from jido_trio.abc import check_parties
+from jido_trio.abc import check_ttl
 
-from ._connection import NatsConnection, open_connection
-from ._jetstream import (
-    KV_OPERATION,
-    NATS_ERRORS,
-    TTL,
-    is_deletion,
-    publish_if_last,
-    raise_jido_error,
-    read_last,
-)
+from ._connection import NatsConnection
+from ._connection import open_connection
+from ._jetstream import KV_OPERATION
+from ._jetstream import NATS_ERRORS
+from ._jetstream import TTL
+from ._jetstream import is_deletion
+from ._jetstream import publish_if_last
+from ._jetstream import raise_jido_error
+from ._jetstream import read_last
 from ._keys import encode_token
 
 __all__ = ["NatsCoordination", "open_coordination"]

@@ -29,10 +29,15 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy
+from nats.js.api import ConsumerConfig
+from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
-from jido_trio import CallTimeout, EngineError, JidoError, Unreachable
+from jido_trio import CallTimeout
+from jido_trio import EngineError
+from jido_trio import JidoError
+from jido_trio import Unreachable
 
 __all__ = [
     "BRIDGE_ERRORS",

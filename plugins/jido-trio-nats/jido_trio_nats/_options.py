@@ -6,11 +6,13 @@ import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+from typing import Literal
 
 import attrs
 
 from jido_trio import ConfigError
+from jido_trio.abc import check_option_keys
 
 __all__ = ["NatsOptions", "TlsOptions"]
 
@@ -108,15 +110,7 @@ class NatsOptions:
 
         :raises ConfigError: an unknown key or a value of the wrong kind.
         """
-        if not isinstance(options, Mapping):
-            raise ConfigError(f"plugin_options['nats'] must be a table, got {options!r}")
-        known = {a.name for a in attrs.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown plugin_options['nats'] key(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(sorted(known))}"
-            )
+        check_option_keys(options, (a.name for a in attrs.fields(cls)), "plugin_options['nats']")
         values = dict(options)
         servers = values.get("servers", _DEFAULT_SERVERS)
         if isinstance(servers, str):
@@ -132,15 +126,8 @@ class NatsOptions:
                 raise ConfigError(f"plugin_options['nats'][{key!r}]: no file {values[key]!r}")
         tls = values.get("tls")
         if tls is not None:
-            if not isinstance(tls, Mapping):
-                raise ConfigError("plugin_options['nats']['tls'] must be a table")
-            tls_known = {a.name for a in attrs.fields(TlsOptions)}
-            bad = sorted(set(tls) - tls_known)
-            if bad:
-                raise ConfigError(
-                    f"unknown plugin_options['nats']['tls'] key(s) {', '.join(map(repr, bad))}; "
-                    f"known: {', '.join(sorted(tls_known))}"
-                )
+            tls_keys = (a.name for a in attrs.fields(TlsOptions))
+            check_option_keys(tls, tls_keys, "plugin_options['nats']['tls']")
             values["tls"] = TlsOptions(**tls)
             if values["tls"].key_file is not None and values["tls"].cert_file is None:
                 raise ConfigError("plugin_options['nats']['tls']['key_file'] needs 'cert_file'")

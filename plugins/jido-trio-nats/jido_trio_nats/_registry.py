@@ -28,9 +28,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Literal, TypeVar
+from typing import Any
+from typing import Literal
+from typing import TypeVar
 
 import attrs
 import msgspec
@@ -39,25 +44,26 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
-from jido_trio import (
-    AgentAlreadyExists,
-    AgentNotFound,
-    AgentRef,
-    Config,
-    InvalidMessage,
-    RegistryConflict,
-)
-from jido_trio.abc import (
-    Registry,
-    RegistryEntry,
-    RegistryEvent,
-    check_registered_ref,
-    registry_matcher,
-)
+from jido_trio import AgentAlreadyExists
+from jido_trio import AgentNotFound
+from jido_trio import AgentRef
+from jido_trio import Config
+from jido_trio import InvalidMessage
+from jido_trio import RegistryConflict
+from jido_trio.abc import Metadata
+from jido_trio.abc import Registry
+from jido_trio.abc import RegistryEntry
+from jido_trio.abc import RegistryEvent
+from jido_trio.abc import check_registered_ref
+from jido_trio.abc import registry_matcher
 
-from ._connection import NatsConnection, open_connection
-from ._jetstream import is_deletion, kv_read, kv_write
-from ._keys import decode_token_or_none, encode_token
+from ._connection import NatsConnection
+from ._connection import open_connection
+from ._jetstream import is_deletion
+from ._jetstream import kv_read
+from ._jetstream import kv_write
+from ._keys import decode_token_or_none
+from ._keys import encode_token
 
 __all__ = ["NatsRegistry", "open_registry"]
 
@@ -290,11 +296,7 @@ class NatsRegistry(Registry):
         return entries
 
     async def select(
-        self,
-        *,
-        type: str | None = None,
-        node: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        self, *, type: str | None = None, node: str | None = None, metadata: Metadata | None = None
     ) -> list[RegistryEntry]:
         matches = registry_matcher(type=type, node=node, metadata=metadata)
         return [e for e in await self._entries() if matches(e.ref, e.metadata)]

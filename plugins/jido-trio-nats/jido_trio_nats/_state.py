@@ -22,42 +22,50 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from contextlib import asynccontextmanager
+from typing import Any
+from typing import ParamSpec
+from typing import TypeVar
 
 import attrs
 import nats.js.errors
 import trio
 from nats.aio.msg import Msg
 
-from jido_trio import Config, ConfigError, InvalidMessage, StateConflict
-from jido_trio.abc import (
-    Consistency,
-    LogEntry,
-    StateBackend,
-    Versioned,
-    WorkQueueBacking,
-    WorkQueueBackingProvider,
-    WorkQueueSpec,
-    check_consistency,
-    check_expected_version,
-    check_log_limit,
-    check_log_seq,
-    check_state_key,
-    check_state_value,
-    single_failure,
-)
+from jido_trio import Config
+from jido_trio import ConfigError
+from jido_trio import InvalidMessage
+from jido_trio import StateConflict
+from jido_trio.abc import Consistency
+from jido_trio.abc import LogEntry
+from jido_trio.abc import StateBackend
+from jido_trio.abc import Versioned
+from jido_trio.abc import WorkQueueBacking
+from jido_trio.abc import WorkQueueBackingProvider
+from jido_trio.abc import WorkQueueSpec
+from jido_trio.abc import check_consistency
+from jido_trio.abc import check_expected_version
+from jido_trio.abc import check_log_limit
+from jido_trio.abc import check_log_seq
+from jido_trio.abc import check_state_key
+from jido_trio.abc import check_state_value
+from jido_trio.abc import single_failure
 
-from ._connection import NatsConnection, open_connection
-from ._jetstream import (
-    EXPECTED_LAST,
-    is_deletion,
-    listing_consumer,
-    publish_if_last,
-    read_last,
-)
-from ._keys import MAX_SUBJECT_LENGTH, decode_token_or_none, encode_token
+from ._connection import NatsConnection
+from ._connection import open_connection
+from ._jetstream import EXPECTED_LAST
+from ._jetstream import is_deletion
+from ._jetstream import listing_consumer
+from ._jetstream import publish_if_last
+from ._jetstream import read_last
+from ._keys import MAX_SUBJECT_LENGTH
+from ._keys import decode_token_or_none
+from ._keys import encode_token
 
 __all__ = ["NatsStateBackend", "open_state"]
 

@@ -62,9 +62,15 @@ import re
 import secrets
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Collection
+from collections.abc import Mapping
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
+from typing import TypeVar
 
 import attrs
 import msgspec
@@ -73,12 +79,24 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
-from jido_trio import CallTimeout, Config, ConfigError, InvalidMessage, Unreachable
-from jido_trio.abc import NodeInfo, RequestHandler, TopicHandler, Transport, single_failure
+from jido_trio import CallTimeout
+from jido_trio import Config
+from jido_trio import ConfigError
+from jido_trio import InvalidMessage
+from jido_trio import Unreachable
+from jido_trio.abc import NodeInfo
+from jido_trio.abc import RequestHandler
+from jido_trio.abc import TopicHandler
+from jido_trio.abc import Transport
+from jido_trio.abc import single_failure
 
-from ._connection import NatsConnection, open_connection
-from ._jetstream import BRIDGE_ERRORS, kv_read, kv_write
-from ._keys import decode_token_or_none, encode_token
+from ._connection import NatsConnection
+from ._connection import open_connection
+from ._jetstream import BRIDGE_ERRORS
+from ._jetstream import kv_read
+from ._jetstream import kv_write
+from ._keys import decode_token_or_none
+from ._keys import encode_token
 
 __all__ = ["MAX_IN_FLIGHT", "MAX_PAYLOAD", "NatsTransport", "open_transport"]
 

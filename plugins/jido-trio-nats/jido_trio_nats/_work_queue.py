@@ -49,9 +49,16 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any
+from typing import Literal
+from typing import ParamSpec
+from typing import TypeVar
 
 import attrs
 import nats.errors
@@ -59,23 +66,30 @@ import nats.js.errors
 import trio
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy
+from nats.js.api import AckPolicy
+from nats.js.api import ConsumerConfig
+from nats.js.api import DeliverPolicy
+from nats.js.api import RetentionPolicy
 from nats.js.kv import KeyValue
 
-from jido_trio import InvalidMessage, JidoError, Unreachable
-from jido_trio.abc import (
-    DeadJob,
-    QueuedJob,
-    WorkQueueBacking,
-    WorkQueueCounts,
-    WorkQueueSpec,
-    decode_value,
-    encode_value,
-)
+from jido_trio import InvalidMessage
+from jido_trio import JidoError
+from jido_trio import Unreachable
+from jido_trio.abc import DeadJob
+from jido_trio.abc import QueuedJob
+from jido_trio.abc import WorkQueueBacking
+from jido_trio.abc import WorkQueueCounts
+from jido_trio.abc import WorkQueueSpec
+from jido_trio.abc import decode_value
+from jido_trio.abc import encode_value
 
 from ._connection import NatsConnection
-from ._jetstream import KV_OPERATION, MSG_ID, publish_if_last, read_last
-from ._keys import decode_token_or_none, encode_token
+from ._jetstream import KV_OPERATION
+from ._jetstream import MSG_ID
+from ._jetstream import publish_if_last
+from ._jetstream import read_last
+from ._keys import decode_token_or_none
+from ._keys import encode_token
 
 __all__ = ["BACKING_NAME", "JetStreamQueue", "open_jetstream_queue"]
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 pytest.importorskip("jido_trio_nats")
 
-from jido_trio_nats.testing import NatsServer, start_nats_server
+from jido_trio_nats.testing import NatsServer
+from jido_trio_nats.testing import start_nats_server
 
 _namespaces = itertools.count()
 

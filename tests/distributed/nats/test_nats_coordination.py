@@ -10,8 +10,10 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -24,7 +26,8 @@ from jido_trio.testing.conformance import check_coordination
 
 pytest.importorskip("jido_trio_nats")
 
-from jido_trio_nats._coordination import NatsCoordination, open_coordination
+from jido_trio_nats._coordination import NatsCoordination
+from jido_trio_nats._coordination import open_coordination
 
 #: Lease ttl of the conformance run: every wait of the suite is a multiple of it.
 TTL = 0.5

@@ -20,7 +20,8 @@ import pytest
 import trio
 
 import jido_trio as jt
-from jido_trio_nats.testing import NatsServer, start_nats_cluster
+from jido_trio_nats.testing import NatsServer
+from jido_trio_nats.testing import start_nats_cluster
 
 from .conftest import new_namespace
 from .nats_node import config

@@ -3,8 +3,10 @@ only a shared registry can show (several connections, one bucket)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
@@ -15,7 +17,8 @@ import jido_trio as jt
 from jido_trio.testing.conformance import check_registry
 from jido_trio_nats import _registry
 from jido_trio_nats._jetstream import kv_read
-from jido_trio_nats._registry import NatsRegistry, open_registry
+from jido_trio_nats._registry import NatsRegistry
+from jido_trio_nats._registry import open_registry
 
 
 async def test_registry_conformance(fresh_options: Callable[[], dict[str, Any]]) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, TypeVar
+from contextlib import AsyncExitStack
+from contextlib import asynccontextmanager
+from typing import Any
+from typing import TypeVar
 
 import pytest
 import trio
@@ -15,9 +17,11 @@ import jido_trio as jt
 from jido_trio._message import decode_value
 from jido_trio.signals._bus import signal_topic
 from jido_trio.signals._router import pattern_matches
-from jido_trio_nats._transport import _TOPIC_HEAD, NatsTransport
+from jido_trio_nats._transport import _TOPIC_HEAD
+from jido_trio_nats._transport import NatsTransport
 from tests._polling import wait_until
-from tests.signals.test_signal_topics import Shipper, Watcher
+from tests.signals.test_signal_topics import Shipper
+from tests.signals.test_signal_topics import Watcher
 
 T = TypeVar("T")
 

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import trio
 
 import jido_trio
-from jido_trio import InvalidMessage, StateConflict, Unreachable
-from jido_trio.abc import LogEntry, Versioned
+from jido_trio import InvalidMessage
+from jido_trio import StateConflict
+from jido_trio import Unreachable
+from jido_trio.abc import LogEntry
+from jido_trio.abc import Versioned
 from jido_trio.testing.conformance import check_state_backend
-from jido_trio_nats._state import NatsStateBackend, open_state
-from jido_trio_nats.testing import NatsServer, free_port, start_nats_cluster, start_nats_server
+from jido_trio_nats._state import NatsStateBackend
+from jido_trio_nats._state import open_state
+from jido_trio_nats.testing import NatsServer
+from jido_trio_nats.testing import free_port
+from jido_trio_nats.testing import start_nats_cluster
+from jido_trio_nats.testing import start_nats_server
 from tests._polling import wait_until
 
 # Keys that are not valid NATS subject tokens or KV keys as they are.

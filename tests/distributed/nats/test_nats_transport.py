@@ -16,9 +16,13 @@ import trio
 
 import jido_trio as jt
 from jido_trio.testing.conformance import check_transport
-from jido_trio_nats._jetstream import kv_read, kv_write
-from jido_trio_nats._transport import MAX_PAYLOAD, NatsTransport, open_transport
-from jido_trio_nats.testing import NatsServer, start_nats_server
+from jido_trio_nats._jetstream import kv_read
+from jido_trio_nats._jetstream import kv_write
+from jido_trio_nats._transport import MAX_PAYLOAD
+from jido_trio_nats._transport import NatsTransport
+from jido_trio_nats._transport import open_transport
+from jido_trio_nats.testing import NatsServer
+from jido_trio_nats.testing import start_nats_server
 from tests._polling import wait_until
 
 

@@ -16,8 +16,10 @@ import jido_trio as jt
 from jido_trio_nats.testing import NatsServer
 
 from .conftest import new_namespace
-from .nats_node import Ledger, config
-from .test_nats_failover import _start_worker, _wait_ready
+from .nats_node import Ledger
+from .nats_node import config
+from .test_nats_failover import _start_worker
+from .test_nats_failover import _wait_ready
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX process control")

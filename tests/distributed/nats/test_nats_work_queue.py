@@ -21,14 +21,19 @@ import pytest
 import trio
 
 import jido_trio as jt
-from jido_trio import DeadJob, QueueStats, open_work_queue
+from jido_trio import DeadJob
+from jido_trio import QueueStats
+from jido_trio import open_work_queue
 from jido_trio.abc import encode_value
 from jido_trio.testing import crash_agent
 from jido_trio.testing.conformance import check_work_queue_backing
 from jido_trio_nats._state import open_state
 from jido_trio_nats._work_queue import JetStreamQueue
 from tests._polling import wait_until
-from tests.workqueue.test_work_queue import Worker, WorkerState, applied, everything
+from tests.workqueue.test_work_queue import Worker
+from tests.workqueue.test_work_queue import WorkerState
+from tests.workqueue.test_work_queue import applied
+from tests.workqueue.test_work_queue import everything
 
 log = logging.getLogger(__name__)
 
