@@ -307,6 +307,8 @@ class Handler(Protocol):
     ref: AgentRef
     #: The delivery whose action runs now, ``None`` between actions.
     handling: Delivery | None
+    #: The ownership epoch of the running incarnation.
+    epoch: int
 
 
 class Context:
@@ -335,6 +337,16 @@ class Context:
     def node_name(self) -> str:
         """Name of the node the agent runs on."""
         return self._messenger.node_name
+
+    @property
+    def epoch(self) -> int:
+        """The ownership epoch of this incarnation: the registry's epoch when
+        it claimed the agent, larger for every later (re)start or move of the
+        agent (within one registry). Pass it along with effects outside
+        jido_trio as a fencing token: a store that refuses writes carrying an
+        epoch smaller than one it has seen never takes a write from an
+        incarnation that lost the agent."""
+        return self._agent.epoch
 
     def reply(self, value: Any) -> None:
         """Answer the current ``call`` with ``value`` (ignored for one-way sends).

@@ -85,7 +85,14 @@ class AgentUnavailable(JidoError):
 
 
 class AgentAlreadyExists(JidoError):
-    """``start_agent`` was given an id that already names a live agent."""
+    """``start_agent`` was given an id that already names a live agent.
+
+    :attr:`node` is the node that owns it, when known.
+    """
+
+    def __init__(self, message: str, *, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
 
 
 class Unreachable(JidoError):

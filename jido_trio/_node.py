@@ -307,8 +307,11 @@ class Node:
 
         :raises AgentAlreadyExists: an id names a live agent.
         :raises InvalidMessage: an id is empty or given twice.
-        :raises SupervisorNotFound, SupervisorUnavailable, NodeClosing, Unreachable,
-            EngineError: as for :meth:`start_agent`.
+        :raises SupervisorNotFound: as for :meth:`start_agent`.
+        :raises SupervisorUnavailable: as for :meth:`start_agent`.
+        :raises NodeClosing: as for :meth:`start_agent`.
+        :raises Unreachable: as for :meth:`start_agent`.
+        :raises EngineError: as for :meth:`start_agent`.
         :raises TypeError: ``cls`` is not an :class:`Agent` subclass with a ``type``.
         """
         self._check_agent_class(cls)
@@ -373,7 +376,9 @@ class Node:
             raise NodeClosing(f"node {self.name!r} is shutting down")
         existing = self._directory.cells.get(agent_id)
         if existing is not None and existing.alive:
-            raise AgentAlreadyExists(f"agent {agent_id!r} is already running")
+            raise AgentAlreadyExists(
+                f"agent {agent_id!r} is already running on node {self.name!r}", node=self.name
+            )
 
     def _agent_spec(self, cls: type[Agent], restart: Restart) -> ChildSpec:
         """The child spec of the agents of ``cls`` with ``restart`` (one shared
@@ -513,8 +518,12 @@ class Node:
         :raises ActionNotFound: the agent type has no such action.
         :raises AlreadyProcessed: this instruction id was applied before.
         :raises CircuitOpen: the breaker of calls to the agent is open.
-        :raises AgentNotFound, AgentUnavailable, RemoteNotSupported, Unreachable,
-            InvalidMessage, TypeError: as for :meth:`send_instruction`.
+        :raises AgentNotFound: as for :meth:`send_instruction`.
+        :raises AgentUnavailable: as for :meth:`send_instruction`.
+        :raises RemoteNotSupported: as for :meth:`send_instruction`.
+        :raises Unreachable: as for :meth:`send_instruction`.
+        :raises InvalidMessage: as for :meth:`send_instruction`.
+        :raises TypeError: as for :meth:`send_instruction`.
         """
         return await self._comm.call(ref, instruction, timeout, NO_ORIGIN)
 
@@ -536,8 +545,12 @@ class Node:
 
         :raises CallTimeout: no answer before ``timeout`` (default ``operation_timeout``).
         :raises InvalidMessage: ``consistency`` or ``timeout`` is not valid.
-        :raises AgentNotFound, AgentUnavailable, RemoteNotSupported, Unreachable,
-            CircuitOpen, EngineError: as for :meth:`send_instruction`.
+        :raises AgentNotFound: as for :meth:`send_instruction`.
+        :raises AgentUnavailable: as for :meth:`send_instruction`.
+        :raises RemoteNotSupported: as for :meth:`send_instruction`.
+        :raises Unreachable: as for :meth:`send_instruction`.
+        :raises CircuitOpen: as for :meth:`send_instruction`.
+        :raises EngineError: as for :meth:`send_instruction`.
         """
         return await self._comm.query(ref, query, consistency, timeout)
 

@@ -14,9 +14,12 @@ What a failed or interrupted batch does:
   an at-least-once message is retried up to ``max_delivery_attempts`` times,
   then dead-lettered); the rest of the batch waits for the next incarnation,
   and the incarnation fails (its supervisor decides what happens next);
-- the commit fails: callers get :class:`~jido_trio.AgentUnavailable`, logged
-  messages are queued again (the next incarnation reloads the last committed
-  state and applies them once more), and the incarnation fails;
+- the commit fails: the batch applied nothing. Its instruction ids are
+  forgotten (a retry with the same id is applied), callers get
+  :class:`~jido_trio.AgentUnavailable` with the cause, one-way messages
+  (logged or not) are queued again with fresh reply state, and the
+  incarnation fails: the next one reloads the last committed state and
+  applies them once;
 - cancelled for shutdown: what was applied is still committed, shielded, for
   at most the shutdown timeout; what was not reached stays queued.
 """
@@ -56,8 +59,12 @@ def action_error(agent_id: str, action: str, exc: BaseException) -> ActionError:
     return error
 
 
-def _persist_failed(cell: AgentCell) -> AgentUnavailable:
-    return AgentUnavailable(f"agent {cell.ref.id!r} could not persist its state")
+def _persist_failed(cell: AgentCell, cause: BaseException) -> AgentUnavailable:
+    error = AgentUnavailable(
+        f"agent {cell.ref.id!r} could not persist its state: {describe(cause)}"
+    )
+    error.__cause__ = cause
+    return error
 
 
 async def run_loop(cell: AgentCell) -> None:
@@ -98,6 +105,8 @@ async def _run_batch(cell: AgentCell, batch: list[Delivery]) -> None:
     instance = cell.instance
     actions = cell.cls.actions
     store = cell.store  # made by the first mark if there is none yet
+    # Ids marked before this batch: a failed commit forgets those marked since.
+    marked_before = 0 if store is None else len(store.recent)
     try:
         for delivery in batch:
             instruction = delivery.instruction
@@ -151,7 +160,7 @@ async def _run_batch(cell: AgentCell, batch: list[Delivery]) -> None:
                     cell.ensure_store().plan_commit(cell.state).run_nowait(state_nowait)
                 except Exception as exc:
                     commit_error = exc
-            _release(cell, applied, commit_error)
+            _requeue(cell, _release(cell, applied, commit_error, marked_before))
         else:
             # Shielded: what was applied must be made durable and answered
             # even while the agent is cancelled, but never for longer than
@@ -159,7 +168,7 @@ async def _run_batch(cell: AgentCell, batch: list[Delivery]) -> None:
             with trio.move_on_after(cell.kernel.shutdown_timeout) as scope:
                 scope.shield = True
                 commit_error = await _settle(
-                    cell, batch, applied, dirty, index, crash or cell.injected
+                    cell, batch, applied, dirty, index, crash or cell.injected, marked_before
                 )
             if scope.cancelled_caught and commit_error is None:
                 commit_error = TimeoutError(f"committing agent {cell.ref.id!r} timed out")
@@ -180,26 +189,39 @@ async def _commit(cell: AgentCell) -> None:
 
 
 def _release(
-    cell: AgentCell, applied: list[Delivery], commit_error: Exception | None
+    cell: AgentCell,
+    applied: list[Delivery],
+    commit_error: BaseException | None,
+    marked_before: int,
 ) -> list[Delivery]:
-    """Answer the callers of what a batch applied, once its commit is done;
-    return the logged deliveries to queue again after a failed commit."""
+    """Answer the callers of what a batch applied, once its commit is done.
+    After a failed commit, undo what the batch marked and return its one-way
+    messages, to be queued again."""
     if commit_error is None:
         for delivery in applied:
             reply = delivery.reply
             if reply is not None:
                 reply.set(delivery.reply_value)
         return []
-    unsaved: list[Delivery] = []
+    # Nothing of the batch is committed: none of its ids counts as applied,
+    # or a retry with the same id would be refused while nothing applied it.
+    store = cell.store
+    if store is not None:
+        store.unmark_since(marked_before)
+    again: list[Delivery] = []
     for delivery in applied:
-        if delivery.log_seq is not None:
-            # Logged, applied only in memory: the next incarnation reloads the
-            # last committed state and must apply it again (its seq stays
-            # unacked, so the log replay counts on it being queued).
-            unsaved.append(delivery)
+        if delivery.reply is not None:
+            # Its caller is told (and may retry with the same id).
+            delivery.fail(_persist_failed(cell, commit_error))
         else:
-            delivery.fail(_persist_failed(cell))
-    return unsaved
+            # Applied only in memory: the next incarnation reloads the last
+            # committed state and applies it again (a logged one's seq stays
+            # unacked, so the log replay counts on it being queued). It
+            # starts afresh, as if never handled.
+            delivery.replied = False
+            delivery.reply_value = None
+            again.append(delivery)
+    return again
 
 
 async def _settle(
@@ -209,6 +231,7 @@ async def _settle(
     dirty: bool,
     index: int,
     cause: BaseException | None,
+    marked_before: int,
 ) -> Exception | None:
     """Settle a batch that did not simply apply everything: commit what was
     applied, trim the durable mailbox, answer, and settle the message that
@@ -219,12 +242,12 @@ async def _settle(
             await _commit(cell)
     except Exception as exc:
         commit_error = exc
-    except BaseException:
+    except BaseException as exc:
         # Cancelled: the commit outlived the shutdown timeout. Settled as a
         # failed commit, synchronously, so that nothing logged is left counted
         # as queued while it is not (the next incarnation's replay would skip
         # it); what the batch did not reach stays queued.
-        _requeue(cell, [*_release(cell, applied, _persist_failed(cell)), *batch[index:]])
+        _requeue(cell, [*_release(cell, applied, exc, marked_before), *batch[index:]])
         raise
     if commit_error is None:
         try:
@@ -234,7 +257,7 @@ async def _settle(
             # is only housekeeping: a replay skips ids already applied, and
             # the next batch's trim takes these entries too.
             log.warning("agent %r could not trim its durable log: %s", cell.ref.id, exc)
-    unsaved = _release(cell, applied, commit_error)
+    unsaved = _release(cell, applied, commit_error, marked_before)
     if index < len(batch):
         await _settle_unfinished(cell, batch[index], cause, batch[index + 1 :])
     _requeue(cell, unsaved)  # ahead of the rest of the batch

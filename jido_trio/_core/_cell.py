@@ -9,8 +9,11 @@ replays its durable mailbox, then runs the batch loop (:mod:`._batch`).
 
 An incarnation starts in one of two ways, with the same result:
 
-- awaited, in its task (:meth:`AgentCell.serve`): load, ``on_start``, commit,
-  replay the durable mailbox, register;
+- awaited, in its task (:meth:`AgentCell.serve`): claim the agent in the
+  registry (its ownership epoch), load, ``on_start``, commit (which seals the
+  state record against earlier owners, see :mod:`._store`), replay the durable
+  mailbox. Nothing of the agent is read or written before the claim, so a
+  start that loses to a live owner elsewhere leaves no trace;
 - synchronously, in the caller's task (:meth:`AgentCell.start_nowait`), when
   the node's engines offer synchronous access (:mod:`jido_trio.abc`), the
   class has no ``on_start`` and the durable mailbox is empty. The agent is
@@ -103,6 +106,8 @@ class AgentCell:
     metadata: Any = None
     supervisor: ChildStopper | None = attrs.field(default=None, repr=False)
     status: CellStatus = "starting"
+    #: The ownership epoch the running incarnation claimed (0 before its claim).
+    epoch: int = 0
     restarts: int = 0
     last_restart_at: float = -math.inf
     last_failure: str | None = None
@@ -146,10 +151,13 @@ class AgentCell:
     def ensure_store(self) -> AgentStore:
         """:attr:`store`, made now if needed: an agent started without a
         stored record or given state has nothing to load, and holds no store
-        until it applies something (or restarts)."""
+        until it applies something (or restarts). It writes with the
+        incarnation's epoch."""
         store = self.store
         if store is None:
-            store = self.store = AgentStore(agent_id=self.ref.id, window=self.kernel.dedupe_window)
+            store = self.store = AgentStore(
+                agent_id=self.ref.id, window=self.kernel.dedupe_window, epoch=self.epoch
+            )
         return store
 
     def ensure_log(self) -> DurableLog:
@@ -236,25 +244,32 @@ class AgentCell:
         cls = self.cls
         if not (cls.__init__ is object.__init__ and cls.__new__ is object.__new__):
             self._new_instance()
-        found = False
-        state: Any = None
-        if (
-            self.store is not None
-            or self.initial_state is not None
-            or state_nowait.read_nowait(state_key(self.ref.id)) is not None
-        ):
-            found, state = self.ensure_store().load_nowait(state_nowait, self._decode_state)
-        if found or self.initial_state is not None:
-            state = self._initial(found, state)
-            self.ensure_store().plan_commit(state).run_nowait(state_nowait)
-        else:
-            # A brand-new agent with the default state: nothing to persist yet
-            # (no instruction applied; a restart or an eventual read without a
-            # record gets the same State()). It must be storable all the same.
-            state = cls.State()
-            encode_state(state)
+        # Claimed first, as on the awaited path (all of this runs without
+        # yielding, so no other task sees the claim before the state).
+        self._claimed(registry_nowait.register_nowait(self.ref, self.registry_metadata()))
+        try:
+            found = False
+            state: Any = None
+            if (
+                self.store is not None
+                or self.initial_state is not None
+                or state_nowait.read_nowait(state_key(self.ref.id)) is not None
+            ):
+                found, state = self.ensure_store().load_nowait(state_nowait, self._decode_state)
+            if found or self.initial_state is not None:
+                state = self._initial(found, state)
+                self.ensure_store().plan_commit(state).run_nowait(state_nowait)
+            else:
+                # A brand-new agent with the default state: nothing to persist
+                # yet (no instruction applied; a restart or an eventual read
+                # without a record gets the same State()). It must be storable
+                # all the same.
+                state = cls.State()
+                encode_state(state)
+        except BaseException:
+            registry_nowait.unregister_nowait(self.ref.id, node=self.ref.node)
+            raise
         self.state = state
-        registry_nowait.register_nowait(self.ref, self.registry_metadata())
         self._ready_to_run(state)
         self._started_nowait = True
 
@@ -264,17 +279,26 @@ class AgentCell:
         kernel = self.kernel
         self._begin()
         instance = self._new_instance()
+        # The claim comes first: an agent another node owns raises
+        # AgentAlreadyExists here, before anything of it is read or written.
+        self._claimed((await kernel.registry.register(self.ref, self.registry_metadata())).epoch)
         store = self.ensure_store()
         found, state = await store.load(kernel.state, self._decode_state)
         state = self._initial(found, state)
         started = await instance.on_start(state)
         if started is not None:
             state = started
+        # Seals the record: every earlier owner's compare-and-set fails from now on.
         await store.plan_commit(state).run(kernel.state)
         self.state = state
         await self._replay_log()
-        await kernel.registry.register(self.ref, self.registry_metadata())
         self._ready_to_run(state)
+
+    def _claimed(self, epoch: int) -> None:
+        """This incarnation owns the agent as of ``epoch``: its writes carry it."""
+        self.epoch = epoch
+        if self.store is not None:
+            self.store.epoch = epoch
 
     def _begin(self) -> None:
         self.stop_requested = False

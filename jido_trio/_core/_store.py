@@ -2,14 +2,24 @@
 
 Layout in the StateBackend, per agent:
 
-- ``agent/<id>``: one record ``[1, state_bytes, recent_ids, first_chunk, next_chunk]``
-  written with compare-and-set after every batch of applied instructions, so
-  state and the ids that produced it change atomically;
-- ``agent/<id>/ids/<n>``: sealed chunks of older processed ids. A chunk is
-  written before the record that stops listing its ids, and deleted only after
-  a record no longer refers to it, so a crash between writes loses nothing.
+- ``agent/<id>``: one record ``[2, state_bytes, recent_ids, chunks, next_chunk,
+  owner_epoch]`` written with compare-and-set after every batch of applied
+  instructions, so state and the ids that produced it change atomically;
+- ``agent/<id>/ids/<epoch>.<n>``: sealed chunks of older processed ids, named by
+  the record's ``chunks`` in order. A chunk is written before the record that
+  stops listing its ids, and deleted only after a record no longer refers to
+  it, so a crash between writes loses nothing.
 
 At least ``window`` most recent ids are remembered (chunks are dropped whole).
+
+Ownership. The first commit of an incarnation, right after it claimed the agent
+in the registry (its ownership epoch), writes the record with that epoch: a
+compare-and-set on the version it loaded, which *seals* the record against
+every earlier owner. From then on an older incarnation (a loser, a paused
+zombie) fails every compare-and-set of the record, so it can change nothing
+the owner sees; the chunks it may still write carry its own epoch in their
+key, and no record of the owner names them. (Records of format 1, without an
+owner epoch and with chunks ``ids/<n>``, are read as they are.)
 
 A commit is decided once, as a :class:`CommitPlan` (what to write, encoded),
 and then run synchronously when the node's backend offers
@@ -42,7 +52,7 @@ __all__ = ["CHUNK_SIZE", "AgentStore", "CommitPlan", "encode_state", "state_key"
 #: Ids per sealed chunk: small enough that the per-batch record stays cheap to
 #: encode; one extra write per chunk is the price.
 CHUNK_SIZE = 32
-_RECORD_FORMAT = 1
+_RECORD_FORMAT = 2
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_any = msgspec.msgpack.Decoder().decode
@@ -80,16 +90,20 @@ class AgentStore:
     version: int = 0
     seen: dict[str, None] = attrs.field(default=_NO_SEEN)
     recent: list[str] = attrs.field(default=_NO_RECENT)
-    first_chunk: int = 0
+    #: Names of the sealed id chunks the record refers to, oldest first.
+    chunks: list[str] = attrs.field(default=_NO_RECENT)
     next_chunk: int = 0
+    #: The ownership epoch this store writes with (set once the incarnation
+    #: claimed the agent); the epoch the last written record carries.
+    epoch: int = 0
     #: The record's key (see :func:`state_key`), made once: every commit writes it.
     key: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.key = state_key(self.agent_id)
 
-    def _chunk_key(self, n: int) -> str:
-        return f"{self.key}/ids/{n}"
+    def _chunk_key(self, name: str) -> str:
+        return f"{self.key}/ids/{name}"
 
     @property
     def _max_chunks(self) -> int:
@@ -120,7 +134,7 @@ class AgentStore:
         return None if found is None else self._decode_record(found.value)
 
     def _chunk_keys(self, record: list[Any] | None) -> list[str]:
-        return [] if record is None else [self._chunk_key(n) for n in range(record[3], record[4])]
+        return [] if record is None else [self._chunk_key(name) for name in record[3]]
 
     def _adopt(
         self,
@@ -133,10 +147,10 @@ class AgentStore:
         it names; return ``(found, state)``."""
         if found is None or record is None:
             self.version = 0
-            self.first_chunk = self.next_chunk = 0
+            self.chunks, self.next_chunk = _NO_RECENT, 0
             self.seen, self.recent = _NO_SEEN, _NO_RECENT
             return False, None
-        _, state_bytes, recent, first, nxt = record
+        _, state_bytes, recent, chunk_names, nxt, _owner = record
         # Built aside and swapped in at once: senders consult `seen` while we await.
         seen: dict[str, None] = {}
         for chunk in chunks:
@@ -144,18 +158,27 @@ class AgentStore:
                 seen.update(dict.fromkeys(_decode_ids(chunk.value)))
         seen.update(dict.fromkeys(recent))
         self.version = found.version
-        self.first_chunk, self.next_chunk = first, nxt
+        self.chunks, self.next_chunk = list(chunk_names), nxt
         self.seen, self.recent = seen, list(recent)
         return True, decode_state(state_bytes)
 
     def _decode_record(self, value: bytes) -> list[Any]:
+        """``[format, state_bytes, recent, chunk_names, next_chunk, owner_epoch]``
+        (a record of format 1 converted)."""
         try:
-            fmt, state_bytes, recent, first, nxt = _decode_any(value)
-        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            fields = _decode_any(value)
+            fmt = fields[0]
+            if fmt == 1:  # [1, state_bytes, recent, first_chunk, next_chunk]
+                _, state_bytes, recent, first, nxt = fields
+                return [fmt, state_bytes, recent, [str(n) for n in range(first, nxt)], nxt, 0]
+            if fmt == _RECORD_FORMAT:
+                _, state_bytes, recent, chunk_names, nxt, owner = fields
+                if not all(isinstance(name, str) for name in chunk_names):
+                    raise TypeError("chunk names must be strings")
+                return [fmt, state_bytes, recent, chunk_names, nxt, owner]
+        except (msgspec.DecodeError, ValueError, TypeError, IndexError, KeyError) as exc:
             raise InvalidMessage(f"stored record {self.key!r} is malformed: {exc}") from exc
-        if fmt != _RECORD_FORMAT:
-            raise InvalidMessage(f"stored record {self.key!r} has unknown format {fmt}")
-        return [fmt, state_bytes, recent, first, nxt]
+        raise InvalidMessage(f"stored record {self.key!r} has unknown format {fmt}")
 
     # ------------------------------------------------------------ committing
 
@@ -168,43 +191,50 @@ class AgentStore:
         self.seen[instruction_id] = None
         self.recent.append(instruction_id)
 
+    def unmark_since(self, marked_before: int) -> None:
+        """Forget the ids marked since :attr:`recent` held ``marked_before``
+        ids: a batch whose commit failed applied nothing, so its ids are not
+        seen (a retry with the same id is applied)."""
+        recent = self.recent
+        for instruction_id in recent[marked_before:]:
+            self.seen.pop(instruction_id, None)
+        del recent[marked_before:]
+
     def plan_commit(self, state: Any) -> CommitPlan:
         """What persisting ``state`` with the ids marked so far writes: a
-        sealed chunk of ids when there are enough, then the record
-        (compare-and-set on this store's version).
+        sealed chunk of ids when there are enough, then the record with this
+        store's :attr:`epoch` (compare-and-set on this store's version).
 
         :raises InvalidMessage: ``state`` cannot be encoded.
         """
         state_bytes = encode_state(state)
-        recent, first, nxt = self.recent, self.first_chunk, self.next_chunk
+        recent, chunks, nxt = self.recent, self.chunks, self.next_chunk
         chunk: tuple[str, bytes] | None = None
         expired: list[str] = []
         if len(recent) >= CHUNK_SIZE:
-            chunk = (self._chunk_key(nxt), _encode(recent))
+            # Named by the writer's epoch: an older owner still writing can
+            # never overwrite a chunk the owner's record refers to.
+            name = f"{self.epoch}.{nxt}"
+            chunk = (self._chunk_key(name), _encode(recent))
+            chunks = [*chunks, name]
             nxt += 1
             recent = []
-            while nxt - first > self._max_chunks:
-                expired.append(self._chunk_key(first))
-                first += 1
-        return CommitPlan(
-            self,
-            chunk,
-            _encode([_RECORD_FORMAT, state_bytes, recent, first, nxt]),
-            recent,
-            first,
-            nxt,
-            expired,
-        )
+            if len(chunks) > self._max_chunks:
+                cut = len(chunks) - self._max_chunks
+                expired = [self._chunk_key(old) for old in chunks[:cut]]
+                chunks = chunks[cut:]
+        record = _encode([_RECORD_FORMAT, state_bytes, recent, chunks, nxt, self.epoch])
+        return CommitPlan(self, chunk, record, recent, chunks, nxt, expired)
 
     def committed(self, plan: CommitPlan, version: int) -> None:
         """The record of ``plan`` was written as ``version``: take it over."""
         self.version = version
-        self.recent, self.first_chunk, self.next_chunk = plan.recent, plan.first, plan.next
+        self.recent, self.chunks, self.next_chunk = plan.recent, plan.chunks, plan.next
         if plan.expired:
             self._trim_seen()
 
     def _trim_seen(self) -> None:
-        keep = (self.next_chunk - self.first_chunk) * CHUNK_SIZE + len(self.recent)
+        keep = len(self.chunks) * CHUNK_SIZE + len(self.recent)
         seen = self.seen
         excess = len(seen) - keep
         if excess > 0:
@@ -232,7 +262,7 @@ class CommitPlan:
     :raises StateConflict: (from either run) another writer changed the record.
     """
 
-    __slots__ = ("chunk", "expired", "first", "next", "recent", "record", "store")
+    __slots__ = ("chunk", "chunks", "expired", "next", "recent", "record", "store")
 
     def __init__(
         self,
@@ -240,7 +270,7 @@ class CommitPlan:
         chunk: tuple[str, bytes] | None,
         record: bytes,
         recent: list[str],
-        first: int,
+        chunks: list[str],
         next: int,
         expired: list[str],
     ) -> None:
@@ -250,7 +280,7 @@ class CommitPlan:
         self.record = record
         #: The store's fields once the record is written.
         self.recent = recent
-        self.first = first
+        self.chunks = chunks
         self.next = next
         #: Keys of chunks no record refers to any more, deleted after.
         self.expired = expired

@@ -69,8 +69,13 @@ class SynchronousRegistry(abc.ABC):
         still holds the id (its removal may be on its way)."""
 
     @abc.abstractmethod
-    def register_nowait(self, ref: AgentRef, metadata: Mapping[str, Any] | None = None) -> None:
-        """:meth:`Registry.register` (only after :meth:`can_register_nowait`).
+    def register_nowait(self, ref: AgentRef, metadata: Mapping[str, Any] | None = None) -> int:
+        """:meth:`Registry.register` (only after :meth:`can_register_nowait`);
+        returns the new entry's epoch.
 
         :raises AgentAlreadyExists: another node owns this id.
         """
+
+    @abc.abstractmethod
+    def unregister_nowait(self, agent_id: str, *, node: str | None = None) -> None:
+        """:meth:`Registry.unregister`."""

@@ -103,24 +103,35 @@ class LocalRegistry(Registry, SynchronousRegistry):
         current = self._refs.get(ref.id)
         return current is None or current.node == ref.node
 
-    def register_nowait(self, ref: AgentRef, metadata: Mapping[str, Any] | None = None) -> None:
+    def register_nowait(self, ref: AgentRef, metadata: Mapping[str, Any] | None = None) -> int:
         # Unchecked, like the state backend's *_nowait: for refs the node
         # made itself (register checks the others first).
         agent_id = ref.id
         current = self._refs.get(agent_id)
         if current is not None and current.node != ref.node:
-            raise AgentAlreadyExists(f"agent {agent_id!r} is owned by node {current.node!r}")
+            raise AgentAlreadyExists(
+                f"agent {agent_id!r} is owned by node {current.node!r}", node=current.node
+            )
         if not ref.metadata and isinstance(metadata, MappingProxyType):
             frozen: Mapping[str, Any] = metadata  # read-only: shared as it is
         else:
             frozen = MappingProxyType({**ref.metadata, **(metadata or {})})
         self._refs[agent_id] = ref
         self._metadata[agent_id] = frozen
-        self._stamps[agent_id] = (next(self._epochs), time.time())
+        epoch = next(self._epochs)
+        self._stamps[agent_id] = (epoch, time.time())
         if self._watchers:
             entry = self._entry(agent_id)
             assert entry is not None
             self._emit("registered", entry)
+        return epoch
+
+    def unregister_nowait(self, agent_id: str, *, node: str | None = None) -> None:
+        entry = self._entry(agent_id)
+        if entry is None or (node is not None and entry.ref.node != node):
+            return
+        del self._refs[agent_id], self._metadata[agent_id], self._stamps[agent_id]
+        self._emit("unregistered", entry)
 
     async def take_over(self, ref: AgentRef, *, epoch: int) -> RegistryEntry:
         check_registered_ref(ref)
@@ -146,11 +157,7 @@ class LocalRegistry(Registry, SynchronousRegistry):
 
     async def unregister(self, agent_id: str, *, node: str | None = None) -> None:
         await trio.lowlevel.checkpoint()
-        entry = self._entry(agent_id)
-        if entry is None or (node is not None and entry.ref.node != node):
-            return
-        del self._refs[agent_id], self._metadata[agent_id], self._stamps[agent_id]
-        self._emit("unregistered", entry)
+        self.unregister_nowait(agent_id, node=node)
 
     async def lookup(self, agent_id: str) -> RegistryEntry:
         await trio.lowlevel.checkpoint()

@@ -192,3 +192,73 @@ async def test_a_commit_past_the_shutdown_timeout_leaves_nothing_stranded(
         )
         assert await node.call(ref, jt.Instruction("get")) == ["a", "b"]
         assert await node.state.read_log("mailbox/list") == []
+
+
+class Replier(List):
+    """Replies to every ``add`` (a call or a one-way send alike)."""
+
+    type = "commit-failure-replier"
+
+    @jt.action("add_and_reply")
+    async def add_and_reply(self, state: Items, item: str) -> Items:
+        self.ctx.reply(len(state.items) + 1)
+        return Items((*state.items, item))
+
+
+async def test_a_call_whose_commit_failed_can_be_retried_with_its_id(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 16, finding 3: the failed batch's ids are not left as seen: the
+    caller's retry with the same id is applied (once), not AlreadyProcessed."""
+    plugin = Plugin()
+    config = jt.Config(node_name="n", state="failing-commits", max_restarts=10)
+    async with jt.open_node(config, plugins=[plugin]) as node:
+        ref = await node.start_agent(List, "list")
+        plugin.backend.failures = 1
+        instruction = jt.Instruction("add", {"item": "a"}, id="call-1")
+        with pytest.raises(jt.AgentUnavailable, match="could not persist"):
+            await node.call(ref, instruction)
+        assert await node.call(ref, instruction) is None
+        with pytest.raises(jt.AlreadyProcessed):
+            await node.call(ref, instruction)
+        assert await node.call(ref, jt.Instruction("get")) == ["a"]
+
+
+async def test_a_logged_message_applied_again_after_a_failed_commit_may_reply_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 16, finding 3: a requeued message starts with fresh reply state,
+    so an action that replies does not crash as "already replied"."""
+    plugin = Plugin()
+    config = jt.Config(node_name="n", state="failing-commits", max_restarts=10)
+    async with jt.open_node(config, plugins=[plugin]) as node:
+        ref = await node.start_agent(Replier, "r")
+        plugin.backend.failures = 1
+        await node.send_instruction(
+            ref, jt.Instruction("add_and_reply", {"item": "a"}), delivery="at_least_once"
+        )
+        await trio.sleep(1)  # the batch fails to commit; the agent restarts
+        assert await node.call(ref, jt.Instruction("get")) == ["a"]
+        assert await node.dead_letters(ref) == []
+        [child] = node.supervision_tree().children
+        assert child.restarts == 1
+
+
+async def test_plain_sends_of_a_batch_whose_commit_failed_are_applied_not_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 16, finding 3: an accepted at-most-once send is applied (or
+    dead-lettered), never silently dropped while its node lives."""
+    plugin = Plugin()
+    config = jt.Config(node_name="n", state="failing-commits", max_restarts=10)
+    async with jt.open_node(config, plugins=[plugin]) as node:
+        ref = await node.start_agent(List, "list")
+        plugin.backend.failures = 1
+        for item in ("a", "b", "c"):
+            receipt = await node.send_instruction(ref, jt.Instruction("add", {"item": item}))
+            assert receipt.status == "accepted"
+        await trio.sleep(1)  # the batch fails to commit; the agent restarts
+        assert await node.call(ref, jt.Instruction("get")) == ["a", "b", "c"]
+        [child] = node.supervision_tree().children
+        assert child.restarts == 1
+        assert await node.dead_letters(ref) == []

@@ -256,7 +256,7 @@ class NatsRegistry(Registry):
             "registration", ref.id, self._register_op, node, _encode(stored)
         )
         if outcome == "exists":
-            raise AgentAlreadyExists(f"agent {ref.id!r} is owned by node {detail!r}")
+            raise AgentAlreadyExists(f"agent {ref.id!r} is owned by node {detail!r}", node=detail)
         return RegistryEntry(ref=ref, epoch=detail, metadata=merged, registered_at=now)
 
     async def take_over(self, ref: AgentRef, *, epoch: int) -> RegistryEntry:

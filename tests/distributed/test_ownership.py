@@ -1,0 +1,128 @@
+"""One owner per agent: an incarnation claims the agent in the registry before
+it reads or writes anything of it, and its first commit seals the state record
+against every earlier owner (issue 16, findings 1 and 2).
+
+On the in-process hub the nodes share a registry and (``shared_state``) one
+state backend, memory or SQLite, as NATS nodes share theirs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+import jido_trio as jt
+from jido_trio._core import AgentStore
+from jido_trio._core import state_key
+from jido_trio.testing import agent_internals
+from jido_trio.testing import crash_agent
+from jido_trio.testing import open_cluster
+from tests._agents import Counter
+from tests._agents import CounterState
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def state_options(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, object]:
+    if request.param == "memory":
+        return {}
+    return {"state": "sqlite", "plugin_options": {"sqlite": {"path": str(tmp_path / "s.db")}}}
+
+
+@pytest.mark.local_only
+async def test_a_second_start_elsewhere_leaves_the_live_owner_untouched(
+    state_options: dict[str, object],
+) -> None:
+    async with open_cluster("n1", "n2", **state_options) as cluster:
+        n1, n2 = cluster["n1"], cluster["n2"]
+        ref = await n1.start_agent(Counter, "c")
+        await n1.call(ref, jt.Instruction("increment", {"by": 5}))
+        stored_before = await n1.state.read(state_key("c"))
+        with pytest.raises(jt.AgentAlreadyExists, match="n1") as raised:
+            await n2.start_agent(Counter, "c", state=CounterState(count=100))
+        assert raised.value.node == "n1"
+        # Nothing of the agent was read or written by the loser.
+        assert await n1.state.read(state_key("c")) == stored_before
+        assert (await n2.registry.lookup("c")).node == "n1"
+        assert n2.agents() == []
+        # The owner goes on writing: no version conflict, no crash.
+        for _ in range(3):
+            await n1.call(ref, jt.Instruction("increment"))
+        assert await n1.call(ref, jt.Instruction("get")) == 8
+        assert agent_internals(n1, "c").restarts == 0
+        assert await n2.call(ref, jt.Instruction("get")) == 8
+
+
+@pytest.mark.local_only
+async def test_concurrent_starts_on_three_nodes_give_one_owner(
+    state_options: dict[str, object],
+) -> None:
+    async with open_cluster("n1", "n2", "n3", **state_options) as cluster:
+        outcomes: dict[str, object] = {}
+
+        async def start(node: jt.Node) -> None:
+            try:
+                outcomes[node.name] = await node.start_agent(Counter, "c")
+            except jt.AgentAlreadyExists as exc:
+                outcomes[node.name] = exc
+
+        async with trio.open_nursery() as nursery:
+            for node in cluster:
+                nursery.start_soon(start, node)
+        owners = [name for name, outcome in outcomes.items() if isinstance(outcome, jt.AgentRef)]
+        assert len(owners) == 1
+        owner = cluster[owners[0]]
+        ref = await owner.lookup("c")
+        for node in cluster:
+            await node.send_instruction(ref, jt.Instruction("increment"))
+        assert await owner.call(ref, jt.Instruction("get")) == 3
+
+
+@pytest.mark.local_only
+async def test_a_stale_incarnation_can_change_nothing_the_owner_sees() -> None:
+    """A writer still holding the record's old version (a paused zombie) loses
+    every compare-and-set once the owner has committed, and its id chunks do
+    not overwrite the owner's."""
+    async with open_cluster("n1", "n2") as cluster:
+        n1, n2 = cluster["n1"], cluster["n2"]
+        ref = await n1.start_agent(Counter, "c")
+        await n1.call(ref, jt.Instruction("increment"))
+        # The zombie: a store that loaded the record as it is now, with an old epoch.
+        zombie = AgentStore(agent_id="c", window=100, epoch=1)
+        await zombie.load(n1.state, lambda raw: None)
+        # The agent moves: stopped on n1, started (claimed, sealed) on n2.
+        await n1.stop_agent(ref)
+        moved = await n2.start_agent(Counter, "c")
+        for i in range(40):  # enough to seal an id chunk
+            await n2.call(moved, jt.Instruction("increment", id=f"owner-{i}"))
+        for i in range(40):
+            zombie.mark(f"zombie-{i}")
+        with pytest.raises(jt.StateConflict):
+            await zombie.plan_commit(CounterState(count=-1)).run(n2.state)
+        owner_chunks = await n2.state.keys("agent/c/ids/")
+        assert owner_chunks  # the owner sealed ids into chunks of its own epoch
+        assert await n2.call(moved, jt.Instruction("get")) == 41
+        # Reloaded from the store: the owner's ids are all there.
+        await crash_agent(n2, moved)
+        assert await n2.call(moved, jt.Instruction("get")) == 41
+        with pytest.raises(jt.AlreadyProcessed):
+            await n2.call(moved, jt.Instruction("increment", id="owner-3"))
+
+
+async def test_a_restart_claims_a_new_epoch_and_ctx_shows_it() -> None:
+    class Epochs(jt.Agent):
+        type = "epochs"
+
+        @jt.action("epoch")
+        async def epoch(self, state: object) -> None:
+            self.ctx.reply(self.ctx.epoch)
+
+    async with jt.open_node(name="n") as node:
+        ref = await node.start_agent(Epochs, "e")
+        first = await node.call(ref, jt.Instruction("epoch"))
+        assert first == (await node.registry.lookup("e")).epoch
+        await crash_agent(node, ref)
+        second = await node.call(ref, jt.Instruction("epoch"))
+        assert second > first
+        assert second == (await node.registry.lookup("e")).epoch
