@@ -103,6 +103,30 @@ class RemoteClient:
         )
         return decode_reply(data, node)
 
+    async def request_following(
+        self, node: str, kind: str, message: Message, deadline: float
+    ) -> Any:
+        """:meth:`request`, sent once more to the agent's new node when the
+        first one reached no agent there (the node is gone, it does not have
+        the agent, or the breaker refused): the registry says where it went.
+        A request that may have reached the agent (a timeout) is not sent
+        again, so this is safe for operations that must not run twice.
+
+        :raises MovedHere: the agent moved to this node.
+        """
+        try:
+            return await self.request(node, kind, message, deadline)
+        except (Unreachable, AgentNotFound, AgentUnavailable, CircuitOpen) as exc:
+            if isinstance(exc, RemoteNotSupported):
+                raise
+            moved = await self.directory.reresolve(message.recipient.id, node)
+            if moved is None:
+                raise
+            if isinstance(moved, AgentCell):
+                raise MovedHere(moved) from None
+            message = attrs.evolve(message, recipient=attrs.evolve(message.recipient, node=moved))
+            return await self.request(moved, kind, message, deadline)
+
     async def request_idempotent(
         self, node: str, kind: str, message: Message, deadline: float
     ) -> Any:

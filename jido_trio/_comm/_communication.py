@@ -36,10 +36,8 @@ from .._exceptions import AgentNotFound
 from .._exceptions import AgentUnavailable
 from .._exceptions import AlreadyProcessed
 from .._exceptions import CallTimeout
-from .._exceptions import CircuitOpen
 from .._exceptions import InvalidMessage
 from .._exceptions import JidoError
-from .._exceptions import RemoteNotSupported
 from .._exceptions import Unreachable
 from .._health import Health
 from .._message import NO_ORIGIN
@@ -188,22 +186,10 @@ class Communication:
         target, message, deadline = await self._address(ref, instruction, timeout, origin)
         if isinstance(target, str):
             try:
-                return await self.client.request(target, "call", message, deadline)
-            except (Unreachable, AgentNotFound, CircuitOpen) as exc:
-                # Each means the request reached no agent (no responder, a node
-                # known dead, a node without it, a breaker refusing), so
-                # redirecting cannot run the action twice; a timeout might
-                # have, and is not redirected.
-                if isinstance(exc, RemoteNotSupported):
-                    raise
-                moved = await self.directory.reresolve(ref.id, target)
-                if moved is None:
-                    raise
-                if isinstance(moved, str):
-                    message = attrs.evolve(message, recipient=attrs.evolve(ref, node=moved))
-                    return await self.client.request(moved, "call", message, deadline)
-                message = attrs.evolve(message, recipient=moved.ref)
-                target = moved
+                return await self.client.request_following(target, "call", message, deadline)
+            except MovedHere as moved:
+                target = moved.cell
+                message = attrs.evolve(message, recipient=target.ref)
         return await self.deliver_call(target, message, instruction, deadline)
 
     async def deliver_call(
@@ -273,7 +259,7 @@ class Communication:
                 if query == "get_state":
                     raw = await self.client.request_idempotent(target, "query", message, deadline)
                 else:
-                    raw = await self.client.request(target, "query", message, deadline)
+                    raw = await self.client.request_following(target, "query", message, deadline)
             except MovedHere as moved:
                 target = moved.cell
             else:
@@ -327,7 +313,10 @@ class Communication:
                 return Health.UNREACHABLE
             message = Message.new(None, ref, None)
             try:
-                value = await self.client.request(target, "health", message, deadline)
+                value = await self.client.request_following(target, "health", message, deadline)
+            except MovedHere as moved:
+                await trio.lowlevel.checkpoint()
+                return self.health_policy.local_health(moved.cell)
             except (Unreachable, CallTimeout):
                 return Health.UNREACHABLE
             except (AgentNotFound, AgentUnavailable):

@@ -1,10 +1,12 @@
 """The directory of agents: which agents run on this node, which stopped
 here, and where the registry says the others live.
 
-A ref names a node (``ref.node``) but the directory has the last word: an
-agent of this node is found by id whatever node its ref names, and a ref
-naming this node for an agent that is not here is looked up in the registry
-(it may have failed over elsewhere).
+A ref names a node (``ref.node``) but agents move (failover, a stop here and a
+start there, migration), so the directory has the last word: an agent of this
+node is found by id whatever node its ref names, and a ref naming this node
+for an agent that is not here is looked up in the registry. A ref naming
+another node is sent there; if the agent is not there any more, the remote
+client asks the registry where it went (:meth:`Directory.reresolve`).
 """
 
 from __future__ import annotations
@@ -109,12 +111,9 @@ class Directory:
     # ------------------------------------------------------------ resolution
 
     def local_cell(self, ref: AgentRef) -> AgentCell | None:
-        """The cell of ``ref`` if its ref names this node (or none) and the
-        agent is here; no registry needed."""
-        node = ref.node
-        if node is None or node == self.node_name:
-            return self.cells.get(ref.id)
-        return None
+        """The cell of ``ref``'s agent if it runs here (whatever node the ref
+        names: it may have moved here); no registry needed."""
+        return self.cells.get(ref.id)
 
     async def resolve(self, ref: AgentRef) -> AgentCell | str:
         """The local cell for ``ref``, or the name of the node that owns it.
@@ -124,26 +123,37 @@ class Directory:
         """
         if not isinstance(ref, AgentRef):
             raise TypeError(f"expected an AgentRef, got {type(ref).__name__}")
+        cell = self.cells.get(ref.id)
+        if cell is not None:
+            return cell
         node = ref.node
         if node is None or node == self.node_name:
-            cell = self.cells.get(ref.id)
-            if cell is not None:
-                return cell
-            elsewhere = await self._registered_elsewhere(ref.id)
-            if elsewhere is None:
-                self.raise_missing(ref.id)
-            return elsewhere
+            return await self.owner_elsewhere(ref.id)
         return node
 
-    async def _registered_elsewhere(self, agent_id: str) -> str | None:
-        """The other node the registry names as owner of ``agent_id``, if any."""
+    async def owner_elsewhere(self, agent_id: str) -> str:
+        """The other node the registry names as owner of ``agent_id``, which
+        does not run here.
+
+        :raises AgentNotFound: not registered.
+        :raises AgentUnavailable: stopped here for good.
+        :raises Unreachable: the registry names this node, where it does not
+            run yet: it is being started, restarted or taken over here.
+        """
         try:
             entry = await self.registry.lookup(agent_id)
         except AgentNotFound:
-            return None
-        if entry.node is None or entry.node == self.node_name:
-            return None  # a stale entry of ours, about to be unregistered
-        return entry.node
+            self.raise_missing(agent_id)
+        if entry.node is not None and entry.node != self.node_name:
+            return entry.node
+        if agent_id in self.cells:  # started while we asked
+            raise Unreachable(f"agent {agent_id!r} is starting on node {self.node_name!r}")
+        if agent_id in self._stopped or agent_id in self.unregistering:
+            self.raise_missing(agent_id)  # an entry of ours, being removed
+        raise Unreachable(
+            f"agent {agent_id!r} is registered to node {self.node_name!r} but does not run "
+            "there yet (it is being started or taken over)"
+        )
 
     async def reresolve(self, agent_id: str, old: str) -> AgentCell | str | None:
         """Where ``agent_id`` lives now if the registry no longer names ``old``

@@ -20,6 +20,7 @@ import trio
 from .._core import encode_state
 from .._core._inbound import tell
 from .._exceptions import ActionError
+from .._exceptions import AgentNotFound
 from .._exceptions import CallTimeout
 from .._exceptions import InvalidMessage
 from .._exceptions import JidoError
@@ -81,7 +82,10 @@ class RemoteServer:
         await trio.lowlevel.checkpoint()
         cell = self.directory.cells.get(ref.id)
         if cell is None:
-            self.directory.raise_missing(ref.id)
+            # Not here: moved away (the caller asks the registry and follows
+            # it), or being taken over here (Unreachable: the caller waits).
+            await self.directory.owner_elsewhere(ref.id)
+            raise AgentNotFound(f"agent {ref.id!r} runs on another node, not {self.node_name!r}")
         if kind == "health":
             return self.health.local_health(cell).value
         comm = self.comm

@@ -120,7 +120,7 @@ async def test_ref_is_a_value() -> None:
 async def test_remote_ref_with_local_only_transport() -> None:
     async with jt.open_node(name="n") as node:
         await node.start_agent(Counter, "c")
-        remote = jt.AgentRef.new("c", "counter", node="elsewhere")
+        remote = jt.AgentRef.new("d", "counter", node="elsewhere")
         with pytest.raises(jt.RemoteNotSupported):
             await node.send_instruction(remote, jt.Instruction("increment"))
         with pytest.raises(jt.RemoteNotSupported):
@@ -129,6 +129,11 @@ async def test_remote_ref_with_local_only_transport() -> None:
             await node.query_agent(remote)
         assert issubclass(jt.RemoteNotSupported, jt.Unreachable)
         assert await node.check_agent_health(remote) is jt.Health.UNREACHABLE
+        # A ref that names another node reaches the agent when it runs here
+        # (it moved here): agents are found by id, refs follow them.
+        moved_here = jt.AgentRef.new("c", "counter", node="elsewhere")
+        await node.send_instruction(moved_here, jt.Instruction("increment"))
+        assert await node.call(moved_here, jt.Instruction("get")) == 1
 
 
 async def test_unknown_agent_and_action() -> None:

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 import jido_trio as jt
+from jido_trio._core import RESTART_KEY
 from jido_trio._core import AgentStore
 from jido_trio._core import state_key
 from jido_trio.testing import agent_internals
@@ -126,3 +127,48 @@ async def test_a_restart_claims_a_new_epoch_and_ctx_shows_it() -> None:
         second = await node.call(ref, jt.Instruction("epoch"))
         assert second > first
         assert second == (await node.registry.lookup("e")).epoch
+
+
+@pytest.mark.local_only
+async def test_refs_follow_an_agent_started_again_on_another_node() -> None:
+    """Issue 16, finding 5: after a stop on n1 and a start on n2, the old ref
+    (naming n1) reaches the agent on n2 from every node, for every operation."""
+    async with open_cluster("n1", "n2", "n3") as cluster:
+        n1, n2 = cluster["n1"], cluster["n2"]
+        old = await n1.start_agent(Counter, "c")
+        await n1.call(old, jt.Instruction("increment"))
+        await n1.stop_agent(old)
+        new = await n2.start_agent(Counter, "c")
+        assert new.node == "n2" and old.node == "n1"
+        count = 1
+        for node in cluster:
+            await node.send_instruction(old, jt.Instruction("increment"))
+            assert await node.call(old, jt.Instruction("increment")) is None
+            count += 2
+            assert await node.query_agent(old) == CounterState(count=count)
+            assert await node.check_agent_health(old) is jt.Health.HEALTHY
+            assert (await node.lookup("c")).node == "n2"
+        assert await n1.call(old, jt.Instruction("get")) == count
+
+
+@pytest.mark.local_only
+async def test_an_agent_registered_to_a_node_but_not_running_yet_is_not_not_found(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 16, finding 5: while a node takes an agent over (the registry
+    names it, its incarnation is not running yet), callers wait within their
+    deadline or see Unreachable, never AgentNotFound."""
+    async with open_cluster("n1", "n2") as cluster:
+        n1, n2 = cluster["n1"], cluster["n2"]
+        ref = jt.AgentRef(id="adopted", type=Counter.type, node="n1")
+        await n1.registry.register(ref, {RESTART_KEY: "permanent"})
+        for node in (n1, n2):
+            with pytest.raises(jt.Unreachable):
+                await node.call(ref, jt.Instruction("get"), timeout=0.5)
+            with pytest.raises(jt.Unreachable):
+                await node.send_instruction(ref, jt.Instruction("increment"), timeout=0.5)
+        # n1's failover scan starts an agent the registry names it for.
+        await trio.sleep(5)
+        receipt = await n2.send_instruction(ref, jt.Instruction("increment"))
+        assert receipt.status == "accepted"
+        assert await n2.call(ref, jt.Instruction("get")) == 1
