@@ -27,6 +27,7 @@ from ._comm import NodeCellEvents
 from ._comm import RemoteClient
 from ._comm import RemoteServer
 from ._comm import ping
+from ._comm._communication import deadline_after
 from ._config import Config
 from ._context import current_node_name
 from ._core import AgentCell
@@ -44,6 +45,7 @@ from ._exceptions import JidoError
 from ._exceptions import NodeClosing
 from ._exceptions import NodeFenced
 from ._exceptions import SupervisorNotFound
+from ._exceptions import Unreachable
 from ._failover import Failover
 from ._groups import single_failure
 from ._health import Health
@@ -161,18 +163,34 @@ class Node:
             send_instruction=comm.send_instruction,
             spawn=spawn,
         )
-        events = NodeCellEvents(self._emit, health, directory, signals.unsubscribe_agent)
+        events = NodeCellEvents(
+            self._emit,
+            health,
+            directory,
+            self.state,
+            signals.unsubscribe_agent,
+            spawn,
+            comm.send_instruction,
+        )
         self._kernel = Kernel(
             node_name=name,
             state=self.state,
             registry=self.registry,
             events=events,
             messenger=Messenger(name, comm.send_instruction, comm.call, signals.publish),
+            claim=self._claim,
             dedupe_window=config.dedupe_window,
             max_delivery_attempts=config.max_delivery_attempts,
             shutdown_timeout=config.shutdown_timeout,
         )
-        self._server = RemoteServer(name, directory, health, comm, signals.handle_forwarded)
+        self._server = RemoteServer(
+            name,
+            directory,
+            health,
+            comm,
+            signals.handle_forwarded,
+            {"adopt": self._serve_adopt, "migrate": self._serve_migrate},
+        )
         self._root = self._new_supervisor(
             ROOT_SUPERVISOR, "one_for_one", config.max_restarts, config.max_seconds, None
         )
@@ -338,10 +356,14 @@ class Node:
         state: Any,
         restart: Restart,
         metadata: Mapping[str, Any] | None,
+        *,
+        release_claim: bool = True,
     ) -> AgentRef:
         """Start one agent whose class and id were checked: synchronously
         (dormant until it has work) when its cell and supervisor allow it,
-        else awaiting its start-up in its task."""
+        else awaiting its start-up in its task. A start that fails after its
+        claim removes its registry entry again, unless ``release_claim`` is
+        false (an agent taken over: its entry stays, for another try)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         if agent_id in self._directory.unregistering:
             # A stopped agent with this id is still leaving the registry (in
@@ -359,7 +381,7 @@ class Node:
             if _start_budget.count():
                 await trio.lowlevel.cancel_shielded_checkpoint()
         else:
-            await self._start_awaiting(cell, spec, parent)
+            await self._start_awaiting(cell, spec, parent, release_claim)
         return cell.ref
 
     @staticmethod
@@ -413,7 +435,9 @@ class Node:
         if cell.cls.signal_routes:
             self._subscribe_routes(cell.cls, cell.ref)
 
-    async def _start_awaiting(self, cell: AgentCell, spec: ChildSpec, parent: Supervisor) -> None:
+    async def _start_awaiting(
+        self, cell: AgentCell, spec: ChildSpec, parent: Supervisor, release_claim: bool
+    ) -> None:
         agent_id = cell.ref.id
         self._directory.add(cell)
         try:
@@ -422,6 +446,16 @@ class Node:
             )
         except BaseException:
             self._directory.discard(cell)
+            if release_claim and cell.epoch:
+                # Claimed, then failed to start: no entry is left behind.
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(self.config.operation_timeout),
+                ):
+                    try:
+                        await self.registry.unregister(agent_id, node=self.name)
+                    except JidoError as exc:
+                        log.warning("could not release the claim on %r: %s", agent_id, exc)
             raise
         self._subscribe_routes(cell.cls, cell.ref)
         if cell.cls.signal_routes:
@@ -474,6 +508,149 @@ class Node:
             await cell.supervisor.stop_child(agent_id)
         except ChildNotFound:
             cell.on_final("stopped")
+
+    async def migrate(
+        self, ref: AgentRef | str, node_name: str, *, timeout: float | None = None
+    ) -> AgentRef:
+        """Move a running agent to the node ``node_name`` and return its new ref.
+
+        The agent stops where it runs after the messages queued before the
+        move (its state, dedupe window and unapplied at-least-once messages
+        are committed and logged), its registry entry passes to ``node_name``,
+        and that node starts it again from there. Whatever is sent to it
+        meanwhile, through any ref, waits (within its deadline) or is sent on;
+        a call queued behind the move gets :class:`Unreachable` and may be
+        sent again. Works from any node.
+
+        :raises AgentNotFound: no such agent.
+        :raises AgentUnavailable: it is stopped for good.
+        :raises Unreachable: ``node_name`` (or the agent's node) is not a live
+            member, or the new node did not start it in time (its failover
+            scan starts it later: the registry names it already).
+        :raises InvalidMessage: ``node_name`` is not a non-empty string.
+        """
+        if not isinstance(node_name, str) or not node_name:
+            raise InvalidMessage("node_name must be a non-empty string")
+        agent_id = ref if isinstance(ref, str) else ref.id
+        deadline = deadline_after(timeout, self.config.operation_timeout)
+        cell = self._directory.cells.get(agent_id)
+        if cell is not None:
+            return await self._migrate_here(cell, node_name, deadline)
+        owner = await self._directory.owner_elsewhere(agent_id)
+        message = Message.new(None, AgentRef(id=agent_id, type="-", node=owner), node_name)
+        moved = await self._comm.client.request(owner, "migrate", message, deadline)
+        if not isinstance(moved, AgentRef):
+            raise InvalidMessage(f"malformed migrate reply from node {owner!r}")
+        return moved
+
+    async def _migrate_here(self, cell: AgentCell, target: str, deadline: float) -> AgentRef:
+        ref = cell.ref
+        if target == self.name:
+            await trio.lowlevel.checkpoint()
+            return ref
+        members = {m.name for m in await self.transport.members() if m.alive}
+        if target not in members:
+            raise Unreachable(f"node {target!r} is not a live member of the cluster")
+        directory = self._directory
+        if ref.id in directory.moving:
+            raise Unreachable(f"agent {ref.id!r} is moving to node {directory.moving[ref.id]!r}")
+        directory.moving[ref.id] = target
+        try:
+            with trio.fail_after(max(0.0, deadline - trio.current_time())):
+                assert cell.supervisor is not None
+                await cell.supervisor.stop_child(ref.id)
+                entry = await self.registry.lookup(ref.id)
+                await self.registry.take_over(
+                    attrs.evolve(entry.ref, node=target), epoch=entry.epoch
+                )
+        except trio.TooSlowError:
+            raise Unreachable(f"moving agent {ref.id!r} to node {target!r} timed out") from None
+        finally:
+            del directory.moving[ref.id]
+        # The registry names the new node: from here on requests follow it there.
+        adopt = Message.new(
+            None,
+            attrs.evolve(ref, node=target),
+            {"restart": cell.restart, "metadata": dict(cell.metadata or {})},
+        )
+        moved = await self._comm.client.request(target, "adopt", adopt, deadline)
+        if not isinstance(moved, AgentRef):
+            raise InvalidMessage(f"malformed adopt reply from node {target!r}")
+        return moved
+
+    async def _claim(self, ref: AgentRef, metadata: Mapping[str, Any]) -> int:
+        """Claim ``ref``'s agent for this node in the registry; return its epoch.
+
+        An agent whose owner has left the cluster (it crashed, its lease
+        lapsed, it handed its agents off) is taken over, as the failover scan
+        would; one whose owner is a live member is not.
+
+        :raises AgentAlreadyExists: a live node owns it (naming that node).
+        """
+        try:
+            return (await self.registry.register(ref, metadata)).epoch
+        except AgentAlreadyExists as exc:
+            if not self.transport.supports_remote:
+                raise
+            owner = exc.node
+            if owner is None:
+                owner = (await self.registry.lookup(ref.id)).node
+            members = {m.name for m in await self.transport.members() if m.alive}
+            if owner in members or owner == self.name or owner is None:
+                raise
+            entry = await self.registry.lookup(ref.id)
+            if entry.node != owner:
+                raise  # it changed hands meanwhile: let the caller see who owns it now
+            log.info("taking agent %r over from node %r, which left the cluster", ref.id, owner)
+            await self.registry.take_over(ref, epoch=entry.epoch)
+            return (await self.registry.register(ref, metadata)).epoch
+
+    async def _serve_adopt(self, message: Message, deadline: float) -> AgentRef:
+        """Another node handed an agent over (its entry names this node now):
+        start it here."""
+        ref = message.recipient
+        payload = message.payload
+        if not isinstance(payload, dict) or not isinstance(payload.get("metadata"), dict):
+            raise InvalidMessage("malformed adopt request")
+        cls = Agent.types.get(ref.type)
+        if cls is None:
+            raise ConfigError(f"agent type {ref.type!r} is not imported on node {self.name!r}")
+        with trio.fail_after(max(0.0, deadline - trio.current_time())):
+            return await self._adopt(
+                cls, ref.id, str(payload.get("restart", "permanent")), payload["metadata"]
+            )
+
+    async def _serve_migrate(self, message: Message, deadline: float) -> AgentRef:
+        target = message.payload
+        if not isinstance(target, str):
+            raise InvalidMessage("malformed migrate request")
+        cell = self._directory.cells.get(message.recipient.id)
+        if cell is None:
+            self._directory.raise_missing(message.recipient.id)
+        return await self._migrate_here(cell, target, deadline)
+
+    async def _adopt(
+        self, cls: type[Agent], agent_id: str, restart: str, metadata: Mapping[str, Any]
+    ) -> AgentRef:
+        """Start an agent whose registry entry names this node already (taken
+        over, handed over); the entry stays if the start fails (the failover
+        scan tries again)."""
+        cell = self._directory.cells.get(agent_id)
+        if cell is not None and cell.alive:
+            await trio.lowlevel.checkpoint()
+            return cell.ref
+        self._check_new_agent_id(agent_id)
+        if restart not in ("permanent", "transient", "temporary"):
+            restart = "permanent"
+        return await self._start_one(
+            cls,
+            agent_id,
+            self._root,
+            None,
+            restart,  # type: ignore[arg-type]
+            {k: v for k, v in metadata.items() if not k.startswith("jido.")} or None,
+            release_claim=False,
+        )
 
     async def send_instruction(
         self,
@@ -722,12 +899,7 @@ class Node:
         async def start(
             cls: type[Agent], agent_id: str, restart: str, metadata: Mapping[str, Any]
         ) -> AgentRef:
-            return await self.start_agent(
-                cls,
-                agent_id,
-                restart=restart,  # type: ignore[arg-type]
-                metadata=dict(metadata) or None,
-            )
+            return await self._adopt(cls, agent_id, restart, metadata)
 
         return Failover(
             node_name=self.name,
@@ -741,7 +913,24 @@ class Node:
     async def _shutdown(self) -> None:
         self._closing = True
         self._emit("jido_trio_node_stopping")
+        if self.transport.supports_remote and self.config.failover and await self._survivors():
+            # A node that leaves hands its permanent and transient agents to
+            # the survivors: they stop here (state committed, at-least-once
+            # messages left in their durable mailboxes) and keep their
+            # registry entries, which a survivor takes over once this node has
+            # left the membership (see _failover). Temporary ones go with it.
+            self._directory.handing_off = True
         self._root.request_shutdown()
+
+    async def _survivors(self) -> bool:
+        """Whether other live nodes are in the cluster (bounded: the node is closing)."""
+        with trio.move_on_after(self.config.operation_timeout):
+            try:
+                members = await self.transport.members()
+            except JidoError:
+                return False
+            return any(m.alive and m.name != self.name for m in members)
+        return False
 
 
 @attrs.define(eq=False)

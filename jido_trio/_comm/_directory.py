@@ -53,6 +53,13 @@ class Directory:
     #: Agent ids whose registry entry a stopped agent is still removing (set
     #: when it is gone): a new agent with the id registers only after that.
     unregistering: dict[str, trio.Event] = attrs.field(factory=dict, repr=False)
+    #: Agents being handed to another node (migration, a node leaving): id ->
+    #: that node. Such an agent keeps its registry entry when it stops here,
+    #: and answers Unreachable ("moving") until the registry names its new node.
+    moving: dict[str, str] = attrs.field(factory=dict, repr=False)
+    #: The node leaves the cluster: its permanent and transient agents keep
+    #: their registry entries when they stop, for a survivor to take over.
+    handing_off: bool = False
 
     def __len__(self) -> int:
         return len(self.cells)
@@ -75,10 +82,13 @@ class Directory:
         return agent_id in self.cells or agent_id in self._stopped
 
     def gone(self, cell: AgentCell) -> None:
-        """The agent of ``cell`` is stopped for good: remember it, and remove
-        its registry entry in the background."""
+        """The agent of ``cell`` is stopped for good here: remember it, and
+        remove its registry entry in the background, unless it goes on
+        elsewhere (moving, or handed off by a node that leaves)."""
         agent_id = cell.ref.id
         self.discard(cell)
+        if agent_id in self.moving or (self.handing_off and cell.restart != "temporary"):
+            return
         self._stopped[agent_id] = None
         while len(self._stopped) > TOMBSTONE_LIMIT:
             self._stopped.popitem(last=False)
@@ -146,6 +156,9 @@ class Directory:
             self.raise_missing(agent_id)
         if entry.node is not None and entry.node != self.node_name:
             return entry.node
+        target = self.moving.get(agent_id)
+        if target is not None:
+            raise Unreachable(f"agent {agent_id!r} is moving to node {target!r}")
         if agent_id in self.cells:  # started while we asked
             raise Unreachable(f"agent {agent_id!r} is starting on node {self.node_name!r}")
         if agent_id in self._stopped or agent_id in self.unregistering:

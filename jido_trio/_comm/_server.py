@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from collections.abc import Callable
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -47,6 +48,9 @@ class RemoteServer:
     """Runs the requests other nodes send to this node.
 
     :param handle_signal: takes a signal another node forwarded.
+    :param node_requests: handlers of the requests that concern the node
+        rather than one of its agents (``"adopt"``, ``"migrate"``), by kind:
+        ``await handler(message, deadline)`` returns the reply.
     """
 
     node_name: str
@@ -54,6 +58,9 @@ class RemoteServer:
     health: HealthPolicy = attrs.field(repr=False)
     comm: Communication = attrs.field(repr=False)
     handle_signal: Callable[[Message], Awaitable[None]] = attrs.field(repr=False)
+    node_requests: Mapping[str, Callable[[Message, float], Awaitable[Any]]] = attrs.field(
+        factory=dict, repr=False
+    )
 
     async def handle(self, data: bytes) -> bytes:
         """Transport handler: run one request and encode its outcome."""
@@ -79,6 +86,9 @@ class RemoteServer:
         if kind == "ping":
             await trio.lowlevel.checkpoint()
             return "pong"
+        node_request = self.node_requests.get(kind)
+        if node_request is not None:
+            return await node_request(message, deadline)
         await trio.lowlevel.checkpoint()
         cell = self.directory.cells.get(ref.id)
         if cell is None:

@@ -51,7 +51,9 @@ DEADLINE_KEY = "jido.deadline"
 #: Longest wait a remote request may ask for.
 MAX_REMOTE_TIMEOUT = 3600.0
 
-RequestKind = Literal["tell", "tell_alo", "call", "query", "health", "ping", "signal"]
+RequestKind = Literal[
+    "tell", "tell_alo", "call", "query", "health", "ping", "signal", "adopt", "migrate"
+]
 
 #: Errors that cross nodes as themselves (their constructor takes one message).
 PORTABLE_ERRORS: dict[str, type[JidoError]] = {

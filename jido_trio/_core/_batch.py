@@ -317,9 +317,7 @@ async def _settle_unfinished(
     else:
         cell.discard_pending(instruction.id)
         if interrupted.reply is None:
-            cell.kernel.events.message_dead_lettered(
-                interrupted.message, f"action failed: {describe(cause)}"
-            )
+            cell.kernel.events.dead_letter(interrupted.message, f"action failed: {describe(cause)}")
         else:
             interrupted.fail(action_error(cell.ref.id, instruction.action, cause))
     cell.mailbox.requeue_front(rest)
@@ -347,6 +345,6 @@ def _admit(cell: AgentCell, delivery: Delivery) -> ActionSpec | None:
         cell.discard_pending(instruction.id)
         error = ActionNotFound(f"agent type {cell.ref.type!r} has no action {instruction.action!r}")
         if reply is None:
-            cell.kernel.events.message_dead_lettered(delivery.message, str(error))
+            cell.kernel.events.dead_letter(delivery.message, str(error))
         delivery.fail(error)
     return spec

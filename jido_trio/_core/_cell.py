@@ -281,7 +281,7 @@ class AgentCell:
         instance = self._new_instance()
         # The claim comes first: an agent another node owns raises
         # AgentAlreadyExists here, before anything of it is read or written.
-        self._claimed((await kernel.registry.register(self.ref, self.registry_metadata())).epoch)
+        self._claimed(await kernel.claim(self.ref, self.registry_metadata()))
         store = self.ensure_store()
         found, state = await store.load(kernel.state, self._decode_state)
         state = self._initial(found, state)
@@ -482,25 +482,26 @@ class AgentCell:
         events.health_may_have_changed(self)
 
     def on_final(self, reason: str) -> None:
-        """The agent will not run again: refuse and fail whatever waits for it."""
+        """The agent will not run again: refuse new messages, and hand what
+        was still queued to the node (:meth:`CellEvents.agent_gone`)."""
         if self.status == "stopped":
             return
         self.status = "stopped"
-        error = AgentUnavailable(f"agent {self.ref.id!r} is stopped ({reason})")
-        events = self.kernel.events
+        leftover: list[Delivery] = []
 
-        def drop(delivery: Delivery) -> None:
-            if delivery.reply is not None:
-                delivery.fail(error)
-            else:
-                events.message_dead_lettered(delivery.message, f"agent stopped ({reason})")
+        def keep(delivery: Delivery) -> None:
+            # A logged message stays in the durable mailbox: whoever runs the
+            # agent next (here, or where it moved) applies it.
+            if delivery.log_seq is None:
+                leftover.append(delivery)
 
         self.mailbox.disarm()  # a dormant agent that is gone is not woken
-        self.mailbox.close(error, drop)
+        self.mailbox.close(AgentUnavailable(f"agent {self.ref.id!r} is stopped ({reason})"), keep)
         self.pending = None
         self._crash_noticed()
+        events = self.kernel.events
         events.health_may_have_changed(self)
-        events.agent_gone(self)
+        events.agent_gone(self, reason, leftover)
 
     def _crash_noticed(self) -> None:
         if self._crash_seen is not None:

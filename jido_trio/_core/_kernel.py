@@ -9,13 +9,17 @@ above implements (hooks, health policy, the directory of agents).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from collections.abc import Callable
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
+from typing import Any
 from typing import Protocol
 
 import attrs
 import trio
 
+from .._ref import AgentRef
 from ..abc import Registry
 from ..abc import StateBackend
 from ..abc import SynchronousRegistry
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
     from .._agent import Messenger
     from .._message import Message
     from ._cell import AgentCell
+    from ._delivery import Delivery
 
 __all__ = ["CellEvents", "Kernel"]
 
@@ -47,10 +52,17 @@ class CellEvents(Protocol):
         """The cell's status, mailbox or restarts changed."""
 
     def message_dead_lettered(self, message: Message, reason: str) -> None:
-        """A message was set aside (stored first, where it is durable)."""
+        """A message was set aside; it is stored already (in the agent's
+        dead-letter log, or kept in its durable mailbox)."""
 
-    def agent_gone(self, cell: AgentCell) -> None:
-        """The agent is stopped for good: it will not run again under this cell."""
+    def dead_letter(self, message: Message, reason: str) -> None:
+        """Set a message aside: store it in the agent's dead-letter log (in the
+        background: the caller cannot wait), then report it."""
+
+    def agent_gone(self, cell: AgentCell, reason: str, leftover: list[Delivery]) -> None:
+        """The agent is stopped for good: it will not run again under this
+        cell. ``leftover``: what was still queued, not logged, to be answered,
+        dead-lettered or sent on to wherever the agent went."""
 
 
 @attrs.define(eq=False)
@@ -62,6 +74,10 @@ class Kernel:
     :param registry: where an agent registers once started.
     :param events: what cells report to.
     :param messenger: what an agent's :class:`~jido_trio.Context` sends through.
+    :param claim: claims an agent for this node in the registry before an
+        incarnation starts: ``await claim(ref, metadata)`` returns its
+        ownership epoch (see the node: it also takes over an agent whose
+        owner has left the cluster).
     """
 
     node_name: str
@@ -69,6 +85,7 @@ class Kernel:
     registry: Registry
     events: CellEvents
     messenger: Messenger
+    claim: Callable[[AgentRef, Mapping[str, Any]], Awaitable[int]]
     dedupe_window: int
     max_delivery_attempts: int
     shutdown_timeout: float

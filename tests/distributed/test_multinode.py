@@ -107,9 +107,9 @@ async def test_node_that_left_is_unreachable() -> None:
         with pytest.raises(jt.Unreachable):
             await stay.call(ref, jt.Instruction("get"))
         assert await stay.check_agent_health(ref) is jt.Health.UNREACHABLE
-        # Its agents were unregistered when it closed.
-        with pytest.raises(jt.AgentNotFound):
-            await stay.lookup("c")
+        # Its agents keep their entries for a survivor to take over (a node
+        # that leaves hands its permanent agents on: tests/distributed/test_ownership.py).
+        assert (await stay.lookup("c")).node in ("leave", "stay")
 
 
 async def test_same_id_cannot_run_on_two_nodes() -> None:

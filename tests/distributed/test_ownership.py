@@ -172,3 +172,77 @@ async def test_an_agent_registered_to_a_node_but_not_running_yet_is_not_not_foun
         receipt = await n2.send_instruction(ref, jt.Instruction("increment"))
         assert receipt.status == "accepted"
         assert await n2.call(ref, jt.Instruction("get")) == 1
+
+
+def _hub_config(hub: str, name: str, **config: object) -> jt.Config:
+    options = {"local": {"hub": hub}, "memory": {"hub": hub}}
+    return jt.Config(node_name=name, plugin_options=options, **config)  # type: ignore[arg-type]
+
+
+@pytest.mark.local_only
+async def test_a_node_that_leaves_hands_its_agents_to_the_survivors(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 16, finding 4: leaving gracefully hands the permanent and
+    transient agents over with their state and unapplied at-least-once
+    messages; temporary ones go with the node."""
+    hub = "handoff"
+    async with (
+        jt.open_node(_hub_config(hub, "n2")) as n2,
+        jt.open_node(_hub_config(hub, "n3")) as n3,
+    ):
+        async with jt.open_node(_hub_config(hub, "n1")) as n1:
+            refs = {
+                restart: await n1.start_agent(Counter, f"c-{restart}", restart=restart)
+                for restart in ("permanent", "transient", "temporary")
+            }
+            for i, ref in enumerate(refs.values()):
+                await n1.call(ref, jt.Instruction("increment", {"by": i + 1}))
+            # At-least-once messages still queued when n1 leaves.
+            for ref in refs.values():
+                await n2.send_instruction(
+                    ref, jt.Instruction("increment", {"by": 10}), delivery="at_least_once"
+                )
+        # n1 is gone; a survivor took the permanent and transient agents over.
+        await trio.sleep(5)
+        for restart, expected in (("permanent", 11), ("transient", 12)):
+            agent_id = f"c-{restart}"
+            owner = (await n2.lookup(agent_id)).node
+            assert owner in ("n2", "n3")
+            for node in (n2, n3):
+                assert await node.call(refs[restart], jt.Instruction("get")) == expected
+        with pytest.raises(jt.AgentNotFound):
+            await n2.lookup("c-temporary")
+        assert n3.agents() or n2.agents()
+
+
+@pytest.mark.local_only
+async def test_migrate_moves_a_live_agent_with_its_state_and_ids(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_cluster("n1", "n2", "n3") as cluster:
+        n1, n2, n3 = cluster["n1"], cluster["n2"], cluster["n3"]
+        ref = await n1.start_agent(Counter, "c")
+        await n1.call(ref, jt.Instruction("increment", id="before-1"))
+        await n1.send_instruction(
+            ref, jt.Instruction("increment", id="before-2"), delivery="at_least_once"
+        )
+        moved = await n3.migrate(ref, "n2")  # asked from a third node
+        assert moved.node == "n2" and moved.id == "c"
+        assert (await n1.lookup("c")).node == "n2"
+        assert [r.id for r in n2.agents()] == ["c"] and n1.agents() == []
+        # State, dedupe ids and the at-least-once message came along.
+        for node in cluster:
+            assert await node.call(ref, jt.Instruction("get")) == 2
+            with pytest.raises(jt.AlreadyProcessed):
+                await node.call(ref, jt.Instruction("increment", id="before-1"))
+            assert await node.check_agent_health(ref) is jt.Health.HEALTHY
+        assert (
+            await n2.send_instruction(ref, jt.Instruction("increment", id="before-2"))
+        ).status == "already_processed"
+        # Back again, from its own node this time.
+        again = await n2.migrate(moved, "n1")
+        assert again.node == "n1"
+        assert await n3.call(ref, jt.Instruction("get")) == 2
+        with pytest.raises(jt.Unreachable):
+            await n1.migrate(ref, "nowhere")
