@@ -247,6 +247,34 @@ class NodeFenced(JidoError):
     """
 
 
+class ChildRetired(Exception):
+    """Internal, never raised to applications: a supervised child ended and
+    must not run again under its supervisor (its agent is owned by another
+    node now). The supervisor forgets it without counting a failure."""
+
+
+class InfrastructureFailure(Exception):
+    """Internal, never raised to applications: an incarnation ended because
+    an engine could not be reached or failed (a commit during a leader
+    election, say), not because of the agent's own code. Its supervisor
+    restarts it after a growing delay, without counting the failure toward
+    its restart intensity: no single outage of an engine stops a node."""
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        super().__init__(f"{what}: {describe(cause)}")
+        self.__cause__ = cause
+
+
+#: Failures of an engine rather than of an agent's own code (a timeout is one
+#: too: an engine not answering, a commit that outlived the shutdown timeout).
+INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (
+    Unreachable,
+    EngineError,
+    CallTimeout,
+    TimeoutError,
+)
+
+
 def describe(error: BaseException) -> str:
     """A one-line description of ``error``: its type, and its text if it has one."""
     text = str(error)

@@ -29,7 +29,9 @@ import trio
 from ._context import current_node_name
 from ._exceptions import ChildAlreadyExists
 from ._exceptions import ChildNotFound
+from ._exceptions import ChildRetired
 from ._exceptions import ConfigError
+from ._exceptions import InfrastructureFailure
 from ._exceptions import SupervisorEscalation
 from ._exceptions import SupervisorUnavailable
 from ._exceptions import describe
@@ -104,6 +106,11 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         base = min(self.maximum, self.initial * self.multiplier ** max(0, attempt - 1))
         return base * (1.0 + random.uniform(0.0, self.jitter))
+
+
+#: Delays before restarting a child that an engine failed (an
+#: InfrastructureFailure): 0.1 s, doubling up to 5 s, while it keeps failing.
+INFRASTRUCTURE_BACKOFF = Backoff(initial=0.1, maximum=5.0, multiplier=2.0, jitter=0.2)
 
 
 @attrs.frozen(kw_only=True)
@@ -209,6 +216,9 @@ class _Child:
     #: The current incarnation is started but has no task yet: it gets one
     #: when something calls the child (see :meth:`Supervisor.add_started_child`).
     dormant: bool = False
+    #: Restarts in a row after infrastructure failures (see
+    #: :class:`~jido_trio._exceptions.InfrastructureFailure`): sets the delay.
+    infrastructure_failures: int = 0
     #: The supervisor that activates a dormant child.
     owner: Supervisor | None = attrs.field(default=None, repr=False)
     #: The current incarnation's cancel scope (made on first use: a dormant
@@ -649,6 +659,13 @@ class Supervisor:
             or self._children.get(child.id) is not child
         ):
             return None
+        if isinstance(error, ChildRetired):
+            # It lives on elsewhere: forgotten here, no failure counted.
+            self._report_exit(child, None, False)
+            child.status = "stopped"
+            del self._children[child.id]
+            self._finalize(child, str(error) or "retired")
+            return None
         wanted = child.spec.restart == "permanent" or (
             child.spec.restart == "transient" and error is not None
         )
@@ -664,6 +681,11 @@ class Supervisor:
             child.status = "failed" if error is not None else "stopped"
             return None
         child.status = "restarting"
+        if isinstance(error, InfrastructureFailure):
+            # An engine failed it, not its own code: only it restarts, after
+            # a growing delay, and nothing counts toward the intensity.
+            self._restart_later(child)
+            return None
         if self.strategy == "one_for_one":
             group = [child]
         elif self.strategy == "one_for_all":
@@ -689,18 +711,65 @@ class Supervisor:
             self._restart_times.popleft()
         return len(self._restart_times) > self.max_restarts
 
+    def _restart_later(self, child: _Child) -> None:
+        """Restart ``child`` after the infrastructure backoff, in a task of
+        its own: the supervisor goes on handling its other children meanwhile
+        (an outage fails many at once)."""
+        child.infrastructure_failures += 1
+        delay = INFRASTRUCTURE_BACKOFF.delay(child.infrastructure_failures)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._restart_after, child, delay)
+
+    async def _restart_after(self, child: _Child, delay: float) -> None:
+        with trio.move_on_after(delay):
+            await self._shutdown_requested.wait()
+        async with self._lock:
+            if (
+                self._shutdown_requested.is_set()
+                or self._children.get(child.id) is not child
+                or child.status != "restarting"
+                or child.stopping
+            ):
+                return  # stopped, replaced or shut down meanwhile: not restarted
+            child.restarts += 1
+            try:
+                await self._start(child)
+            except ChildRetired as exc:
+                child.status = "stopped"
+                del self._children[child.id]
+                self._finalize(child, str(exc) or "retired")
+                return
+            except InfrastructureFailure as exc:
+                child.last_failure = describe(exc)
+                self._emit(child, "exited", describe(exc))
+                self._restart_later(child)
+                return
+            except Exception as exc:
+                # Its own failure this time: handled like any exit of the
+                # child (counted, and escalated if over the intensity).
+                child.status = "running"
+                if self._exits is not None:
+                    self._exits[0].send_nowait((child, child.incarnation, exc))
+                return
+        child.infrastructure_failures = 0
+        self._emit(child, "restarted")
+        if child.observer is not None:
+            self._notify(child.observer.on_restart, child.restarts)
+
     async def _restart_group(self, group: Sequence[_Child]) -> SupervisorEscalation | None:
         pending = list(group)
         while pending:
+            delay: float | None = None
             if self._over_intensity():
                 await self._stop_all()
                 return SupervisorEscalation(self.id, self.max_restarts, self.max_seconds)
             if self.backoff is not None:
+                delay = self.backoff.delay(len(self._restart_times))
+            if delay is not None:
                 # Wait out the delay, unless a shutdown comes first: then the
                 # pending children stay down and the watch loop stops the rest.
                 # Without the lock, so that the supervisor can be managed
                 # meanwhile (a crash-looping child stopped, another started).
-                delay = self.backoff.delay(len(self._restart_times))
                 self._lock.release()
                 try:
                     with trio.move_on_after(delay):
@@ -716,6 +785,21 @@ class Supervisor:
                 child.restarts += 1
                 try:
                     await self._start(child)
+                except ChildRetired as exc:
+                    pending.remove(child)
+                    child.status = "stopped"
+                    del self._children[child.id]
+                    self._finalize(child, str(exc) or "retired")
+                    continue
+                except InfrastructureFailure as exc:
+                    # A start that an engine failed waits and tries again,
+                    # uncounted.
+                    child.last_failure = describe(exc)
+                    child.status = "restarting"
+                    self._emit(child, "exited", describe(exc))
+                    pending.remove(child)
+                    self._restart_later(child)
+                    continue
                 except Exception as exc:
                     child.last_failure = describe(exc)
                     child.status = "restarting"

@@ -34,10 +34,12 @@ from typing import Any
 import trio
 
 from .._agent import ActionSpec
+from .._exceptions import INFRASTRUCTURE_ERRORS
 from .._exceptions import ActionError
 from .._exceptions import ActionNotFound
 from .._exceptions import AgentUnavailable
 from .._exceptions import AlreadyProcessed
+from .._exceptions import InfrastructureFailure
 from .._exceptions import describe
 from ._delivery import Delivery
 
@@ -173,6 +175,10 @@ async def _run_batch(cell: AgentCell, batch: list[Delivery]) -> None:
             if scope.cancelled_caught and commit_error is None:
                 commit_error = TimeoutError(f"committing agent {cell.ref.id!r} timed out")
     if commit_error is not None:
+        if isinstance(commit_error, INFRASTRUCTURE_ERRORS):
+            # The engine failed, not the agent: its supervisor restarts it
+            # after a delay, without counting toward its intensity.
+            raise InfrastructureFailure(f"committing agent {cell.ref.id!r}", commit_error)
         raise commit_error
     if crash is not None:
         raise crash

@@ -38,7 +38,11 @@ import trio
 from .._agent import Agent
 from .._agent import Context
 from .._agent import attach_context
+from .._exceptions import INFRASTRUCTURE_ERRORS
+from .._exceptions import AgentAlreadyExists
 from .._exceptions import AgentUnavailable
+from .._exceptions import ChildRetired
+from .._exceptions import InfrastructureFailure
 from .._exceptions import InvalidMessage
 from .._exceptions import JidoError
 from .._exceptions import describe
@@ -294,6 +298,23 @@ class AgentCell:
         await self._replay_log()
         self._ready_to_run(state)
 
+    async def _start_up_or_retire(self) -> None:
+        """:meth:`_start_up`; on a restart, what keeps it from running here
+        tells its supervisor whether to retry (an engine failed) or to forget
+        it (another node owns the agent now). A first start raises the error
+        itself, to ``start_agent``'s caller."""
+        restarting = self.status == "restarting"
+        try:
+            await self._start_up()
+        except AgentAlreadyExists as exc:
+            if not restarting:
+                raise
+            raise ChildRetired(f"moved to node {exc.node!r}") from exc
+        except INFRASTRUCTURE_ERRORS as exc:
+            if not restarting:
+                raise
+            raise InfrastructureFailure(f"restarting agent {self.ref.id!r}", exc) from exc
+
     def _claimed(self, epoch: int) -> None:
         """This incarnation owns the agent as of ``epoch``: its writes carry it."""
         self.epoch = epoch
@@ -397,7 +418,7 @@ class AgentCell:
                     raise
         with scope:
             if not started_nowait:
-                await self._start_up()
+                await self._start_up_or_retire()
                 task_status.started()
                 self.announce_started()
             elif self.instance is None:

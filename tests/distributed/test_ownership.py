@@ -246,3 +246,30 @@ async def test_migrate_moves_a_live_agent_with_its_state_and_ids(
         assert await n3.call(ref, jt.Instruction("get")) == 2
         with pytest.raises(jt.Unreachable):
             await n1.migrate(ref, "nowhere")
+
+
+@pytest.mark.local_only
+async def test_an_incarnation_that_lost_its_agent_retires_without_harm(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A zombie (its agent taken over while it still ran it) fails its next
+    commit, and its restart finds the agent owned by a live node: it is
+    forgotten here, its node stays up, and nothing it applied stuck."""
+    async with open_cluster("n1", "n2", max_restarts=1) as cluster:
+        n1, n2 = cluster["n1"], cluster["n2"]
+        ref = await n1.start_agent(Counter, "c")
+        await n1.call(ref, jt.Instruction("increment"))
+        entry = await n1.registry.lookup("c")
+        await n2.registry.take_over(
+            jt.AgentRef(id="c", type="counter", node="n2"), epoch=entry.epoch
+        )
+        moved = await n2.start_agent(Counter, "c")  # claims and seals the record
+        # The zombie still runs on n1: what it applies fails to commit.
+        await n1.send_instruction(
+            jt.AgentRef(id="c", type="counter", node="n1"), jt.Instruction("increment", {"by": 100})
+        )
+        await trio.sleep(5)
+        assert n1.agents() == []
+        assert [c.id for c in n1.supervision_tree().children] == []
+        assert await n1.call(ref, jt.Instruction("get")) == 1  # follows it to n2
+        assert await n2.call(moved, jt.Instruction("get")) == 1

@@ -262,3 +262,24 @@ async def test_plain_sends_of_a_batch_whose_commit_failed_are_applied_not_droppe
         [child] = node.supervision_tree().children
         assert child.restarts == 1
         assert await node.dead_letters(ref) == []
+
+
+async def test_an_engine_outage_does_not_count_toward_restart_intensity(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 16 (item 3) and 17 (item 2): commits failing while the engine is
+    away (a leader election) restart the agent after a growing delay, never
+    exhausting any supervisor's intensity: the node stays up, nothing is lost."""
+    plugin = Plugin()
+    config = jt.Config(node_name="n", state="failing-commits", max_restarts=1, max_seconds=60)
+    async with jt.open_node(config, plugins=[plugin]) as node:
+        ref = await node.start_agent(List, "list")
+        plugin.backend.failures = 8  # the batch commit and several restarts' seals
+        for item in ("a", "b"):
+            await node.send_instruction(
+                ref, jt.Instruction("add", {"item": item}), delivery="at_least_once"
+            )
+        await trio.sleep(30)
+        assert await node.call(ref, jt.Instruction("get")) == ["a", "b"]
+        [child] = node.supervision_tree().children
+        assert child.status == "running" and child.restarts >= 2
