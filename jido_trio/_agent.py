@@ -15,6 +15,7 @@ from typing import TypeVar
 from urllib.parse import quote
 
 import attrs
+import trio
 
 from ._exceptions import ActionNotFound
 from ._exceptions import InvalidMessage
@@ -310,6 +311,20 @@ class Handler(Protocol):
     #: The ownership epoch of the running incarnation.
     epoch: int
 
+    def hold_send(
+        self, ref: AgentRef, instruction: Instruction, delivery: str, origin: Origin
+    ) -> Receipt:
+        """Hold what the running action sends until its batch commits."""
+        ...
+
+    def hold_signal(self, signal: Signal) -> None:
+        """Hold a signal the running action publishes until its batch commits."""
+        ...
+
+    def derived_id(self) -> str:
+        """An id derived from the message being handled, for its next effect."""
+        ...
+
 
 class Context:
     """What an agent sees of the world while it runs.
@@ -375,10 +390,18 @@ class Context:
         Its ``source`` is ``jido://NODE/AGENT``; the trace and causation
         extensions link it to the message being handled, so the chain
         instruction -> signal -> instruction stays visible.
+
+        Inside an action the signal is published once the action's state is
+        committed (see :meth:`send`); without an ``id`` of its own it gets
+        one derived from the message being handled.
         """
         from .signals._signal import Signal
 
         origin = self._origin()
+        agent = self._agent
+        handling = agent.handling
+        if handling is not None and "id" not in attributes:
+            attributes["id"] = agent.derived_id()
         signal = Signal.new(
             type,
             f"jido://{quote(self.node_name, safe='')}/{quote(self.ref.id, safe='')}",
@@ -387,13 +410,35 @@ class Context:
             causation_id=origin.causation_id,
             **attributes,
         )
-        await self._messenger.publish(signal)
+        if handling is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            agent.hold_signal(signal)
+        else:
+            await self._messenger.publish(signal)
         return signal
 
     async def send(
         self, ref: AgentRef, instruction: Instruction, *, delivery: str = "at_most_once"
     ) -> Receipt:
-        """Send an instruction to another agent (see ``Node.send_instruction``)."""
+        """Send an instruction to another agent (see ``Node.send_instruction``).
+
+        Inside an action the message is *held* until the action's state is
+        committed with the rest of its batch, then sent: an action that
+        raises, or whose commit fails, sends nothing (and sends it again when
+        its message is applied again). The receipt then says ``"accepted"``
+        for the held message; errors of its delivery (an unknown agent, say)
+        dead-letter it rather than fail the action. An instruction without an
+        ``id`` of its own is sent with one derived from the message being
+        handled, so that a replay sends the same id, applied once. With
+        ``delivery="at_least_once"`` the held message is committed with the
+        state and survives even the process (the bank-transfer pattern in
+        the docs). Outside an action (``on_start``, ``on_stop``) it is sent
+        at once.
+        """
+        agent = self._agent
+        if agent.handling is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return agent.hold_send(ref, instruction, delivery, self._origin())
         return await self._messenger.send_instruction(
             ref, instruction, delivery, None, self._origin()
         )
@@ -401,5 +446,8 @@ class Context:
     async def call(
         self, ref: AgentRef, instruction: Instruction, *, timeout: float | None = None
     ) -> Any:
-        """Call another agent and wait for its reply (see ``Node.call``)."""
+        """Call another agent and wait for its reply (see ``Node.call``).
+
+        Unlike :meth:`send`, a call cannot wait for the commit (its reply is
+        needed now): it goes out at once, inside an action too."""
         return await self._messenger.call(ref, instruction, timeout, self._origin())

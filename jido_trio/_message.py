@@ -79,12 +79,18 @@ class Instruction:
         receiving agent's current version". An older version is upcast by the
         agent class's upcasters; a newer one is refused with
         :class:`InvalidMessage`.
+
+    ``generated_id`` tells whether the id was generated (no ``id`` given):
+    an agent that sends such an instruction from an action gets it sent with
+    an id derived from the message it handles instead, so that running the
+    action again (after a crash) sends it again under the same id.
     """
 
     action: str
     params: Mapping[str, Any] = attrs.field(hash=False)
     id: str
     version: int | None
+    generated_id: bool = attrs.field(default=False, init=False, eq=False, repr=False)
 
     # Written by hand rather than generated from converters and validators:
     # one is built for every message sent, and this is about 3x cheaper.
@@ -107,7 +113,12 @@ class Instruction:
             _set_params(self, MappingProxyType(params.copy()))
         else:
             _set_params(self, _params(params))
-        _set_id(self, new_id() if id is None else _id_or_new(id))
+        if id is None:
+            _set_id(self, new_id())
+            _set_generated(self, True)
+        else:
+            _set_id(self, _id_or_new(id))
+            _set_generated(self, False)
         _set_version(self, version)
 
 
@@ -123,6 +134,7 @@ _EMPTY_PARAMS: Mapping[str, Any] = MappingProxyType({})
 _set_action = slot_setter(Instruction, "action")
 _set_params = slot_setter(Instruction, "params")
 _set_id = slot_setter(Instruction, "id")
+_set_generated = slot_setter(Instruction, "generated_id")
 _set_version = slot_setter(Instruction, "version")
 
 
@@ -315,11 +327,14 @@ EnvelopeParts = tuple[str, "AgentRef | None", AgentRef, Any, float, str, "str | 
 class Origin(NamedTuple):
     """Where a message comes from: the agent that sends it (``None``: from
     outside any agent) and the chain it continues, its trace id and the id of
-    the message that caused it."""
+    the message that caused it. ``message_id``: the id its envelope gets
+    (``None``: a new one), for a message whose receipt was given before it
+    was sent (one an action sends, released after its commit)."""
 
     sender: AgentRef | None = None
     trace_id: str | None = None
     causation_id: str | None = None
+    message_id: str | None = None
 
 
 #: A message sent from outside any agent, starting a trace of its own.
@@ -330,8 +345,9 @@ def envelope_parts(origin: Origin, recipient: AgentRef, payload: Any) -> Envelop
     """What :meth:`Message.new` would fix now (the id, the time, the trace),
     for an envelope that may never be looked at: a local delivery builds its
     :class:`Message` only when something reads it (:func:`build_envelope`)."""
-    message_id = new_id()
-    sender, trace_id, causation_id = origin
+    sender, trace_id, causation_id, message_id = origin
+    if message_id is None:
+        message_id = new_id()
     return (
         message_id,
         sender,

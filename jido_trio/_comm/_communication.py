@@ -46,6 +46,7 @@ from .._message import Instruction
 from .._message import Message
 from .._message import Origin
 from .._message import Receipt
+from .._message import build_envelope
 from .._message import envelope_parts
 from .._message import make_receipt
 from .._ref import AgentRef
@@ -159,13 +160,8 @@ class Communication:
             raise TypeError(f"expected an Instruction, got {type(instruction).__name__}")
         deadline = deadline_after(timeout, self.operation_timeout)
         target = await self.directory.resolve(ref)
-        sender, trace_id, causation_id = origin
-        message = Message.new(
-            sender,
-            ref if isinstance(target, str) else target.ref,
-            instruction,
-            trace_id=trace_id,
-            causation_id=causation_id,
+        message = build_envelope(
+            envelope_parts(origin, ref if isinstance(target, str) else target.ref, instruction)
         )
         return target, message, deadline
 

@@ -42,6 +42,9 @@ from .._exceptions import AlreadyProcessed
 from .._exceptions import InfrastructureFailure
 from .._exceptions import describe
 from ._delivery import Delivery
+from ._effects import committed_effects
+from ._effects import release_effects
+from ._store import CommitPlan
 
 if TYPE_CHECKING:
     from ._cell import AgentCell
@@ -52,6 +55,10 @@ log = logging.getLogger("jido_trio.agent")
 
 #: Most messages handled between two state commits.
 BATCH_LIMIT = 64
+
+#: Seconds before an at-least-once send that had to wait for its recipient
+#: (see :mod:`._effects`) is tried again, if no message wakes the agent first.
+RELEASE_RETRY_DELAY = 1.0
 
 
 def action_error(agent_id: str, action: str, exc: BaseException) -> ActionError:
@@ -71,9 +78,13 @@ def _persist_failed(cell: AgentCell, cause: BaseException) -> AgentUnavailable:
 
 async def run_loop(cell: AgentCell) -> None:
     """Handle the mailbox until a stop is requested (then drain what was
-    queued before it) or a crash is injected."""
+    queued before it) or a crash is injected; release what committed batches
+    sent (see :mod:`._effects`) after each batch."""
     mailbox = cell.mailbox
+    release_later = False
     while cell.injected is None:
+        if cell.unreleased:
+            release_later = not await release_effects(cell)
         if cell.stop_requested:
             if cell.drain_before_stop <= 0:
                 return
@@ -85,7 +96,12 @@ async def run_loop(cell: AgentCell) -> None:
             batch = mailbox.take_batch(BATCH_LIMIT)
         if not batch:
             cell.forget_pending_if_idle()
-            if mailbox.prepare_wait():
+            if release_later:
+                # An at-least-once send waits for its recipient: try again in a
+                # while, or as soon as a message comes.
+                with trio.move_on_after(RELEASE_RETRY_DELAY):
+                    await mailbox.wait()
+            elif mailbox.prepare_wait():
                 await trio.lowlevel.wait_task_rescheduled(mailbox.abort_wait)
             else:
                 await trio.lowlevel.checkpoint()
@@ -128,6 +144,8 @@ async def _run_batch(cell: AgentCell, batch: list[Delivery]) -> None:
                     # Always a read-only proxy of a dict (Instruction makes it so).
                     params: MappingProxyType[str, Any] = instruction.params  # type: ignore[assignment]
                     method = getattr(instance, spec.method)
+                    effects = cell.effects
+                    cell.effects_mark = 0 if effects is None else len(effects)
                     cell.handling = delivery
                     try:
                         # ``**`` on a read-only mapping proxy takes CPython's
@@ -148,6 +166,9 @@ async def _run_batch(cell: AgentCell, batch: list[Delivery]) -> None:
                     dirty = True
             except Exception as exc:
                 crash = exc
+                effects = cell.effects
+                if effects:  # what the failed action sent is not sent
+                    del effects[cell.effects_mark :]
                 break
             applied.append(delivery)
             logged = logged or delivery.log_seq is not None
@@ -159,7 +180,7 @@ async def _run_batch(cell: AgentCell, batch: list[Delivery]) -> None:
             # waiting: commit and answer here (no shielded scope needed).
             if dirty:
                 try:
-                    cell.ensure_store().plan_commit(cell.state).run_nowait(state_nowait)
+                    _plan_commit(cell).run_nowait(state_nowait)
                 except Exception as exc:
                     commit_error = exc
             _requeue(cell, _release(cell, applied, commit_error, marked_before))
@@ -187,11 +208,26 @@ async def _run_batch(cell: AgentCell, batch: list[Delivery]) -> None:
 async def _commit(cell: AgentCell) -> None:
     """Commit the cell's state and marked ids, without waiting if the backend allows."""
     kernel = cell.kernel
-    plan = cell.ensure_store().plan_commit(cell.state)
+    plan = _plan_commit(cell)
     if kernel.state_nowait is not None:
         plan.run_nowait(kernel.state_nowait)
     else:
         await plan.run(kernel.state)
+
+
+def _plan_commit(cell: AgentCell) -> CommitPlan:
+    """The commit of the batch: its state, and the at-least-once messages its
+    actions sent (written into the record with it, see :mod:`._effects`)."""
+    sends: list[bytes] | None = None
+    effects = cell.effects
+    if effects:
+        for effect in effects:
+            if effect.delivery == "at_least_once" and effect.signal is None:
+                effect.durable = effect.envelope().to_bytes()
+                if sends is None:
+                    sends = []
+                sends.append(effect.durable)
+    return cell.ensure_store().plan_commit(cell.state, sends)
 
 
 def _release(
@@ -208,9 +244,12 @@ def _release(
             reply = delivery.reply
             if reply is not None:
                 reply.set(delivery.reply_value)
+        committed_effects(cell)
         return []
     # Nothing of the batch is committed: none of its ids counts as applied,
-    # or a retry with the same id would be refused while nothing applied it.
+    # or a retry with the same id would be refused while nothing applied it;
+    # nothing it sent goes out (applying it again sends it again).
+    cell.effects = None
     store = cell.store
     if store is not None:
         store.unmark_since(marked_before)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -49,8 +50,14 @@ from .._exceptions import describe
 from .._health import Health
 from .._message import Instruction
 from .._message import Message
+from .._message import Origin
+from .._message import Receipt
 from .._ref import AgentRef
 from ._delivery import Delivery
+from ._effects import Effect
+from ._effects import derived_id
+from ._effects import hold_send
+from ._effects import hold_signal
 from ._log import DurableLog
 from ._log import dead_letter_stream
 from ._log import mailbox_stream
@@ -131,6 +138,13 @@ class AgentCell:
     context: Context | None = attrs.field(default=None, repr=False)
     #: The delivery whose action runs now (what the context answers for).
     handling: Delivery | None = attrs.field(default=None, repr=False)
+    #: What the running batch's actions sent and published, held until its
+    #: commit (see :mod:`._effects`); ``effects_mark``: how many the running
+    #: action found held when it began.
+    effects: list[Effect] | None = attrs.field(default=None, repr=False)
+    effects_mark: int = 0
+    #: Committed effects not yet released (sent), oldest first.
+    unreleased: deque[Effect] | None = attrs.field(default=None, repr=False)
     _scope: trio.CancelScope | None = None
     #: A crash :meth:`inject_crash` asked for, until the incarnation raises it.
     injected: BaseException | None = None
@@ -295,6 +309,7 @@ class AgentCell:
         # Seals the record: every earlier owner's compare-and-set fails from now on.
         await store.plan_commit(state).run(kernel.state)
         self.state = state
+        self._resend_outbox()
         await self._replay_log()
         self._ready_to_run(state)
 
@@ -315,11 +330,41 @@ class AgentCell:
                 raise
             raise InfrastructureFailure(f"restarting agent {self.ref.id!r}", exc) from exc
 
+    def hold_send(
+        self, ref: AgentRef, instruction: Instruction, delivery: str, origin: Origin
+    ) -> Receipt:
+        """Hold what the running action sends until its batch commits."""
+        return hold_send(self, ref, instruction, delivery, origin)
+
+    def hold_signal(self, signal: Any) -> None:
+        """Hold a signal the running action publishes until its batch commits."""
+        hold_signal(self, signal)
+
+    def derived_id(self) -> str:
+        """An id derived from the message being handled, for its next effect."""
+        return derived_id(self)
+
     def _claimed(self, epoch: int) -> None:
         """This incarnation owns the agent as of ``epoch``: its writes carry it."""
         self.epoch = epoch
         if self.store is not None:
             self.store.epoch = epoch
+
+    def _resend_outbox(self) -> None:
+        """Line up for release the at-least-once messages the record holds:
+        committed, and perhaps not acknowledged before the last incarnation
+        ended (their recipients apply each id once)."""
+        store = self.store
+        if store is None or not store.outbox:
+            return
+        effects = []
+        for data in store.outbox:
+            try:
+                effects.append(Effect.from_envelope(data))
+            except InvalidMessage as exc:
+                log.error("agent %r: dropping an unreadable held message: %s", self.ref.id, exc)
+                store.released(data)
+        self.unreleased = deque(effects)
 
     def _begin(self) -> None:
         self.stop_requested = False

@@ -3,8 +3,10 @@
 Layout in the StateBackend, per agent:
 
 - ``agent/<id>``: one record ``[2, state_bytes, recent_ids, chunks, next_chunk,
-  owner_epoch]`` written with compare-and-set after every batch of applied
-  instructions, so state and the ids that produced it change atomically;
+  owner_epoch, outbox]`` written with compare-and-set after every batch of
+  applied instructions, so state, the ids that produced it and the
+  at-least-once messages it sends (``outbox``, envelopes not yet acknowledged
+  by their recipients; see :mod:`._effects`) change atomically;
 - ``agent/<id>/ids/<epoch>.<n>``: sealed chunks of older processed ids, named by
   the record's ``chunks`` in order. A chunk is written before the record that
   stops listing its ids, and deleted only after a record no longer refers to
@@ -64,6 +66,7 @@ _decode_ids = msgspec.msgpack.Decoder(list[str]).decode
 #: leaking ids between agents). An idle agent then holds no dict or list here.
 _NO_SEEN: dict[str, None] = cast("dict[str, None]", MappingProxyType({}))
 _NO_RECENT: list[str] = cast("list[str]", ())
+_NO_SENDS: list[bytes] = cast("list[bytes]", ())
 
 
 def state_key(agent_id: str) -> str:
@@ -96,6 +99,9 @@ class AgentStore:
     #: The ownership epoch this store writes with (set once the incarnation
     #: claimed the agent); the epoch the last written record carries.
     epoch: int = 0
+    #: At-least-once messages committed with the state and not yet
+    #: acknowledged by their recipients (encoded envelopes, oldest first).
+    outbox: list[bytes] = attrs.field(default=_NO_SENDS)
     #: The record's key (see :func:`state_key`), made once: every commit writes it.
     key: str = attrs.field(init=False)
 
@@ -149,8 +155,10 @@ class AgentStore:
             self.version = 0
             self.chunks, self.next_chunk = _NO_RECENT, 0
             self.seen, self.recent = _NO_SEEN, _NO_RECENT
+            self.outbox = _NO_SENDS
             return False, None
-        _, state_bytes, recent, chunk_names, nxt, _owner = record
+        _, state_bytes, recent, chunk_names, nxt, _owner, outbox = record
+        self.outbox = list(outbox) if outbox else _NO_SENDS
         # Built aside and swapped in at once: senders consult `seen` while we await.
         seen: dict[str, None] = {}
         for chunk in chunks:
@@ -170,12 +178,15 @@ class AgentStore:
             fmt = fields[0]
             if fmt == 1:  # [1, state_bytes, recent, first_chunk, next_chunk]
                 _, state_bytes, recent, first, nxt = fields
-                return [fmt, state_bytes, recent, [str(n) for n in range(first, nxt)], nxt, 0]
+                chunks = [str(n) for n in range(first, nxt)]
+                return [fmt, state_bytes, recent, chunks, nxt, 0, []]
             if fmt == _RECORD_FORMAT:
-                _, state_bytes, recent, chunk_names, nxt, owner = fields
+                _, state_bytes, recent, chunk_names, nxt, owner, outbox = fields
                 if not all(isinstance(name, str) for name in chunk_names):
                     raise TypeError("chunk names must be strings")
-                return [fmt, state_bytes, recent, chunk_names, nxt, owner]
+                if not all(isinstance(held, bytes) for held in outbox):
+                    raise TypeError("held messages must be bytes")
+                return [fmt, state_bytes, recent, chunk_names, nxt, owner, outbox]
         except (msgspec.DecodeError, ValueError, TypeError, IndexError, KeyError) as exc:
             raise InvalidMessage(f"stored record {self.key!r} is malformed: {exc}") from exc
         raise InvalidMessage(f"stored record {self.key!r} has unknown format {fmt}")
@@ -200,14 +211,18 @@ class AgentStore:
             self.seen.pop(instruction_id, None)
         del recent[marked_before:]
 
-    def plan_commit(self, state: Any) -> CommitPlan:
+    def plan_commit(self, state: Any, sends: list[bytes] | None = None) -> CommitPlan:
         """What persisting ``state`` with the ids marked so far writes: a
         sealed chunk of ids when there are enough, then the record with this
-        store's :attr:`epoch` (compare-and-set on this store's version).
+        store's :attr:`epoch` (compare-and-set on this store's version), and
+        with ``sends`` (encoded at-least-once messages) added to its outbox.
 
         :raises InvalidMessage: ``state`` cannot be encoded.
         """
         state_bytes = encode_state(state)
+        outbox = self.outbox
+        if sends:
+            outbox = [*outbox, *sends]
         recent, chunks, nxt = self.recent, self.chunks, self.next_chunk
         chunk: tuple[str, bytes] | None = None
         expired: list[str] = []
@@ -223,15 +238,25 @@ class AgentStore:
                 cut = len(chunks) - self._max_chunks
                 expired = [self._chunk_key(old) for old in chunks[:cut]]
                 chunks = chunks[cut:]
-        record = _encode([_RECORD_FORMAT, state_bytes, recent, chunks, nxt, self.epoch])
-        return CommitPlan(self, chunk, record, recent, chunks, nxt, expired)
+        record = _encode([_RECORD_FORMAT, state_bytes, recent, chunks, nxt, self.epoch, outbox])
+        return CommitPlan(self, chunk, record, recent, chunks, nxt, expired, outbox)
 
     def committed(self, plan: CommitPlan, version: int) -> None:
         """The record of ``plan`` was written as ``version``: take it over."""
         self.version = version
         self.recent, self.chunks, self.next_chunk = plan.recent, plan.chunks, plan.next
+        self.outbox = plan.outbox
         if plan.expired:
             self._trim_seen()
+
+    def released(self, data: bytes) -> None:
+        """An at-least-once message of the outbox was acknowledged by its
+        recipient: it leaves the record with the next commit."""
+        outbox = self.outbox
+        if data in outbox:
+            kept = list(outbox)
+            kept.remove(data)
+            self.outbox = kept
 
     def _trim_seen(self) -> None:
         keep = len(self.chunks) * CHUNK_SIZE + len(self.recent)
@@ -262,7 +287,7 @@ class CommitPlan:
     :raises StateConflict: (from either run) another writer changed the record.
     """
 
-    __slots__ = ("chunk", "chunks", "expired", "next", "recent", "record", "store")
+    __slots__ = ("chunk", "chunks", "expired", "next", "outbox", "recent", "record", "store")
 
     def __init__(
         self,
@@ -273,6 +298,7 @@ class CommitPlan:
         chunks: list[str],
         next: int,
         expired: list[str],
+        outbox: list[bytes],
     ) -> None:
         self.store = store
         #: A sealed chunk of ids to write before the record: (key, ids).
@@ -284,6 +310,7 @@ class CommitPlan:
         self.next = next
         #: Keys of chunks no record refers to any more, deleted after.
         self.expired = expired
+        self.outbox = outbox
 
     def run_nowait(self, access: SynchronousState) -> None:
         store = self.store
