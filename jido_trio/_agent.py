@@ -292,6 +292,9 @@ class Messenger:
     Communication layer's sends and the node's signal bus (one per node)."""
 
     node_name: str
+    #: ``(ref, instruction, origin)`` -> a receipt if the instruction was
+    #: queued at once for an agent of this node, else ``None``.
+    tell_nowait: Callable[[AgentRef, Instruction, Origin], Receipt | None]
     #: ``(ref, instruction, delivery, timeout, origin)`` -> receipt.
     send_instruction: Callable[
         [AgentRef, Instruction, str, float | None, Origin], Awaitable[Receipt]
@@ -311,9 +314,7 @@ class Handler(Protocol):
     #: The ownership epoch of the running incarnation.
     epoch: int
 
-    def hold_send(
-        self, ref: AgentRef, instruction: Instruction, delivery: str, origin: Origin
-    ) -> Receipt:
+    def hold_send(self, ref: AgentRef, instruction: Instruction, delivery: str) -> Receipt:
         """Hold what the running action sends until its batch commits."""
         ...
 
@@ -438,7 +439,7 @@ class Context:
         agent = self._agent
         if agent.handling is not None:
             await trio.lowlevel.checkpoint_if_cancelled()
-            return agent.hold_send(ref, instruction, delivery, self._origin())
+            return agent.hold_send(ref, instruction, delivery)
         return await self._messenger.send_instruction(
             ref, instruction, delivery, None, self._origin()
         )

@@ -135,6 +135,20 @@ _set_action = slot_setter(Instruction, "action")
 _set_params = slot_setter(Instruction, "params")
 _set_id = slot_setter(Instruction, "id")
 _set_generated = slot_setter(Instruction, "generated_id")
+
+
+def instruction_with_id(instruction: Instruction, instruction_id: str) -> Instruction:
+    """``instruction`` under another id (the same params mapping, read-only
+    already): an action's sends get ids derived from their cause."""
+    derived: Instruction = _new_object(Instruction)
+    _set_action(derived, instruction.action)
+    _set_params(derived, instruction.params)
+    _set_id(derived, instruction_id)
+    _set_version(derived, instruction.version)
+    _set_generated(derived, False)
+    return derived
+
+
 _set_version = slot_setter(Instruction, "version")
 
 

@@ -177,7 +177,9 @@ class Node:
             state=self.state,
             registry=self.registry,
             events=events,
-            messenger=Messenger(name, comm.send_instruction, comm.call, signals.publish),
+            messenger=Messenger(
+                name, comm.tell_nowait, comm.send_instruction, comm.call, signals.publish
+            ),
             claim=self._claim,
             dedupe_window=config.dedupe_window,
             max_delivery_attempts=config.max_delivery_attempts,

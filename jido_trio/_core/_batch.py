@@ -41,9 +41,11 @@ from .._exceptions import AgentUnavailable
 from .._exceptions import AlreadyProcessed
 from .._exceptions import InfrastructureFailure
 from .._exceptions import describe
+from .._scheduling import TELL_BUDGET
 from ._delivery import Delivery
 from ._effects import committed_effects
 from ._effects import release_effects
+from ._effects import release_nowait
 from ._store import CommitPlan
 
 if TYPE_CHECKING:
@@ -84,7 +86,12 @@ async def run_loop(cell: AgentCell) -> None:
     release_later = False
     while cell.injected is None:
         if cell.unreleased:
-            release_later = not await release_effects(cell)
+            # What the last batch sent: at once when it can (local at-most-
+            # once sends), else awaiting each send in turn.
+            if release_nowait(cell):
+                release_later = not await release_effects(cell)
+            elif TELL_BUDGET.count():
+                await trio.lowlevel.cancel_shielded_checkpoint()
         if cell.stop_requested:
             if cell.drain_before_stop <= 0:
                 return

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -50,7 +49,6 @@ from .._exceptions import describe
 from .._health import Health
 from .._message import Instruction
 from .._message import Message
-from .._message import Origin
 from .._message import Receipt
 from .._ref import AgentRef
 from ._delivery import Delivery
@@ -144,7 +142,7 @@ class AgentCell:
     effects: list[Effect] | None = attrs.field(default=None, repr=False)
     effects_mark: int = 0
     #: Committed effects not yet released (sent), oldest first.
-    unreleased: deque[Effect] | None = attrs.field(default=None, repr=False)
+    unreleased: list[Effect] | None = attrs.field(default=None, repr=False)
     _scope: trio.CancelScope | None = None
     #: A crash :meth:`inject_crash` asked for, until the incarnation raises it.
     injected: BaseException | None = None
@@ -330,11 +328,9 @@ class AgentCell:
                 raise
             raise InfrastructureFailure(f"restarting agent {self.ref.id!r}", exc) from exc
 
-    def hold_send(
-        self, ref: AgentRef, instruction: Instruction, delivery: str, origin: Origin
-    ) -> Receipt:
+    def hold_send(self, ref: AgentRef, instruction: Instruction, delivery: str) -> Receipt:
         """Hold what the running action sends until its batch commits."""
-        return hold_send(self, ref, instruction, delivery, origin)
+        return hold_send(self, ref, instruction, delivery)
 
     def hold_signal(self, signal: Any) -> None:
         """Hold a signal the running action publishes until its batch commits."""
@@ -364,7 +360,7 @@ class AgentCell:
             except InvalidMessage as exc:
                 log.error("agent %r: dropping an unreadable held message: %s", self.ref.id, exc)
                 store.released(data)
-        self.unreleased = deque(effects)
+        self.unreleased = effects
 
     def _begin(self) -> None:
         self.stop_requested = False

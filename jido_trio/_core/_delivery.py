@@ -62,14 +62,15 @@ class Delivery:
         assert isinstance(message, Message)
         return message
 
-    def origin_for(self, sender: AgentRef) -> Origin:
+    def origin_for(self, sender: AgentRef, message_id: str | None = None) -> Origin:
         """The origin of what ``sender`` sends while handling this delivery:
-        the trace of its envelope, caused by it (without building the envelope)."""
+        the trace of its envelope, caused by it (without building the
+        envelope); ``message_id``: the id the sent envelope gets."""
         message = self._message
         if type(message) is tuple:
-            return Origin(sender, message[5], message[0])
+            return Origin(sender, message[5], message[0], message_id)
         assert isinstance(message, Message)
-        return Origin(sender, message.trace_id, message.id)
+        return Origin(sender, message.trace_id, message.id, message_id)
 
     def resolve(self) -> None:
         if self.reply is not None:

@@ -22,8 +22,8 @@ message, only if the process dies in between).
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections import deque
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -40,6 +40,7 @@ from .._message import Origin
 from .._message import Receipt
 from .._message import build_envelope
 from .._message import envelope_parts
+from .._message import instruction_with_id
 from .._message import make_receipt
 from .._ref import AgentRef
 
@@ -54,11 +55,15 @@ __all__ = [
     "hold_send",
     "hold_signal",
     "release_effects",
+    "release_nowait",
 ]
 
 log = logging.getLogger("jido_trio.agent")
 
 DELIVERY_MODES = ("at_most_once", "at_least_once")
+
+#: Longest derived id kept readable (``<cause>/<n>``); longer ones are hashed.
+DERIVED_ID_LENGTH = 64
 
 #: What an at-least-once send waits out (it is sent again later): the
 #: recipient's node or an engine away, the recipient's mailbox full.
@@ -112,26 +117,28 @@ class Effect:
 
 def derived_id(cell: AgentCell) -> str:
     """The id the next effect of the running action gets from its cause:
-    ``<id of the instruction being handled>/<n>`` for its n-th effect."""
+    ``<id of the instruction being handled>/<n>`` for its n-th effect, or a
+    hash of that when it would be longer than :data:`DERIVED_ID_LENGTH` (ids
+    derived from derived ids, a message passed along a chain of agents, must
+    not grow with the chain)."""
     handling = cell.handling
     assert handling is not None and handling.instruction is not None
     effects = cell.effects
     n = 0 if effects is None else len(effects) - cell.effects_mark
-    return f"{handling.instruction.id}/{n}"
+    derived = f"{handling.instruction.id}/{n}"
+    if len(derived) <= DERIVED_ID_LENGTH:
+        return derived
+    return hashlib.blake2b(derived.encode(), digest_size=16).hexdigest()
 
 
 def _derived(cell: AgentCell, instruction: Instruction) -> Instruction:
     """``instruction`` with the id its cause gives it (if it has none of its own)."""
     if not instruction.generated_id:
         return instruction
-    return Instruction(
-        instruction.action, instruction.params, id=derived_id(cell), version=instruction.version
-    )
+    return instruction_with_id(instruction, derived_id(cell))
 
 
-def hold_send(
-    cell: AgentCell, ref: AgentRef, instruction: Instruction, delivery: str, origin: Origin
-) -> Receipt:
+def hold_send(cell: AgentCell, ref: AgentRef, instruction: Instruction, delivery: str) -> Receipt:
     """Hold what an action sends until its batch commits; the receipt says
     "accepted" (the message is released, and delivered, after the commit).
 
@@ -146,8 +153,9 @@ def hold_send(
         raise InvalidMessage(f"delivery must be one of {', '.join(DELIVERY_MODES)}")
     instruction = _derived(cell, instruction)
     message_id = new_id()
-    effect = Effect(ref, instruction, delivery, origin._replace(message_id=message_id))
-    _hold(cell, effect)
+    handling = cell.handling
+    assert handling is not None
+    _hold(cell, Effect(ref, instruction, delivery, handling.origin_for(cell.ref, message_id)))
     return make_receipt(message_id, instruction.id, "accepted")
 
 
@@ -164,11 +172,37 @@ def _hold(cell: AgentCell, effect: Effect) -> None:
         effects.append(effect)
 
 
+def release_nowait(cell: AgentCell) -> bool:
+    """Release, without waiting, the committed effects at the head of the
+    line that can go at once: at-most-once sends queued straight into the
+    mailbox of an agent of this node. Returns whether any are left (for
+    :func:`release_effects`). The caller counts the release in the tell
+    budget (:data:`~jido_trio._scheduling.TELL_BUDGET`), as one tell."""
+    unreleased = cell.unreleased
+    assert unreleased is not None
+    tell_nowait = cell.kernel.messenger.tell_nowait
+    done = 0
+    for effect in unreleased:
+        if effect.delivery != "at_most_once" or effect.signal is not None:
+            break
+        assert effect.ref is not None and effect.instruction is not None
+        if tell_nowait(effect.ref, effect.instruction, effect.origin) is None:
+            break
+        done += 1
+    if done == len(unreleased):
+        cell.unreleased = None
+        return False
+    del unreleased[:done]
+    return True
+
+
 async def release_effects(cell: AgentCell) -> bool:
-    """Send what committed batches held, in order. Returns ``False`` when an
+    """Send what committed batches held, in order, awaiting each send (after
+    :func:`release_nowait` sent what it could). Returns ``False`` when an
     at-least-once send must wait (its recipient's node unreachable, its
     mailbox full): it stays first in line, to be released again later."""
     unreleased = cell.unreleased
+    assert unreleased is not None
     messenger = cell.kernel.messenger
     while unreleased:
         effect = unreleased[0]
@@ -196,7 +230,7 @@ async def release_effects(cell: AgentCell) -> bool:
             _undeliverable(cell, effect, exc)
         except JidoError as exc:
             _undeliverable(cell, effect, exc)
-        unreleased.popleft()
+        del unreleased[0]
         if effect.durable is not None and cell.store is not None:
             cell.store.released(effect.durable)
     cell.unreleased = None
@@ -216,7 +250,7 @@ def committed_effects(cell: AgentCell) -> None:
     if effects:
         unreleased = cell.unreleased
         if unreleased is None:
-            cell.unreleased = deque(effects)
+            cell.unreleased = effects
         else:
             unreleased.extend(effects)
     cell.effects = None
