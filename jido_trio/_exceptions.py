@@ -253,16 +253,27 @@ class ChildRetired(Exception):
     node now). The supervisor forgets it without counting a failure."""
 
 
-class InfrastructureFailure(Exception):
-    """Internal, never raised to applications: an incarnation ended because
-    an engine could not be reached or failed (a commit during a leader
-    election, say), not because of the agent's own code. Its supervisor
-    restarts it after a growing delay, without counting the failure toward
-    its restart intensity: no single outage of an engine stops a node."""
+class UncountedFailure(Exception):
+    """Internal, never raised to applications: an incarnation ended in a way
+    its supervisor restarts after a growing delay without counting it toward
+    its restart intensity (see the subclasses)."""
 
     def __init__(self, what: str, cause: BaseException) -> None:
         super().__init__(f"{what}: {describe(cause)}")
         self.__cause__ = cause
+
+
+class InfrastructureFailure(UncountedFailure):
+    """An engine could not be reached or failed (a commit during a leader
+    election, say), not the agent's own code: no outage of an engine stops a
+    node."""
+
+
+class RetriedMessageFailure(UncountedFailure):
+    """An at-least-once message crashed the agent again: its first crash
+    counted, the runtime retries it (and dead-letters it after
+    ``max_delivery_attempts``), so no single message exhausts a supervisor's
+    intensity."""
 
 
 #: Failures of an engine rather than of an agent's own code (a timeout is one

@@ -184,6 +184,7 @@ class Node:
             dedupe_window=config.dedupe_window,
             max_delivery_attempts=config.max_delivery_attempts,
             shutdown_timeout=config.shutdown_timeout,
+            operation_timeout=config.operation_timeout,
         )
         self._server = RemoteServer(
             name,

@@ -31,9 +31,9 @@ from ._exceptions import ChildAlreadyExists
 from ._exceptions import ChildNotFound
 from ._exceptions import ChildRetired
 from ._exceptions import ConfigError
-from ._exceptions import InfrastructureFailure
 from ._exceptions import SupervisorEscalation
 from ._exceptions import SupervisorUnavailable
+from ._exceptions import UncountedFailure
 from ._exceptions import describe
 
 __all__ = [
@@ -108,8 +108,9 @@ class Backoff:
         return base * (1.0 + random.uniform(0.0, self.jitter))
 
 
-#: Delays before restarting a child that an engine failed (an
-#: InfrastructureFailure): 0.1 s, doubling up to 5 s, while it keeps failing.
+#: Delays before restarting a child whose failure is not counted (an engine
+#: failed it, a retried message crashed it again; UncountedFailure): 0.1 s,
+#: doubling up to 5 s, while it keeps failing.
 INFRASTRUCTURE_BACKOFF = Backoff(initial=0.1, maximum=5.0, multiplier=2.0, jitter=0.2)
 
 
@@ -216,8 +217,8 @@ class _Child:
     #: The current incarnation is started but has no task yet: it gets one
     #: when something calls the child (see :meth:`Supervisor.add_started_child`).
     dormant: bool = False
-    #: Restarts in a row after infrastructure failures (see
-    #: :class:`~jido_trio._exceptions.InfrastructureFailure`): sets the delay.
+    #: Restarts in a row after uncounted failures (see
+    #: :class:`~jido_trio._exceptions.UncountedFailure`): sets the delay.
     infrastructure_failures: int = 0
     #: The supervisor that activates a dormant child.
     owner: Supervisor | None = attrs.field(default=None, repr=False)
@@ -681,9 +682,9 @@ class Supervisor:
             child.status = "failed" if error is not None else "stopped"
             return None
         child.status = "restarting"
-        if isinstance(error, InfrastructureFailure):
-            # An engine failed it, not its own code: only it restarts, after
-            # a growing delay, and nothing counts toward the intensity.
+        if isinstance(error, UncountedFailure):
+            # An engine failed it, or a message the runtime retries anyway:
+            # only it restarts, after a growing delay, uncounted.
             self._restart_later(child)
             return None
         if self.strategy == "one_for_one":
@@ -739,7 +740,7 @@ class Supervisor:
                 del self._children[child.id]
                 self._finalize(child, str(exc) or "retired")
                 return
-            except InfrastructureFailure as exc:
+            except UncountedFailure as exc:
                 child.last_failure = describe(exc)
                 self._emit(child, "exited", describe(exc))
                 self._restart_later(child)
@@ -791,7 +792,7 @@ class Supervisor:
                     del self._children[child.id]
                     self._finalize(child, str(exc) or "retired")
                     continue
-                except InfrastructureFailure as exc:
+                except UncountedFailure as exc:
                     # A start that an engine failed waits and tries again,
                     # uncounted.
                     child.last_failure = describe(exc)

@@ -40,12 +40,15 @@ from .._exceptions import ActionNotFound
 from .._exceptions import AgentUnavailable
 from .._exceptions import AlreadyProcessed
 from .._exceptions import InfrastructureFailure
+from .._exceptions import RetriedMessageFailure
 from .._exceptions import describe
 from .._scheduling import TELL_BUDGET
 from ._delivery import Delivery
 from ._effects import committed_effects
 from ._effects import release_effects
 from ._effects import release_nowait
+from ._log import attempts_key
+from ._log import encode_attempts
 from ._store import CommitPlan
 
 if TYPE_CHECKING:
@@ -92,15 +95,18 @@ async def run_loop(cell: AgentCell) -> None:
                 release_later = not await release_effects(cell)
             elif TELL_BUDGET.count():
                 await trio.lowlevel.cancel_shielded_checkpoint()
+        durable = cell.durable_log
+        # A suspect of a process crash runs alone: only it keeps counting.
+        limit = 1 if durable is not None and durable.suspects else BATCH_LIMIT
         if cell.stop_requested:
             if cell.drain_before_stop <= 0:
                 return
-            batch = mailbox.take_batch(min(BATCH_LIMIT, cell.drain_before_stop))
+            batch = mailbox.take_batch(min(limit, cell.drain_before_stop))
             cell.drain_before_stop -= len(batch)
             if not batch:
                 return
         else:
-            batch = mailbox.take_batch(BATCH_LIMIT)
+            batch = mailbox.take_batch(limit)
         if not batch:
             cell.forget_pending_if_idle()
             if release_later:
@@ -113,11 +119,39 @@ async def run_loop(cell: AgentCell) -> None:
             else:
                 await trio.lowlevel.checkpoint()
             continue
+        if durable is not None and durable.unacked:
+            await _count_attempts(cell, batch)
         await _run_batch(cell, batch)
         if len(mailbox):
             # A batch may run without ever yielding (synchronous commit):
             # let the rest of the program run before the next one.
             await trio.lowlevel.checkpoint()
+
+
+async def _count_attempts(cell: AgentCell, batch: list[Delivery]) -> None:
+    """Count a start of each logged message of ``batch``, durably, before it
+    runs (see :mod:`._log`): a message that takes the process down is counted
+    too. A batch whose count cannot be written does not run."""
+    logged = [delivery for delivery in batch if delivery.log_seq is not None]
+    if not logged:
+        return
+    for delivery in logged:
+        delivery.attempts += 1
+    record = encode_attempts({d.log_seq: d.attempts for d in logged if d.log_seq is not None})
+    kernel = cell.kernel
+    key = attempts_key(cell.ref.id)
+    try:
+        if kernel.state_nowait is not None:
+            kernel.state_nowait.write_nowait(key, record)
+        else:
+            await kernel.state.write(key, record)
+    except BaseException as exc:
+        for delivery in logged:
+            delivery.attempts -= 1
+        cell.mailbox.requeue_front(batch)
+        if isinstance(exc, INFRASTRUCTURE_ERRORS):
+            raise InfrastructureFailure(f"counting attempts of agent {cell.ref.id!r}", exc) from exc
+        raise
 
 
 async def _run_batch(cell: AgentCell, batch: list[Delivery]) -> None:
@@ -209,6 +243,15 @@ async def _run_batch(cell: AgentCell, batch: list[Delivery]) -> None:
             raise InfrastructureFailure(f"committing agent {cell.ref.id!r}", commit_error)
         raise commit_error
     if crash is not None:
+        interrupted = batch[index]
+        if interrupted.log_seq is not None and interrupted.attempts > 1:
+            # Its first crash counted; the runtime retries (or dead-lettered)
+            # it anyway: no single message exhausts the intensity.
+            raise RetriedMessageFailure(
+                f"logged message {interrupted.log_seq} crashed agent {cell.ref.id!r} "
+                f"again (attempt {interrupted.attempts})",
+                crash,
+            )
         raise crash
 
 
@@ -273,6 +316,7 @@ def _release(
             delivery.replied = False
             delivery.reply_value = None
             again.append(delivery)
+    _uncount(again)  # the engine failed them, not their actions
     return again
 
 
@@ -326,6 +370,13 @@ async def _trim_applied(cell: AgentCell, applied: list[Delivery]) -> None:
         await cell.kernel.state.trim_log(durable.stream, upto=upto)
 
 
+def _uncount(deliveries: list[Delivery]) -> None:
+    """Take back the counted start of logged messages that did not fail."""
+    for delivery in deliveries:
+        if delivery.log_seq is not None and delivery.attempts:
+            delivery.attempts -= 1
+
+
 def _requeue(cell: AgentCell, deliveries: list[Delivery]) -> None:
     """Put deliveries back at the head of the mailbox, their ids pending again."""
     if deliveries:
@@ -338,6 +389,9 @@ def _requeue(cell: AgentCell, deliveries: list[Delivery]) -> None:
 async def _settle_unfinished(
     cell: AgentCell, interrupted: Delivery, cause: BaseException | None, rest: list[Delivery]
 ) -> None:
+    # Their starts were counted (_count_attempts) but they did not run, or
+    # (cancelled for shutdown) not through any fault of theirs.
+    _uncount(rest if cause is not None else [interrupted, *rest])
     if cause is None:
         # Cancelled for shutdown: nothing was applied; keep it for later.
         cell.mailbox.requeue_front([interrupted, *rest])
@@ -346,7 +400,6 @@ async def _settle_unfinished(
     if instruction is None:
         interrupted.fail(AgentUnavailable(f"agent {cell.ref.id!r} crashed"))
     elif interrupted.log_seq is not None:
-        interrupted.attempts += 1
         if interrupted.attempts < cell.kernel.max_delivery_attempts:
             rest = [interrupted, *rest]  # at-least-once: deliver it again after the restart
         else:

@@ -57,7 +57,9 @@ from ._effects import derived_id
 from ._effects import hold_send
 from ._effects import hold_signal
 from ._log import DurableLog
+from ._log import attempts_key
 from ._log import dead_letter_stream
+from ._log import decode_attempts
 from ._log import mailbox_stream
 from ._mailbox import Mailbox
 from ._store import AgentStore
@@ -580,6 +582,9 @@ class AgentCell:
         seen = self.ensure_store().seen
         replay: list[Delivery] = []
         applied_upto = 0
+        found = await backend.read(attempts_key(self.ref.id))
+        started = {} if found is None else decode_attempts(found.value)
+        most = self.kernel.max_delivery_attempts
         for entry in await backend.read_log(durable.stream):
             durable.saw(entry.seq)
             if entry.seq in durable.unacked:
@@ -601,9 +606,24 @@ class AgentCell:
                 if durable.before_unapplied(entry.seq):
                     applied_upto = entry.seq
                 continue
+            attempts = started.get(entry.seq, 0)
+            if attempts >= most:
+                # Started that many times and never finished: it took the
+                # whole process down each time (a crash of the agent alone is
+                # dead-lettered by the batch that saw it).
+                await self.store_dead_letter(
+                    message, f"started {attempts} times and never finished (the process died)"
+                )
+                if durable.before_unapplied(entry.seq):
+                    applied_upto = entry.seq
+                continue
             durable.unacked[entry.seq] = instruction.id
             self.add_pending(instruction.id)
-            replay.append(Delivery("instruction", message, instruction, None, log_seq=entry.seq))
+            delivery = Delivery("instruction", message, instruction, None, log_seq=entry.seq)
+            delivery.attempts = attempts
+            if attempts:
+                durable.suspects[entry.seq] = attempts
+            replay.append(delivery)
         if replay:
             self.mailbox.requeue_front(replay)
         applied_upto = durable.trim_bound(applied_upto)

@@ -27,6 +27,8 @@ import logging
 from typing import TYPE_CHECKING
 from typing import Any
 
+import trio
+
 from .._exceptions import INFRASTRUCTURE_ERRORS
 from .._exceptions import AgentNotFound
 from .._exceptions import AgentUnavailable
@@ -73,7 +75,7 @@ _WAIT_AND_RETRY: tuple[type[Exception], ...] = (*INFRASTRUCTURE_ERRORS, MailboxF
 class Effect:
     """One held message (``signal`` set: a signal to publish)."""
 
-    __slots__ = ("attempts", "delivery", "durable", "instruction", "origin", "ref", "signal")
+    __slots__ = ("delivery", "durable", "instruction", "missing_since", "origin", "ref", "signal")
 
     def __init__(
         self,
@@ -91,8 +93,8 @@ class Effect:
         #: The encoded envelope of an at-least-once send, once written into
         #: the state record (see :meth:`AgentStore.plan_commit`).
         self.durable: bytes | None = None
-        #: Releases that found no such agent (it may be starting still).
-        self.attempts = 0
+        #: When a release first found no such agent (it may be starting still).
+        self.missing_since: float | None = None
 
     def envelope(self) -> Message:
         """The envelope the send goes out in (its id fixed by its origin)."""
@@ -223,9 +225,14 @@ async def release_effects(cell: AgentCell) -> bool:
             _undeliverable(cell, effect, exc)
         except (AgentNotFound, AgentUnavailable) as exc:
             # Perhaps not started yet (a node starting its agents one after
-            # another): a durable send tries a few times before it gives up.
-            effect.attempts += 1
-            if effect.durable is not None and effect.attempts < cell.kernel.max_delivery_attempts:
+            # another): a durable send keeps trying for an operation timeout.
+            now = trio.current_time()
+            if effect.missing_since is None:
+                effect.missing_since = now
+            if (
+                effect.durable is not None
+                and now - effect.missing_since < cell.kernel.operation_timeout
+            ):
                 return False
             _undeliverable(cell, effect, exc)
         except JidoError as exc:

@@ -89,6 +89,8 @@ class Kernel:
     dedupe_window: int
     max_delivery_attempts: int
     shutdown_timeout: float
+    #: How long an operation waits when given no timeout.
+    operation_timeout: float
     #: ``state.synchronous_access()`` and ``registry.synchronous_access()``, asked once.
     state_nowait: SynchronousState | None = attrs.field(init=False)
     registry_nowait: SynchronousRegistry | None = attrs.field(init=False)

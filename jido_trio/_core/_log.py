@@ -7,6 +7,14 @@ are queued and not yet applied, and which appends are still on their way.
 It decides how far the log may be trimmed: never past a message not yet
 applied, nor past an append whose sequence number is not known yet (appends
 can complete out of order).
+
+Attempts. Before a batch with logged messages runs, how many times each of
+them has been started is written to ``agent/<id>/attempts`` (one write per
+such batch). A message that kills the whole process (out of memory, a
+segfault, ``os._exit``) is counted too: the next start finds it among the
+*suspects* still in flight, runs each suspect in a batch of its own (so only
+the guilty one keeps counting), and dead-letters a message started
+``max_delivery_attempts`` times instead of running it again.
 """
 
 from __future__ import annotations
@@ -14,11 +22,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import attrs
+import msgspec
 
 from ..abc import StateBackend
 from ._delivery import Delivery
 
-__all__ = ["DurableLog", "dead_letter_stream", "mailbox_stream"]
+__all__ = [
+    "DurableLog",
+    "attempts_key",
+    "dead_letter_stream",
+    "decode_attempts",
+    "encode_attempts",
+    "mailbox_stream",
+]
 
 
 def mailbox_stream(agent_id: str) -> str:
@@ -29,6 +45,27 @@ def mailbox_stream(agent_id: str) -> str:
 def dead_letter_stream(agent_id: str) -> str:
     """The StateBackend log of an agent's dead letters."""
     return f"deadletter/{agent_id}"
+
+
+def attempts_key(agent_id: str) -> str:
+    """The StateBackend key of the attempts of an agent's logged messages in flight."""
+    return f"agent/{agent_id}/attempts"
+
+
+_encode_attempts = msgspec.msgpack.Encoder().encode
+_decode_attempts = msgspec.msgpack.Decoder(dict[int, int]).decode
+
+
+def encode_attempts(attempts: dict[int, int]) -> bytes:
+    return _encode_attempts(attempts)
+
+
+def decode_attempts(data: bytes) -> dict[int, int]:
+    """The attempts record (empty if it cannot be read: counting starts over)."""
+    try:
+        return _decode_attempts(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return {}
 
 
 @attrs.define(eq=False)
@@ -43,6 +80,9 @@ class DurableLog:
     appending: dict[object, int] = attrs.field(factory=dict)
     #: Highest seq this process has seen (appended or replayed).
     seen_upto: int = 0
+    #: Logged messages that were in flight when the last incarnation ended
+    #: (seq -> times started): each runs alone until applied or dead-lettered.
+    suspects: dict[int, int] = attrs.field(factory=dict)
 
     async def append(self, backend: StateBackend, data: bytes) -> int:
         """Append ``data``; return its seq once it is durable."""
@@ -76,10 +116,13 @@ class DurableLog:
         (0: nothing to trim)."""
         highest = 0
         unacked = self.unacked
+        suspects = self.suspects
         for delivery in deliveries:
             seq = delivery.log_seq
             if seq is not None:
                 unacked.pop(seq, None)
+                if suspects:
+                    suspects.pop(seq, None)
                 if seq > highest:
                     highest = seq
         if not highest:

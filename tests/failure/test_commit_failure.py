@@ -21,7 +21,8 @@ from jido_trio.local import MemoryStateBackend
 
 
 class FailingCommits(MemoryStateBackend):
-    """Writes of agent records fail while :attr:`failures` is above zero."""
+    """Writes of agent state records (commits) fail while :attr:`failures`
+    is above zero."""
 
     failures: int = 0
     #: The next :attr:`hangs` writes of agent records first hang this long.
@@ -29,11 +30,12 @@ class FailingCommits(MemoryStateBackend):
     hang_seconds: float = 10.0
 
     async def write(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
-        if key.startswith("agent/") and "/ids/" not in key and self.failures > 0:
+        record = key.startswith("agent/") and key.count("/") == 1  # agent/<id>: a commit
+        if record and self.failures > 0:
             await trio.lowlevel.checkpoint()
             self.failures -= 1
             raise jt.Unreachable("the state backend is away")
-        if key.startswith("agent/") and "/ids/" not in key and self.hangs > 0:
+        if record and self.hangs > 0:
             self.hangs -= 1
             await trio.sleep(self.hang_seconds)
         return await super().write(key, value, expected_version=expected_version)
