@@ -21,6 +21,7 @@ from .._exceptions import AgentNotFound
 from .._exceptions import AgentUnavailable
 from .._exceptions import CallTimeout
 from .._exceptions import CircuitOpen
+from .._exceptions import MailboxFull
 from .._exceptions import RemoteNotSupported
 from .._exceptions import Unreachable
 from .._message import Message
@@ -165,6 +166,16 @@ class RemoteClient:
                     f"agent {message.recipient.id!r} moved to node {moved!r}"
                 ) from exc
 
+        # A tell refused for a full mailbox is tried again within the
+        # deadline: a remote sender waits for room like a local one.
+        retry_on = (
+            (Unreachable, CallTimeout, MailboxFull)
+            if kind != "query"
+            else (
+                Unreachable,
+                CallTimeout,
+            )
+        )
         return await retry_idempotent(
-            attempt, deadline=deadline, policy=self.retry, retry_on=(Unreachable, CallTimeout)
+            attempt, deadline=deadline, policy=self.retry, retry_on=retry_on
         )

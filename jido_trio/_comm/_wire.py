@@ -116,9 +116,18 @@ def decode_request(data: bytes) -> tuple[str, Message]:
     return kind, Message.from_bytes(raw)
 
 
+#: Part of the time a caller still waits that a served request keeps in
+#: reserve, so that its answer (MailboxFull, CallTimeout) reaches the caller
+#: before the caller gives up on it (which would look like a lost request).
+REPLY_MARGIN = 0.1
+#: Most time kept in reserve, in seconds.
+MAX_REPLY_MARGIN = 0.25
+
+
 def remaining_time(message: Message) -> float:
     """Seconds the caller of a request still waits (the earlier of its
-    relative and absolute deadlines; negative once passed).
+    relative and absolute deadlines; negative once passed), less a margin for
+    the answer's way back (see :data:`REPLY_MARGIN`).
 
     :raises InvalidMessage: the request carries no numeric time left.
     """
@@ -128,6 +137,7 @@ def remaining_time(message: Message) -> float:
     absolute = message.metadata.get(DEADLINE_KEY)
     if isinstance(absolute, (int, float)) and not isinstance(absolute, bool):
         remaining = min(remaining, absolute - time.time())
+    remaining -= min(MAX_REPLY_MARGIN, max(0.0, remaining) * REPLY_MARGIN)
     return min(float(remaining), MAX_REMOTE_TIMEOUT)
 
 

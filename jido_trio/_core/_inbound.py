@@ -239,7 +239,9 @@ async def queue_and_wait(cell: AgentCell, item: Delivery, deadline: float) -> An
     """Queue a call or query, waiting for room, then wait for its reply; all
     bounded by ``deadline``.
 
-    :raises CallTimeout: no room, or no reply, before the deadline.
+    :raises MailboxFull: no room before the deadline (overload: the agent is
+        busy, not failing).
+    :raises CallTimeout: queued, but no reply before the deadline.
     :raises AgentUnavailable: the agent stopped for good.
     """
     reply = item.reply
@@ -247,9 +249,11 @@ async def queue_and_wait(cell: AgentCell, item: Delivery, deadline: float) -> An
     instruction_id = None if item.instruction is None else item.instruction.id
     if instruction_id is not None:
         cell.add_pending(instruction_id)
+    queued = False
     try:
         with trio.move_on_at(deadline) as scope:
             await cell.mailbox.put(item)
+            queued = True
             return await reply.wait()
     except MailboxClosed as closed:
         raise closed.error from None
@@ -259,6 +263,8 @@ async def queue_and_wait(cell: AgentCell, item: Delivery, deadline: float) -> An
             if instruction_id is not None:
                 call_abandoned(cell, instruction_id)
     if scope.cancelled_caught:
+        if not queued:
+            raise _mailbox_full(cell)
         raise CallTimeout(f"no reply from agent {cell.ref.id!r} before the deadline")
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -9,6 +9,7 @@ import pytest
 import trio
 
 import jido_trio as jt
+from jido_trio.testing import open_cluster
 from tests._agents import Counter
 from tests._agents import CounterState
 
@@ -107,7 +108,8 @@ async def test_every_operation_has_a_deadline(autojump_clock: trio.testing.MockC
                 await node.send_instruction(ref, jt.Instruction("increment"))
             assert trio.current_time() - start == pytest.approx(2.0)
             start = trio.current_time()
-            with pytest.raises(jt.CallTimeout):
+            # A query that cannot even be queued is overload: MailboxFull.
+            with pytest.raises(jt.MailboxFull):
                 await node.query_agent(ref)
             assert trio.current_time() - start == pytest.approx(2.0)
             nursery.cancel_scope.cancel()
@@ -160,3 +162,55 @@ async def test_a_retry_of_a_call_already_running_is_answered_already_processed(
         with pytest.raises(jt.AlreadyProcessed):
             await node.call(ref, instruction, timeout=10)
         assert await node.call(ref, jt.Instruction("get")) == 1
+
+
+class Busy(Counter):
+    type = "overloaded-counter"
+
+    @jt.action("work")
+    async def work(self, state: CounterState) -> CounterState:
+        await trio.sleep(0.05)
+        return attrs.evolve(state, count=state.count + 1)
+
+
+async def test_overload_is_not_failure(autojump_clock: trio.testing.MockClock) -> None:
+    """Issue 17, finding 2: 60 remote callers of an agent with a 50 ms action
+    and a mailbox of 4 wait for room within their deadline; none sees
+    CircuitOpen, and calls, queries and health from that node are fine after."""
+    async with open_cluster("n1", "n2", mailbox_size=4) as cluster:
+        n1, n2 = cluster["n1"], cluster["n2"]
+        ref = await n1.start_agent(Busy, "busy")
+        outcomes: list[str] = []
+
+        async def caller(i: int) -> None:
+            try:
+                await n2.call(ref, jt.Instruction("work", id=f"w-{i}"), timeout=10)
+                outcomes.append("ok")
+            except jt.JidoError as exc:
+                outcomes.append(type(exc).__name__)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(60):
+                nursery.start_soon(caller, i)
+        assert "CircuitOpen" not in outcomes
+        assert outcomes.count("ok") == 60, outcomes
+        assert await n2.call(ref, jt.Instruction("get")) == 60
+        assert await n2.query_agent(ref) == CounterState(count=60)
+        # Impaired (its calls were slow), never UNREACHABLE.
+        assert await n2.check_agent_health(ref) in (jt.Health.HEALTHY, jt.Health.DEGRADED)
+        # 60 remote senders at once, default deadlines: each waits for room.
+        sent: list[str] = []
+
+        async def sender(i: int) -> None:
+            try:
+                await n2.send_instruction(ref, jt.Instruction("work", id=f"t-{i}"))
+                sent.append("ok")
+            except jt.JidoError as exc:
+                sent.append(type(exc).__name__)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(60):
+                nursery.start_soon(sender, i)
+        assert sent.count("ok") == 60, sent
+        assert await n2.call(ref, jt.Instruction("get")) == 120
+        assert await n2.check_agent_health(ref) in (jt.Health.HEALTHY, jt.Health.DEGRADED)
