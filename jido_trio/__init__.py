@@ -35,6 +35,7 @@ from ._exceptions import AgentAlreadyExists as AgentAlreadyExists
 from ._exceptions import AgentNotFound as AgentNotFound
 from ._exceptions import AgentUnavailable as AgentUnavailable
 from ._exceptions import AlreadyProcessed as AlreadyProcessed
+from ._exceptions import CallCycle as CallCycle
 from ._exceptions import CallTimeout as CallTimeout
 from ._exceptions import ChildAlreadyExists as ChildAlreadyExists
 from ._exceptions import ChildNotFound as ChildNotFound

@@ -18,6 +18,7 @@ import attrs
 import trio
 
 from ._exceptions import ActionNotFound
+from ._exceptions import CallCycle
 from ._exceptions import InvalidMessage
 from ._message import Origin
 
@@ -450,5 +451,18 @@ class Context:
         """Call another agent and wait for its reply (see ``Node.call``).
 
         Unlike :meth:`send`, a call cannot wait for the commit (its reply is
-        needed now): it goes out at once, inside an action too."""
-        return await self._messenger.call(ref, instruction, timeout, self._origin())
+        needed now): it goes out at once, inside an action too.
+
+        :raises CallCycle: ``ref`` is this agent, or an agent waiting (in
+            this chain of calls) for this one: the call could never be
+            answered, since an agent handles one message at a time.
+        """
+        origin = self._origin()
+        chain = (*origin.chain, self.ref.id)
+        if ref.id in chain:
+            raise CallCycle(
+                f"agent {self.ref.id!r} cannot call {ref.id!r}: the calls "
+                f"{' -> '.join((*chain, ref.id))} would wait for each other "
+                "forever (send instead, or reply first)"
+            )
+        return await self._messenger.call(ref, instruction, timeout, origin._replace(chain=chain))

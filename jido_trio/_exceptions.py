@@ -14,6 +14,7 @@ Every error the runtime raises on purpose derives from :class:`JidoError`::
     ├── ActionNotFound       (also LookupError)  the agent has no such action
     ├── ActionError                              the action raised; cause kept
     ├── AlreadyProcessed                         a call re-used an applied instruction id
+    ├── CallCycle                                a call would wait on an agent waiting for the caller
     ├── InvalidMessage       (also ValueError)   malformed, oversized or unknown-version input
     ├── ConfigError          (also ValueError)   bad configuration or unknown plugin name
     ├── StateConflict                            an optimistic (compare-and-set) write lost
@@ -47,6 +48,7 @@ __all__ = [
     "AgentNotFound",
     "AgentUnavailable",
     "AlreadyProcessed",
+    "CallCycle",
     "CallTimeout",
     "ChildAlreadyExists",
     "ChildNotFound",
@@ -146,6 +148,14 @@ class AlreadyProcessed(JidoError):
     The action is not run a second time. ``send_instruction`` reports the same
     situation through ``Receipt.status == "already_processed"`` instead.
     """
+
+
+class CallCycle(JidoError):
+    """A call from inside an action would wait for an agent that is itself
+    waiting, in the same chain of calls, for the caller (A calls B, and B,
+    while A waits, calls A): it could never be answered, so it is refused at
+    once instead of timing out. Send instead of calling (``ctx.send``), or
+    reply and call later."""
 
 
 class InvalidMessage(JidoError, ValueError):

@@ -343,12 +343,15 @@ class Origin(NamedTuple):
     outside any agent) and the chain it continues, its trace id and the id of
     the message that caused it. ``message_id``: the id its envelope gets
     (``None``: a new one), for a message whose receipt was given before it
-    was sent (one an action sends, released after its commit)."""
+    was sent (one an action sends, released after its commit). ``chain``:
+    for a call, the ids of the agents waiting for it, the sender last (a
+    call to one of them could never be answered)."""
 
     sender: AgentRef | None = None
     trace_id: str | None = None
     causation_id: str | None = None
     message_id: str | None = None
+    chain: tuple[str, ...] = ()
 
 
 #: A message sent from outside any agent, starting a trace of its own.
@@ -359,7 +362,7 @@ def envelope_parts(origin: Origin, recipient: AgentRef, payload: Any) -> Envelop
     """What :meth:`Message.new` would fix now (the id, the time, the trace),
     for an envelope that may never be looked at: a local delivery builds its
     :class:`Message` only when something reads it (:func:`build_envelope`)."""
-    sender, trace_id, causation_id, message_id = origin
+    sender, trace_id, causation_id, message_id, _ = origin
     if message_id is None:
         message_id = new_id()
     return (

@@ -56,6 +56,7 @@ from ._client import MovedHere
 from ._client import RemoteClient
 from ._directory import Directory
 from ._health import HealthPolicy
+from ._wire import CHAIN_KEY
 from ._wire import decode_state_reply
 
 __all__ = ["Communication"]
@@ -178,15 +179,19 @@ class Communication:
                 # Ours: no registry, and the envelope built only if read.
                 deadline = deadline_after(timeout, self.operation_timeout, cell.kernel.now)
                 parts = envelope_parts(origin, cell.ref, instruction)
-                return await self.deliver_call(cell, parts, instruction, deadline)
+                return await self.deliver_call(cell, parts, instruction, deadline, origin.chain)
         target, message, deadline = await self._address(ref, instruction, timeout, origin)
         if isinstance(target, str):
+            if origin.chain:
+                message = attrs.evolve(
+                    message, metadata={**message.metadata, CHAIN_KEY: list(origin.chain)}
+                )
             try:
                 return await self.client.request_following(target, "call", message, deadline)
             except MovedHere as moved:
                 target = moved.cell
                 message = attrs.evolve(message, recipient=target.ref)
-        return await self.deliver_call(target, message, instruction, deadline)
+        return await self.deliver_call(target, message, instruction, deadline, origin.chain)
 
     async def deliver_call(
         self,
@@ -194,9 +199,11 @@ class Communication:
         message: Message | EnvelopeParts,
         instruction: Instruction,
         deadline: float,
+        chain: tuple[str, ...] = (),
     ) -> Any:
         """Run an action of an agent of this node and return its reply,
-        through the breaker of calls to it."""
+        through the breaker of calls to it; ``chain``: the agents waiting for
+        it (see :class:`~jido_trio.CallCycle`)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         instruction = prepare_nowait(cell, instruction) or await prepare(cell, message, instruction)
         if cell.seen(instruction.id):
@@ -211,6 +218,8 @@ class Communication:
             raise error
         reply = Reply()
         item = Delivery("instruction", message, instruction, reply)
+        if chain:
+            item.chain = chain
         now = cell.kernel.now
         started = now()
         outcome: Literal["success", "failure", "release"] = "release"

@@ -30,6 +30,7 @@ from .._message import Message
 from ._directory import Directory
 from ._health import HealthPolicy
 from ._wire import RemoteActionError
+from ._wire import call_chain
 from ._wire import decode_request
 from ._wire import encode_error
 from ._wire import encode_ok
@@ -109,7 +110,9 @@ class RemoteServer:
                 )
                 return receipt.status
             try:
-                return await comm.deliver_call(cell, message, instruction, deadline)
+                return await comm.deliver_call(
+                    cell, message, instruction, deadline, call_chain(message)
+                )
             except ActionError as exc:
                 cause = exc.__cause__
                 if cause is None:

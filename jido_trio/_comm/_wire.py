@@ -28,6 +28,7 @@ from .._message import decode_value
 from .._message import encode_value
 
 __all__ = [
+    "CHAIN_KEY",
     "DEADLINE_KEY",
     "MAX_REMOTE_TIMEOUT",
     "PORTABLE_ERRORS",
@@ -50,6 +51,11 @@ TIMEOUT_KEY = "jido.timeout"
 DEADLINE_KEY = "jido.deadline"
 #: Longest wait a remote request may ask for.
 MAX_REMOTE_TIMEOUT = 3600.0
+#: Envelope metadata key carrying a call's chain (the ids of the agents
+#: waiting for it; see jido_trio.CallCycle).
+CHAIN_KEY = "jido.chain"
+#: Longest chain of calls a request may carry.
+MAX_CHAIN = 256
 
 RequestKind = Literal[
     "tell", "tell_alo", "call", "query", "health", "ping", "signal", "adopt", "migrate"
@@ -69,6 +75,7 @@ PORTABLE_ERRORS: dict[str, type[JidoError]] = {
         errors.CircuitOpen,
         errors.ActionNotFound,
         errors.AlreadyProcessed,
+        errors.CallCycle,
         errors.InvalidMessage,
         errors.ConfigError,
         errors.EngineError,
@@ -139,6 +146,21 @@ def remaining_time(message: Message) -> float:
         remaining = min(remaining, absolute - time.time())
     remaining -= min(MAX_REPLY_MARGIN, max(0.0, remaining) * REPLY_MARGIN)
     return min(float(remaining), MAX_REMOTE_TIMEOUT)
+
+
+def call_chain(message: Message) -> tuple[str, ...]:
+    """The chain of calls a call request carries (see :data:`CHAIN_KEY`).
+
+    :raises InvalidMessage: malformed.
+    """
+    chain = message.metadata.get(CHAIN_KEY, ())
+    if (
+        not isinstance(chain, list | tuple)
+        or len(chain) > MAX_CHAIN
+        or not all(isinstance(agent_id, str) for agent_id in chain)
+    ):
+        raise InvalidMessage(f"malformed {CHAIN_KEY!r}")
+    return tuple(chain)
 
 
 def encode_ok(value: Any) -> bytes:

@@ -27,6 +27,7 @@ class Delivery:
     __slots__ = (
         "_message",
         "attempts",
+        "chain",
         "instruction",
         "kind",
         "log_seq",
@@ -52,6 +53,8 @@ class Delivery:
         #: Sequence number in the agent's durable mailbox log (at-least-once only).
         self.log_seq = log_seq
         self.attempts = 0
+        #: For a call: the agents waiting for it in its chain of calls.
+        self.chain: tuple[str, ...] = ()
 
     @property
     def message(self) -> Message:
@@ -68,9 +71,9 @@ class Delivery:
         envelope); ``message_id``: the id the sent envelope gets."""
         message = self._message
         if type(message) is tuple:
-            return Origin(sender, message[5], message[0], message_id)
+            return Origin(sender, message[5], message[0], message_id, self.chain)
         assert isinstance(message, Message)
-        return Origin(sender, message.trace_id, message.id, message_id)
+        return Origin(sender, message.trace_id, message.id, message_id, self.chain)
 
     def resolve(self) -> None:
         if self.reply is not None:

@@ -323,3 +323,24 @@ def test_dedupe_window_numbers_are_current() -> None:
     window = jido_trio.Config().dedupe_window
     assert f"chunks of {CHUNK_SIZE} ids" in page, f"concepts.md: chunk size is {CHUNK_SIZE}"
     assert f"({window:,} by default)" in page, f"concepts.md: dedupe window is {window:,}"
+
+
+def test_the_error_tree_in_the_docs_is_the_one_in_the_code() -> None:
+    """concepts.md shows the hierarchy documented in jido_trio._exceptions,
+    and that lists every public error."""
+    from jido_trio import _exceptions
+
+    code_doc = _exceptions.__doc__ or ""
+    tree = code_doc.split("::\n\n", 1)[1].split("\n\n", 1)[0]
+    lines = [line[4:] for line in tree.splitlines()]
+    page = (DOCS / "concepts.md").read_text(encoding="utf-8")
+    assert "```text\n" + "\n".join(lines) + "\n```" in page
+    listed = {line.split("── ")[1].split()[0] for line in lines if "── " in line}
+    public = {
+        name
+        for name in dir(jido_trio)
+        if isinstance(getattr(jido_trio, name), type)
+        and issubclass(getattr(jido_trio, name), jido_trio.JidoError)
+        and name != "JidoError"
+    }
+    assert public <= listed, f"errors missing from the tree: {sorted(public - listed)}"
