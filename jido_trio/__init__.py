@@ -23,6 +23,8 @@ This module only re-exports the public names.
 
 from __future__ import annotations
 
+import logging
+
 from ._agent import Agent as Agent
 from ._agent import Context as Context
 from ._agent import action as action
@@ -80,3 +82,8 @@ from .workqueue import WorkQueue as WorkQueue
 from .workqueue import open_work_queue as open_work_queue
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides where to: without its own logging
+# configuration nothing of jido_trio reaches stderr (the convention of the
+# logging HOWTO; ``jido-trio run --log-level`` configures it).
+logging.getLogger("jido_trio").addHandler(logging.NullHandler())

@@ -49,6 +49,19 @@ def _positive_int(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> No
         raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
 
 
+def _ratio(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(
+            f"{attribute.name} must be a fraction of the mailbox above 0 and at most 1, "
+            f"got {value!r}"
+        )
+
+
+def _flag(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{attribute.name} must be true or false, got {value!r}")
+
+
 def _name(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{attribute.name} must be a non-empty string, got {value!r}")
@@ -80,7 +93,7 @@ class Config:
     :param failure_detection_threshold: missed heartbeats before a node is
         considered unreachable.
     :param mailbox_size: capacity of each agent's bounded mailbox.
-    :param mailbox_high_water: mailbox fill ratio above which an agent is
+    :param mailbox_high_water: mailbox fill ratio (above 0, at most 1) above which an agent is
         reported ``DEGRADED``.
     :param dedupe_window: processed instruction ids remembered per agent
         (at least this many most recent ids are kept).
@@ -115,7 +128,7 @@ class Config:
     health_check_interval: float = attrs.field(default=1.0, validator=_positive)
     failure_detection_threshold: int = attrs.field(default=3, validator=_positive_int)
     mailbox_size: int = attrs.field(default=1024, validator=_positive_int)
-    mailbox_high_water: float = attrs.field(default=0.8, validator=_positive)
+    mailbox_high_water: float = attrs.field(default=0.8, validator=_ratio)
     dedupe_window: int = attrs.field(default=10_000, validator=_positive_int)
     max_delivery_attempts: int = attrs.field(default=3, validator=_positive_int)
     retry_attempts: int = attrs.field(default=3, validator=_positive_int)
@@ -128,7 +141,7 @@ class Config:
     plugin_options: Mapping[str, Mapping[str, Any]] = attrs.field(
         default=None, converter=_freeze_options
     )
-    failover: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    failover: bool = attrs.field(default=True, validator=_flag)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Config:

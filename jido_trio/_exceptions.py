@@ -216,16 +216,41 @@ class SupervisorEscalation(JidoError):
     """A supervisor exceeded its restart intensity and failed upward.
 
     Its parent handles this like any child failure; on the root supervisor it
-    ends the node, and ``open_node`` raises it.
+    ends the node, and ``open_node`` raises it. ``failures``: for each child
+    whose failures were counted within the window, the id and how it failed
+    (one description per failure), also named in the message.
     """
 
-    def __init__(self, supervisor_id: str, restarts: int, within: float) -> None:
-        super().__init__(
-            f"supervisor {supervisor_id!r} exceeded {restarts} restarts within {within}s"
-        )
+    def __init__(
+        self,
+        supervisor_id: str,
+        restarts: int,
+        within: float,
+        failures: tuple[tuple[str, tuple[str, ...]], ...] = (),
+    ) -> None:
+        message = f"supervisor {supervisor_id!r} exceeded {restarts} restarts within {within}s"
+        if failures:
+            message += ": " + "; ".join(
+                f"{child_id!r} failed {_times(len(hows))} ({_summary(hows)})"
+                for child_id, hows in failures
+            )
+        super().__init__(message)
         self.supervisor_id = supervisor_id
         self.restarts = restarts
         self.within = within
+        self.failures = failures
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
+
+def _summary(hows: tuple[str, ...]) -> str:
+    """Distinct failures in order, the last one first (the most telling)."""
+    distinct = list(dict.fromkeys(reversed(hows)))
+    shown = distinct[:3]
+    more = f", and {len(distinct) - 3} other failures" if len(distinct) > 3 else ""
+    return ", ".join(shown) + more
 
 
 class SupervisorNotFound(JidoError, LookupError):

@@ -192,7 +192,7 @@ class Node:
             health,
             comm,
             signals.handle_forwarded,
-            {"adopt": self._serve_adopt, "migrate": self._serve_migrate},
+            {"adopt": self._serve_adopt, "migrate": self._serve_migrate, "stop": self._serve_stop},
         )
         self._root = self._new_supervisor(
             ROOT_SUPERVISOR, "one_for_one", config.max_restarts, config.max_seconds, None
@@ -492,25 +492,56 @@ class Node:
         spec = ChildSpec(id=sensor_id, start=run, restart=restart)
         await self._supervisor(supervisor).add_child(spec, run=run, kind="worker")
 
-    async def stop_agent(self, ref: AgentRef | str) -> None:
-        """Stop an agent gracefully; it is not restarted and its id answers
-        :class:`AgentUnavailable` afterwards. Its persisted state is kept, so
-        starting the id again resumes it. Stopping a stopped agent does nothing.
+    async def stop_agent(self, ref: AgentRef | str, *, timeout: float | None = None) -> None:
+        """Stop an agent gracefully, wherever it runs; it is not restarted and
+        its id answers :class:`AgentUnavailable` afterwards (on the node it
+        ran on; elsewhere, once its registry entry is gone,
+        :class:`AgentNotFound`). Its persisted state is kept, so starting the
+        id again resumes it. Stopping an agent stopped on this node does
+        nothing.
 
-        :raises AgentNotFound: no such agent on this node.
+        :raises AgentNotFound: no such agent (here, or in the registry).
+        :raises Unreachable: its node cannot be reached, or it is being
+            started or moved right now.
+        :raises CallTimeout: its node did not stop it within ``timeout``
+            (default ``Config.operation_timeout``).
         """
         agent_id = ref if isinstance(ref, str) else ref.id
         cell = self._directory.cells.get(agent_id)
-        if cell is None:
+        if cell is not None:
+            await self._stop_here(cell)
+            return
+        if self._directory.stopped_here(agent_id):
             await trio.lowlevel.checkpoint()
-            if self._directory.stopped_here(agent_id):
-                return
+            return
+        if not self.transport.supports_remote:
+            await trio.lowlevel.checkpoint()
             raise AgentNotFound(f"no agent {agent_id!r} on node {self.name!r}")
+        deadline = deadline_after(timeout, self.config.operation_timeout)
+        owner = await self._directory.owner_elsewhere(agent_id)
+        message = Message.new(None, AgentRef(id=agent_id, type="-", node=owner), None)
+        await self._comm.client.request(owner, "stop", message, deadline)
+
+    async def _stop_here(self, cell: AgentCell) -> None:
         assert cell.supervisor is not None
         try:
-            await cell.supervisor.stop_child(agent_id)
+            await cell.supervisor.stop_child(cell.ref.id)
         except ChildNotFound:
             cell.on_final("stopped")
+
+    async def _serve_stop(self, message: Message, deadline: float) -> None:
+        """Another node's ``stop_agent`` for an agent of this node."""
+        agent_id = message.recipient.id
+        cell = self._directory.cells.get(agent_id)
+        if cell is not None:
+            # Not bounded by the caller's deadline: a stop is bounded by the
+            # shutdown timeout, and must not be cut half-way.
+            await self._stop_here(cell)
+            return
+        if self._directory.stopped_here(agent_id):
+            await trio.lowlevel.checkpoint()
+            return
+        self._directory.raise_missing(agent_id)
 
     async def migrate(
         self, ref: AgentRef | str, node_name: str, *, timeout: float | None = None
@@ -574,7 +605,8 @@ class Node:
         adopt = Message.new(
             None,
             attrs.evolve(ref, node=target),
-            {"restart": cell.restart, "metadata": dict(cell.metadata or {})},
+            # The entry's metadata: what update_metadata set moves along.
+            {"restart": cell.restart, "metadata": dict(entry.metadata)},
         )
         moved = await self._comm.client.request(target, "adopt", adopt, deadline)
         if not isinstance(moved, AgentRef):

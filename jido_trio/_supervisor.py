@@ -31,6 +31,7 @@ from ._exceptions import ChildAlreadyExists
 from ._exceptions import ChildNotFound
 from ._exceptions import ChildRetired
 from ._exceptions import ConfigError
+from ._exceptions import InfrastructureFailure
 from ._exceptions import SupervisorEscalation
 from ._exceptions import SupervisorUnavailable
 from ._exceptions import UncountedFailure
@@ -290,7 +291,8 @@ class Supervisor:
     _forget_on_exit: dict[str, _Child] = attrs.field(factory=dict, init=False, repr=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
-    _restart_times: deque[float] = attrs.field(factory=deque, init=False)
+    #: The restarts counted within ``max_seconds``: when, whose failure, what failure.
+    _restart_times: deque[tuple[float, str, str]] = attrs.field(factory=deque, init=False)
     _exits: Any = attrs.field(default=None, init=False)
     _shutdown_requested: trio.Event = attrs.field(factory=trio.Event, init=False)
     #: The context dormant children's tasks start in (a copy of the
@@ -703,14 +705,27 @@ class Supervisor:
                 del self._children[member.id]
                 group.remove(member)
                 self._finalize(member, "stopped")
-        return await self._restart_group(group)
+        return await self._restart_group(group, (child.id, _how(error)))
 
-    def _over_intensity(self) -> bool:
+    def _over_intensity(self, culprit: tuple[str, str]) -> bool:
+        """Count a restart caused by a failure (``culprit``: whose, what)."""
         now = trio.current_time()
-        self._restart_times.append(now)
-        while self._restart_times and self._restart_times[0] < now - self.max_seconds:
+        self._restart_times.append((now, *culprit))
+        while self._restart_times and self._restart_times[0][0] < now - self.max_seconds:
             self._restart_times.popleft()
         return len(self._restart_times) > self.max_restarts
+
+    def _escalation(self) -> SupervisorEscalation:
+        """The error that says which children failed within the window, and how."""
+        failures: dict[str, list[str]] = {}
+        for _, child_id, how in self._restart_times:
+            failures.setdefault(child_id, []).append(how)
+        return SupervisorEscalation(
+            self.id,
+            self.max_restarts,
+            self.max_seconds,
+            tuple((child_id, tuple(hows)) for child_id, hows in failures.items()),
+        )
 
     def _restart_later(self, child: _Child) -> None:
         """Restart ``child`` after the infrastructure backoff, in a task of
@@ -757,13 +772,18 @@ class Supervisor:
         if child.observer is not None:
             self._notify(child.observer.on_restart, child.restarts)
 
-    async def _restart_group(self, group: Sequence[_Child]) -> SupervisorEscalation | None:
+    async def _restart_group(
+        self, group: Sequence[_Child], culprit: tuple[str, str]
+    ) -> SupervisorEscalation | None:
+        """Restart ``group`` (after ``culprit``'s failure, see
+        :meth:`_over_intensity`), or stop everything and escalate."""
         pending = list(group)
         while pending:
             delay: float | None = None
-            if self._over_intensity():
+            if self._over_intensity(culprit):
+                escalation = self._escalation()
                 await self._stop_all()
-                return SupervisorEscalation(self.id, self.max_restarts, self.max_seconds)
+                return escalation
             if self.backoff is not None:
                 delay = self.backoff.delay(len(self._restart_times))
             if delay is not None:
@@ -805,6 +825,8 @@ class Supervisor:
                     child.last_failure = describe(exc)
                     child.status = "restarting"
                     self._emit(child, "exited", describe(exc))
+                    _log_crash(self.id, child.id, exc, will_restart=True)
+                    culprit = (child.id, f"restart failed: {describe(exc)}")
                     break
                 pending.remove(child)
                 self._emit(child, "restarted")
@@ -852,6 +874,7 @@ class Supervisor:
     def _report_exit(self, child: _Child, error: BaseException | None, will_restart: bool) -> None:
         if error is not None:
             child.last_failure = describe(error)
+            _log_crash(self.id, child.id, error, will_restart)
         self._emit(child, "exited", "normal" if error is None else describe(error))
         if child.observer is not None:
             self._notify(child.observer.on_exit, error, will_restart)
@@ -871,3 +894,30 @@ class Supervisor:
         """Tell every descendant that it is gone for good (the tree is closing)."""
         for child in list(self._children.values()):
             self._finalize(child, reason)
+
+
+def _log_crash(supervisor_id: str, child_id: str, error: BaseException, will_restart: bool) -> None:
+    """Log a child's failure, once: where it happened (for an agent: the
+    action and the instruction, from the note its batch added), how, and
+    what comes next."""
+    inner = error.__cause__ if isinstance(error, UncountedFailure) else error
+    where = next(
+        (note for note in getattr(inner, "__notes__", ()) if " crashed in action " in note),
+        f"child {child_id!r} of supervisor {supervisor_id!r} failed",
+    )
+    then = "" if will_restart else "; not restarted"
+    if isinstance(error, InfrastructureFailure):
+        # An engine failed: expected during an election, no traceback.
+        log.warning("%s: %s%s", where, describe(error), then)
+        return
+    log.error("%s: %s%s", where, describe(error), then, exc_info=inner)
+
+
+def _how(error: BaseException | None) -> str:
+    """How a child ended, in one short line (a supervisor that escalated
+    carries its own children's failures: not repeated at every level)."""
+    if error is None:
+        return "exited normally"
+    if isinstance(error, SupervisorEscalation):
+        return f"escalated: over {error.restarts} restarts within {error.within}s"
+    return describe(error)

@@ -50,7 +50,7 @@ class RemoteServer:
 
     :param handle_signal: takes a signal another node forwarded.
     :param node_requests: handlers of the requests that concern the node
-        rather than one of its agents (``"adopt"``, ``"migrate"``), by kind:
+        rather than one of its agents (``"adopt"``, ``"migrate"``, ``"stop"``), by kind:
         ``await handler(message, deadline)`` returns the reply.
     """
 

@@ -58,7 +58,7 @@ CHAIN_KEY = "jido.chain"
 MAX_CHAIN = 256
 
 RequestKind = Literal[
-    "tell", "tell_alo", "call", "query", "health", "ping", "signal", "adopt", "migrate"
+    "tell", "tell_alo", "call", "query", "health", "ping", "signal", "adopt", "migrate", "stop"
 ]
 
 #: Errors that cross nodes as themselves (their constructor takes one message).

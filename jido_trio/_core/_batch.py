@@ -244,6 +244,13 @@ async def _run_batch(cell: AgentCell, batch: list[Delivery]) -> None:
         raise commit_error
     if crash is not None:
         interrupted = batch[index]
+        instruction = interrupted.instruction
+        if instruction is not None:
+            # Where it crashed, for the one log line of its supervisor.
+            crash.add_note(
+                f"agent {cell.ref.id!r} crashed in action {instruction.action!r} "
+                f"(instruction {instruction.id!r})"
+            )
         if interrupted.log_seq is not None and interrupted.attempts > 1:
             # Its first crash counted; the runtime retries (or dead-lettered)
             # it anyway: no single message exhausts the intensity.

@@ -40,6 +40,7 @@ from .._agent import Context
 from .._agent import attach_context
 from .._exceptions import INFRASTRUCTURE_ERRORS
 from .._exceptions import AgentAlreadyExists
+from .._exceptions import AgentNotFound
 from .._exceptions import AgentUnavailable
 from .._exceptions import ChildRetired
 from .._exceptions import InfrastructureFailure
@@ -297,6 +298,8 @@ class AgentCell:
         kernel = self.kernel
         self._begin()
         instance = self._new_instance()
+        if self.status == "restarting":
+            await self._keep_registry_metadata()
         # The claim comes first: an agent another node owns raises
         # AgentAlreadyExists here, before anything of it is read or written.
         self._claimed(await kernel.claim(self.ref, self.registry_metadata()))
@@ -405,6 +408,18 @@ class AgentCell:
             # restart, so health does not flicker to HEALTHY in between.
             self.last_restart_at = trio.current_time()
         self.status = "running"
+
+    async def _keep_registry_metadata(self) -> None:
+        """Before a restart registers again: keep what ``update_metadata``
+        set in this node's entry meanwhile (registering replaces it)."""
+        try:
+            entry = await self.kernel.registry.lookup(self.ref.id)
+        except AgentNotFound:
+            return
+        if entry.node == self.ref.node:
+            self.metadata = {
+                k: v for k, v in entry.metadata.items() if not k.startswith("jido.")
+            } or None
 
     def registry_metadata(self) -> Mapping[str, Any]:
         """The registry entry's metadata: the agent's own, plus its restart

@@ -12,6 +12,7 @@ from typing import Protocol
 import attrs
 
 from .._exceptions import ConfigError
+from ..abc import check_option_keys
 
 if TYPE_CHECKING:
     from ._coordination import LocalCoordination
@@ -63,8 +64,13 @@ class LocalHub:
 _hubs: dict[str, LocalHub] = {}
 
 
-def hub_name(options: Mapping[str, Any]) -> str | None:
-    """The hub named in a plugin's options, or ``None``."""
+def hub_name(options: Mapping[str, Any], plugin: str) -> str | None:
+    """The hub named in the options of the ``plugin`` engines (``"local"``
+    or ``"memory"``), or ``None``.
+
+    :raises ConfigError: an option other than ``hub``, or a bad hub name.
+    """
+    check_option_keys(options, ("hub",), f"plugin_options[{plugin!r}]")
     name = options.get("hub")
     if name is not None and (not isinstance(name, str) or not name):
         raise ConfigError("plugin option 'hub' must be a non-empty string")

@@ -65,6 +65,7 @@ from ..abc import check_consistency
 from ..abc import check_expected_version
 from ..abc import check_log_limit
 from ..abc import check_log_seq
+from ..abc import check_option_keys
 from ..abc import check_state_key
 from ..abc import check_state_value
 
@@ -464,11 +465,7 @@ def sqlite_factory(config: Config, options: Mapping[str, Any]) -> Any:
 
     :raises ConfigError: ``path`` missing or an option is invalid/unknown.
     """
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise ConfigError(
-            f"unknown sqlite option(s): {', '.join(unknown)}; known: {', '.join(sorted(_OPTIONS))}"
-        )
+    check_option_keys(options, _OPTIONS, "plugin_options['sqlite']")
     path = options.get("path")
     if path is None:
         raise ConfigError(

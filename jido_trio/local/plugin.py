@@ -28,14 +28,14 @@ T = TypeVar("T")
 
 
 def _hub_or_private(
-    private: Callable[[Config], T], shared: Callable[[LocalHub, Config], T]
+    plugin: str, private: Callable[[Config], T], shared: Callable[[LocalHub, Config], T]
 ) -> Callable[[Config, Mapping[str, Any]], AbstractAsyncContextManager[T]]:
     """A factory that builds a private engine, or takes the one of the hub
     named in the plugin options (``{"hub": NAME}``)."""
 
     @asynccontextmanager
     async def factory(config: Config, options: Mapping[str, Any]) -> AsyncIterator[T]:
-        name = hub_name(options)
+        name = hub_name(options, plugin)
         if name is None:
             yield private(config)
             return
@@ -45,15 +45,20 @@ def _hub_or_private(
     return factory
 
 
-_registry = _hub_or_private(lambda config: LocalRegistry(), lambda hub, config: hub.registry)
+_registry = _hub_or_private(
+    "local", lambda config: LocalRegistry(), lambda hub, config: hub.registry
+)
 _coordination = _hub_or_private(
-    lambda config: LocalCoordination(), lambda hub, config: hub.coordination
+    "local", lambda config: LocalCoordination(), lambda hub, config: hub.coordination
 )
 _transport = _hub_or_private(
+    "local",
     lambda config: LocalTransport(node_name=config.node_name),
     lambda hub, config: LocalTransport(node_name=config.node_name, hub=hub),
 )
-_memory = _hub_or_private(lambda config: MemoryStateBackend(), lambda hub, config: hub.state)
+_memory = _hub_or_private(
+    "memory", lambda config: MemoryStateBackend(), lambda hub, config: hub.state
+)
 
 
 @hookimpl(trylast=True)

@@ -334,7 +334,10 @@ async def test_node_with_sqlite_state(tmp_path: Path) -> None:
     [
         ({}, "needs a database path"),
         ({"path": ""}, "must be a non-empty path"),
-        ({"path": "x.db", "colour": "blue"}, "unknown sqlite option.*colour"),
+        (
+            {"path": "x.db", "colour": "blue"},
+            r"unknown plugin_options\['sqlite'\] key\(s\) 'colour'",
+        ),
         ({"path": "x.db", "synchronous": "off"}, "'full' or 'normal'"),
         ({"path": "x.db", "busy_timeout": -1}, "busy_timeout"),
         ({"path": "/nonexistent-dir/x.db"}, "cannot open sqlite state database"),

@@ -581,17 +581,20 @@ async def test_escalation_across_three_levels_ends_the_node(
                 (
                     "sup2",
                     "sup3",
-                    "SupervisorEscalation: supervisor 'sup3' exceeded 0 restarts within 5.0s",
+                    "SupervisorEscalation: supervisor 'sup3' exceeded 0 restarts within 5.0s:"
+                    " 'w' failed once (InjectedCrash: injected crash of agent 'w')",
                 ),
                 (
                     "sup1",
                     "sup2",
-                    "SupervisorEscalation: supervisor 'sup2' exceeded 0 restarts within 5.0s",
+                    "SupervisorEscalation: supervisor 'sup2' exceeded 0 restarts within 5.0s:"
+                    " 'sup3' failed once (escalated: over 0 restarts within 5.0s)",
                 ),
                 (
                     "root",
                     "sup1",
-                    "SupervisorEscalation: supervisor 'sup1' exceeded 0 restarts within 5.0s",
+                    "SupervisorEscalation: supervisor 'sup1' exceeded 0 restarts within 5.0s:"
+                    " 'sup2' failed once (escalated: over 0 restarts within 5.0s)",
                 ),
             ]
             tree = node.supervision_tree()
@@ -699,7 +702,13 @@ async def test_the_intensity_window_slides(
         await rec.wait_for(lambda: rec.has("root", "s", "restarted"))
         assert rec.exits()[-2:] == [
             ("s", "w", "Boom: worker w crashed"),
-            ("root", "s", "SupervisorEscalation: supervisor 's' exceeded 2 restarts within 10.0s"),
+            (
+                "root",
+                "s",
+                # The escalation names the child that failed and how.
+                "SupervisorEscalation: supervisor 's' exceeded 2 restarts within 10.0s:"
+                " 'w' failed 3 times (Boom: worker w crashed)",
+            ),
         ]
         assert sup_info(node, "s").restarts == 1
         assert child_info(node, "w").status == "running"
@@ -1080,7 +1089,8 @@ async def test_supervision_tree_snapshot(
         assert isinstance(s2, jt.SupervisorInfo)
         assert (a.status, s2.status) == ("restarting", "restarting")
         assert s2.last_failure == (
-            "SupervisorEscalation: supervisor 's2' exceeded 0 restarts within 5.0s"
+            "SupervisorEscalation: supervisor 's2' exceeded 0 restarts within 5.0s:"
+            " 'w' failed once (Boom: worker w crashed)"
         )
         assert s2.children[0].last_failure == "Boom: worker w crashed"
 
