@@ -1,8 +1,12 @@
 """Money moves between accounts, and the total never changes, whatever crashes.
 
 python examples/bank_transfer.py            # a run on a temporary SQLite file
-python examples/bank_transfer.py load PATH N [SEED]   # send N transfers (used by the crash test)
-python examples/bank_transfer.py settle PATH N [SEED] # send them all again, print the balances
+python examples/bank_transfer.py load WHERE N [SEED]   # send N transfers (used by the crash tests)
+python examples/bank_transfer.py settle WHERE N [SEED] # send them all again, print the balances
+
+WHERE is an SQLite file, or ``nats://HOST:PORT/NAMESPACE`` for all four
+engines on NATS JetStream (the plugin jido-trio-nats): the same code, the
+same guarantee.
 
 A transfer is an at-least-once instruction to the paying account, with an id
 the client chose. Its action debits the account and sends the credit to the
@@ -59,11 +63,34 @@ class Account(jt.Agent):
         self.ctx.reply(state.amount)
 
 
-def config(path: str) -> jt.Config:
+def config(where: str) -> jt.Config:
+    """The bank's node: on the SQLite file ``where``, or on NATS when
+    ``where`` is ``nats://HOST:PORT/NAMESPACE``."""
+    if where.startswith("nats://"):
+        server, _, namespace = where.removeprefix("nats://").partition("/")
+        return jt.Config(
+            node_name="bank",
+            registry="nats",
+            transport="nats",
+            state="nats",
+            coordination="nats",
+            # Commits that fail during a JetStream election restart the
+            # agent without counting; this rides out the rest.
+            max_restarts=100,
+            plugin_options={
+                "nats": {
+                    "servers": [f"nats://{server}"],
+                    "namespace": namespace or "bank",
+                    # A bank node started again under the same name waits for
+                    # its killed predecessor's lease to lapse: keep it short.
+                    "lease_ttl": 3.0,
+                }
+            },
+        )
     return jt.Config(
         node_name="bank",
         state="sqlite",
-        plugin_options={"sqlite": {"path": path}},
+        plugin_options={"sqlite": {"path": where}},
         max_restarts=100,
     )
 
@@ -100,10 +127,10 @@ async def balances(node: jt.Node, refs: dict[str, jt.AgentRef]) -> dict[str, int
     }
 
 
-async def settle(path: str, n: int, seed: int) -> dict[str, int]:
-    """Start again on ``path``, send every transfer again by id, and wait until
+async def settle(where: str, n: int, seed: int) -> dict[str, int]:
+    """Start again on ``where``, send every transfer again by id, and wait until
     every credit has arrived (the total is whole again)."""
-    async with jt.open_node(config(path)) as node:
+    async with jt.open_node(config(where)) as node:
         refs = await open_accounts(node)
         await send_transfers(node, refs, n, seed)
         with trio.fail_after(30):
@@ -125,20 +152,20 @@ async def main() -> None:
         print("RESULT: OK, total", sum(found.values()))
 
 
-async def load(path: str, n: int, seed: int) -> None:
-    """Send ``n`` transfers on ``path``, printing each acknowledgement (the
-    crash test kills this process somewhere in the middle)."""
-    async with jt.open_node(config(path)) as node:
+async def load(where: str, n: int, seed: int) -> None:
+    """Send ``n`` transfers on ``where``, printing each acknowledgement (the
+    crash tests kill this process somewhere in the middle)."""
+    async with jt.open_node(config(where)) as node:
         await send_transfers(node, await open_accounts(node), n, seed)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] in ("load", "settle"):
-        command, path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        command, where, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
         seed = int(sys.argv[4]) if len(sys.argv) > 4 else 0
         if command == "load":
-            trio.run(load, path, count, seed)
+            trio.run(load, where, count, seed)
         else:
-            print(json.dumps(trio.run(settle, path, count, seed)), flush=True)
+            print(json.dumps(trio.run(settle, where, count, seed)), flush=True)
     else:
         trio.run(main)

@@ -1,10 +1,11 @@
 """Issue 17, finding 3: what an action sends commits with its state.
 
-examples/bank_transfer.py moves money between accounts on SQLite: a transfer
-debits the payer and sends the credit with ``ctx.send``. The process is killed
-with SIGKILL in the middle of the load, twice; every transfer is then sent
-again by its id. Before the outbox, credits went out for debits that never
-committed and the total came back above what it was (10,004 for 10,000).
+examples/bank_transfer.py moves money between accounts on SQLite, and on NATS
+JetStream: a transfer debits the payer and sends the credit with
+``ctx.send``. The node's process is killed with SIGKILL in the middle of the
+load, twice; every transfer is then sent again by its id. Before the outbox,
+credits went out for debits that never committed and the total came back
+above what it was (10,004 for 10,000).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ TOTAL = 10 * 1_000
 pytestmark = pytest.mark.slow
 
 
-def load_until_killed(db: Path, seed: int, kill_after: int) -> int:
+def load_until_killed(db: Path | str, seed: int, kill_after: int) -> int:
     """Run the load, SIGKILL it after ``kill_after`` acknowledged transfers."""
     proc = subprocess.Popen(
         [sys.executable, str(EXAMPLE), "load", str(db), str(TRANSFERS), str(seed)],
@@ -51,7 +52,7 @@ def load_until_killed(db: Path, seed: int, kill_after: int) -> int:
     return acked
 
 
-def settle(db: Path, seed: int) -> dict[str, int]:
+def settle(db: Path | str, seed: int) -> dict[str, int]:
     out = subprocess.run(
         [sys.executable, str(EXAMPLE), "settle", str(db), str(TRANSFERS), str(seed)],
         capture_output=True,
@@ -63,11 +64,23 @@ def settle(db: Path, seed: int) -> dict[str, int]:
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def killed_twice_then_settled(where: Path | str, seed: int) -> dict[str, int]:
+    assert load_until_killed(where, seed, kill_after=60 + 40 * seed) > 0
+    assert load_until_killed(where, seed, kill_after=250) > 0
+    return settle(where, seed)
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_the_total_stays_exact_under_kill_9(tmp_path: Path, seed: int) -> None:
-    db = tmp_path / "bank.db"
-    assert load_until_killed(db, seed, kill_after=60 + 40 * seed) > 0
-    assert load_until_killed(db, seed, kill_after=250) > 0
-    balances = settle(db, seed)
+    balances = killed_twice_then_settled(tmp_path / "bank.db", seed)
+    assert sum(balances.values()) == TOTAL
+    assert all(amount >= 0 for amount in balances.values())
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_total_stays_exact_when_the_node_is_killed_on_nats(seed: int) -> None:
+    testing = pytest.importorskip("jido_trio_nats.testing")
+    with testing.start_nats_server() as server:
+        balances = killed_twice_then_settled(f"{server.url}/bank{seed}", seed)
     assert sum(balances.values()) == TOTAL
     assert all(amount >= 0 for amount in balances.values())
