@@ -32,7 +32,8 @@ compare-and-set on the key's last revision.
 
 Every write carries a ``Nats-TTL`` well beyond ``fence_after``: a backstop
 that removes keys nobody is left to declare gone (deletion markers expire
-after a minute).
+after a minute). A bucket made elsewhere without per-message TTLs gets
+writes without one.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class Membership:
     _steady_since: float | None = None
     _last_renewal: float = -math.inf
     _watch: Subscription | None = None
+    #: Whether the bucket accepts ``Nats-TTL`` (known once joined).
+    _ttl_allowed: bool = False
 
     # ------------------------------------------------------------ settings
 
@@ -148,14 +151,22 @@ class Membership:
 
     # ------------------------------------------------------------ asyncio side
 
+    def _headers(self, *, delete: bool) -> dict[str, str]:
+        headers = {KV_OPERATION: "DEL"} if delete else {}
+        if self._ttl_allowed:
+            headers[TTL] = str(MARKER_TTL) if delete else self._ttl_header
+        return headers
+
     async def _write(self, last: int, *, delete: bool = False) -> int | None:
         """Write (or delete) this node's key if its last revision is ``last``."""
         subject = f"{self.bucket._pre}{self._key}"
-        if delete:
-            headers = {KV_OPERATION: "DEL", TTL: str(MARKER_TTL)}
-            return await publish_if_last(self.conn.js, subject, b"", last=last, headers=headers)
-        headers = {TTL: self._ttl_header}
-        return await publish_if_last(self.conn.js, subject, self._value, last=last, headers=headers)
+        data = b"" if delete else self._value
+        headers = self._headers(delete=delete)
+        return await publish_if_last(self.conn.js, subject, data, last=last, headers=headers)
+
+    async def _allows_ttl(self) -> bool:
+        info = await self.conn.js.stream_info(self.bucket._stream)
+        return bool(info.config.allow_msg_ttl)
 
     async def _try_claim(self, take_over: int) -> tuple[int | None, int]:
         """Create this node's key if it is free, or overwrite it if it is still
@@ -194,7 +205,7 @@ class Membership:
         """Delete a peer's key if it is still at ``revision``; otherwise
         return its current revision (0 if it is gone already)."""
         subject = f"{self.bucket._pre}{key}"
-        headers = {KV_OPERATION: "DEL", TTL: str(MARKER_TTL)}
+        headers = self._headers(delete=True)
         if await publish_if_last(self.conn.js, subject, b"", last=revision, headers=headers):
             return None
         current = await kv_read(self.bucket, key)
@@ -208,6 +219,9 @@ class Membership:
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             headers_only=True,
+            # A watch whose consumer went with its server starts again after
+            # two missed heartbeats.
+            idle_heartbeat=max(1.0, self.lease_ttl / 2),
         )
 
     async def _on_change(self, msg: Msg) -> None:
@@ -234,6 +248,9 @@ class Membership:
         :raises ConfigError: a live process holds the name.
         :raises Unreachable: NATS cannot be reached.
         """
+        self._ttl_allowed = await self.conn.run(
+            "reading the members bucket's configuration", self._allows_ttl
+        )
         wait = self.lease_ttl + max(1.0, self.lease_ttl / 4)
         deadline = trio.current_time() + wait
         poll = min(0.25, self._heartbeat)
@@ -272,10 +289,6 @@ class Membership:
 
     async def wait_fenced(self) -> None:
         await self._fenced.wait()
-
-    @property
-    def fenced(self) -> bool:
-        return self._fenced.is_set()
 
     def _fence(self, reason: str) -> None:
         if not self._fenced.is_set():

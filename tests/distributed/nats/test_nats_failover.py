@@ -25,6 +25,7 @@ import pytest
 import trio
 
 import jido_trio as jt
+from jido_trio_nats import NatsOptions
 from jido_trio_nats.testing import NatsServer
 from jido_trio_nats.testing import start_nats_cluster
 
@@ -200,12 +201,18 @@ async def test_sigkill_a_node_then_a_nats_server_under_load(
                         assert ledger["count"] == 2 * PER_AGENT, (agent_id, ledger)
                         assert ledger["total"] == 2 * expected_total, (agent_id, ledger)
     finally:
-        for worker in workers.values():
-            worker.stop()
-        for server in nats_cluster:
-            if not server.running:
-                server.start()
-                server.wait_ready()
+        _restore(workers, nats_cluster)
+
+
+def _restore(workers: dict[str, Worker], servers: list[NatsServer]) -> None:
+    """Stop the node processes; start again the servers a test killed."""
+    for worker in workers.values():
+        worker.stop()
+    stopped = [server for server in servers if not server.running]
+    for server in stopped:
+        server.start()
+    for server in stopped:
+        server.wait_ready()
 
 
 def _not_meta_leader(servers: list[NatsServer]) -> NatsServer:
@@ -245,7 +252,7 @@ async def test_killing_the_membership_leader_server_fences_no_node(
             await _wait_ready(worker)
         driver_config = attrs.evolve(config("driver", namespace, urls, **options), failover=False)
         async with jt.open_node(driver_config) as driver:
-            lease_ttl = driver.config.plugin_options["nats"].get("lease_ttl", 5.0)
+            lease_ttl = NatsOptions().lease_ttl
             victim = _stream_leader(nats_cluster, f"KV_{namespace}_nodes")
             victim.kill()
             # An election, then several leases' worth of renewals.
@@ -259,9 +266,4 @@ async def test_killing_the_membership_leader_server_fences_no_node(
                     for agent_id in agents:
                         assert (await _ledger(driver, agent_id))["node"] == owner
     finally:
-        for worker in workers.values():
-            worker.stop()
-        for server in nats_cluster:
-            if not server.running:
-                server.start()
-                server.wait_ready()
+        _restore(workers, nats_cluster)
