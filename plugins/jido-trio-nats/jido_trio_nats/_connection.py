@@ -254,10 +254,12 @@ class NatsConnection:
         acknowledged (the server asked has not applied the assignment yet):
         that is waited out like a missing leader.
 
-        :raises Unreachable: the stream was still not found after ``request_timeout``.
+        :raises Unreachable: the stream was still not found after ``3 * request_timeout``.
         """
         js = self.js
-        limit = self.options.request_timeout
+        # A fresh cluster elects the leaders of every new stream at once: on
+        # a loaded machine that takes longer than one request.
+        limit = 3 * self.options.request_timeout
 
         async def poll() -> None:
             loop = asyncio.get_running_loop()

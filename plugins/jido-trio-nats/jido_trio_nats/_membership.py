@@ -50,8 +50,10 @@ from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
+from jido_trio import CallTimeout
 from jido_trio import ConfigError
 from jido_trio import JidoError
+from jido_trio import Unreachable
 from jido_trio.abc import NodeInfo
 
 from ._connection import NatsConnection
@@ -243,24 +245,40 @@ class Membership:
     # ------------------------------------------------------------ trio side
 
     async def claim(self) -> None:
-        """Join: take this node's key (see the module docstring).
+        """Join: take this node's key (see the module docstring). A bucket
+        that does not answer yet (its stream is electing its first leader on
+        a fresh cluster) is tried again for a while.
 
         :raises ConfigError: a live process holds the name.
         :raises Unreachable: NATS cannot be reached.
+        :raises CallTimeout: NATS did not answer in time.
         """
-        self._ttl_allowed = await self.conn.run(
-            "reading the members bucket's configuration", self._allows_ttl
-        )
+        options = self.conn.options
         wait = self.lease_ttl + max(1.0, self.lease_ttl / 4)
-        deadline = trio.current_time() + wait
+        #: Until when a holder of the name is waited for (from the first answer).
+        deadline: float | None = None
+        give_up = trio.current_time() + max(wait, 3 * options.request_timeout)
         poll = min(0.25, self._heartbeat)
         held = _Seen(0, trio.current_time())
+        checked = False
         while True:
             started = trio.current_time()
             lapsed = held.revision if started - held.since >= self.lease_ttl else -1
-            revision, holder = await self.conn.run(
-                f"joining as node {self.node_name!r}", self._try_claim, lapsed
-            )
+            try:
+                if not checked:
+                    self._ttl_allowed = await self.conn.run(
+                        "reading the members bucket's configuration", self._allows_ttl
+                    )
+                    checked = True
+                revision, holder = await self.conn.run(
+                    f"joining as node {self.node_name!r}", self._try_claim, lapsed
+                )
+            except (Unreachable, CallTimeout) as exc:
+                if started >= give_up:
+                    raise
+                log.info("node %r cannot join yet: %s", self.node_name, exc)
+                await trio.sleep(poll)
+                continue
             if revision is not None:
                 if lapsed > 0:
                     log.warning(
@@ -272,6 +290,8 @@ class Membership:
                 return
             if holder != held.revision:
                 held = _Seen(holder, trio.current_time())
+            if deadline is None:
+                deadline = started + wait
             if started >= deadline:
                 raise ConfigError(
                     f"node name {self.node_name!r} is in use: another process holds its "
