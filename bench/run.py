@@ -84,6 +84,7 @@ def sizes(quick: bool) -> dict[str, Any]:
             "savina_reps": 1,
             "savina_peer_reps": 1,
             "savina": savina_spec.sizes(quick=True),
+            "failover_kills": 2,
         }
     return {
         "reps": 5,
@@ -106,6 +107,9 @@ def sizes(quick: bool) -> dict[str, Any]:
         "savina_reps": 5,
         "savina_peer_reps": 3,
         "savina": savina_spec.sizes(quick=False),
+        # About 9 s a kill (a fresh node process, then the failover); 20 kills
+        # with `python bench/failover.py` alone.
+        "failover_kills": 12,
     }
 
 
@@ -247,6 +251,13 @@ class Run:
             "versions": result.get("versions", {}),
         }
 
+    def failover(self) -> dict[str, Any]:
+        """bench/failover.py: SIGKILL a node process of three, time until its
+        agents answer on a survivor (own 3-server cluster)."""
+        kills = str(self.size["failover_kills"])
+        result = run_json([sys.executable, str(HERE / "failover.py"), "--kills", kills], 600)
+        return {"metrics": {f"f.{name}": m for name, m in result.get("metrics", {}).items()}}
+
     def cases(self, *argv: str, timeout: float = 240.0) -> dict[str, Any]:
         return run_json([sys.executable, str(CASES), *argv], timeout)
 
@@ -384,6 +395,11 @@ class Run:
                 "f.jido.remote_tell_alo",
                 "f.jido.remote_tell",
             ],
+        )
+        self.step(
+            f"(f) NATS failover: SIGKILL a node of three, {s['failover_kills']} times",
+            self.failover,
+            ["f.failover_p50", "f.failover_p95", "f.failover_max"],
         )
         self.savina()
         # (c) last: the longest, one fresh process per measurement; bare tasks,
@@ -600,8 +616,29 @@ class Report:
             "f.bridge.request_reply_seq",
             "f.raw.request_reply_seq",
         )
+        self._failover_row()
         self._savina_rows()
         return self.rows
+
+    def _failover_row(self) -> None:
+        """Seconds from a node's SIGKILL until each of its agents answered on
+        a survivor: p95 over every agent of every kill, against 10 s."""
+        p95, text = self.value("f.failover_p95")
+        p50, p50_text = self.value("f.failover_p50")
+        _, max_text = self.value("f.failover_max")
+        kills = self.run.size["failover_kills"]
+        self.rows.append(
+            {
+                "section": "f",
+                "what": f"failover p95 (SIGKILL 1 of 3 nodes, 10 agents, {kills} kills)",
+                "jido_trio": text,
+                "baseline": f"p50 {p50_text}, max {max_text}" if p50 is not None else "",
+                "ratio": "",
+                "target": "<= 10 s",
+                "result": self.verdict(p95 <= 10.0) if p95 is not None else "n/a",
+                "note": "",
+            }
+        )
 
     def _savina_rows(self) -> None:
         """Per benchmark: jido_trio time / raw Trio time and / each peer's;
@@ -920,6 +957,10 @@ def notes(run: Run) -> list[str]:
         "hand-written cancel-and-re-enter loop answering a ping.",
         "(e) 64 concurrent senders to 8 agents, delivery='at_least_once', fresh SQLite file "
         "per repetition, timed until every instruction is applied.",
+        "(f) failover, bench/failover.py: a 3-server JetStream cluster, two node processes "
+        "that stay up and a third that starts 10 agents and is SIGKILLed; a driver node "
+        "calls each agent until it answers from a survivor. Default settings (lease_ttl "
+        "5 s) but replicas = 3; p50/p95/max over every agent of every kill.",
         "(s) Savina (Imam & Sarkar, AGERE 2014), bench/savina.py: each workload on jido_trio "
         "(agents sending to each other with ctx.send inside their actions; the last one "
         "publishes a signal the driver receives) and on raw Trio actors (one task and one "

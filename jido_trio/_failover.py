@@ -16,6 +16,11 @@ there), the next node in the ranking tries after a grace period.
 The scan also adopts entries that name this node but have no agent here: a
 node restarted under the same name picks up the agents of its previous
 incarnation.
+
+The orphans one scan finds are adopted concurrently (up to
+:data:`ADOPT_AT_ONCE` at a time): each adoption waits on the registry and the
+state backend, and one after the other the last agent of a departed node
+would answer only after all the others had started.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ from .abc import Transport
 __all__ = ["Failover", "rank"]
 
 log = logging.getLogger("jido_trio.failover")
+
+#: Orphans one node adopts at the same time.
+ADOPT_AT_ONCE = 16
 
 StartFn = Callable[[type[Agent], str, str, Mapping[str, Any]], Awaitable[AgentRef]]
 
@@ -103,9 +111,23 @@ class Failover:
             if agent_id not in live_ids:
                 del self._orphaned_since[agent_id]
         taken = 0
-        for entry in orphans:
-            if await self._adopt(entry, members, now):
-                taken += 1
+        limiter = trio.CapacityLimiter(ADOPT_AT_ONCE)
+
+        async def adopt(entry: RegistryEntry) -> None:
+            nonlocal taken
+            async with limiter:
+                try:
+                    if await self._adopt(entry, members, now):
+                        taken += 1
+                except JidoError as exc:
+                    # The registry or state backend briefly away: next round.
+                    log.warning(
+                        "failover of %r on %r failed: %s", entry.ref.id, self.node_name, exc
+                    )
+
+        async with trio.open_nursery() as nursery:
+            for entry in orphans:
+                nursery.start_soon(adopt, entry)
         return taken
 
     async def _adopt(self, entry: RegistryEntry, members: list[str], now: float) -> bool:
@@ -118,9 +140,11 @@ class Failover:
                 return False
             since = self._orphaned_since.setdefault(agent_id, now)
             position = rank(agent_id, members).index(self.node_name)
-            # The preferred node goes first; the others wait their turn in case
-            # it cannot start this type.
-            if now - since < position * 2 * self.interval:
+            # The preferred node goes first; the others wait their turn (one
+            # scan each) in case it cannot start this type or does not adopt
+            # at all (a member with failover off). Should two try at once,
+            # the registry's compare-and-set lets one win.
+            if now - since < position * self.interval:
                 return False
         cls = Agent.types.get(entry.ref.type)
         if cls is None:

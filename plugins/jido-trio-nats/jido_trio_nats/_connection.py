@@ -4,6 +4,11 @@ The four factories of a node (state, registry, coordination, transport) each
 call :func:`open_connection`; the first opens the trio-asyncio loop and the
 client, the others share it, and it closes when the first one exits (the node
 exits its engines in reverse order of opening, so that one exits last).
+
+Closing never hangs and never raises: every step (each subscription, the
+client, the asyncio tasks left on the loop) gets ``close_timeout`` seconds,
+and what fails is logged. The client stops reconnecting before it is closed,
+so a reconnection loop that misses its cancellation still ends.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import nats.errors
 import nats.js.errors
 import trio
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.api import StorageType
@@ -32,6 +38,8 @@ from nats.js.api import StreamConfig
 from nats.js.kv import KeyValue
 
 from jido_trio import Config
+from jido_trio import EngineError
+from jido_trio import JidoError
 from jido_trio import Unreachable
 
 from ._bridge import Bridge
@@ -72,15 +80,38 @@ class NatsConnection:
     ) -> T:
         """Run ``fn`` on the asyncio side; nats-py failures become
         :class:`Unreachable`, :class:`EngineError` or :class:`CallTimeout`
-        naming ``what`` (see :func:`~jido_trio_nats._jetstream.jido_error`)."""
+        naming ``what`` (see :func:`~jido_trio_nats._jetstream.jido_error`),
+        and anything else nats-py raises :class:`EngineError`: no raw client
+        exception reaches a caller."""
         try:
             return await self.bridge.run(fn, *args, **kwargs)
-        except asyncio.CancelledError as exc:
-            # Cancelled by its loop (the connection is closing), not by the
-            # caller: a trio cancellation arrives as trio.Cancelled.
-            raise Unreachable(f"{what}: the NATS connection closed") from exc
+        except JidoError:
+            raise
         except NATS_ERRORS as exc:
             raise_jido_error(exc, what)
+        except Exception as exc:
+            log.debug("%s: unexpected failure", what, exc_info=True)
+            raise EngineError(
+                f"{what}: the NATS client failed ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    async def close_subscription(self, subs: Subscription | list[Subscription], what: str) -> None:
+        """Unsubscribe ``subs`` within ``close_timeout`` (shielded from
+        cancellation); a failure is logged, not raised: the server drops the
+        interest with the connection anyway."""
+        subs = subs if isinstance(subs, list) else [subs]
+        if not subs:
+            return
+
+        async def unsubscribe_all() -> None:
+            for sub in subs:
+                await sub.unsubscribe()
+
+        with trio.CancelScope(shield=True), trio.move_on_after(self.options.close_timeout):
+            try:
+                await self.run(f"closing {what}", unsubscribe_all)
+            except JidoError as exc:
+                log.debug("closing %s: %s", what, exc)
 
     async def list_bucket(
         self, what: str, kv: KeyValue, *, headers_only: bool = False
@@ -144,26 +175,26 @@ class NatsConnection:
                     replicas=self.options.replicas,
                     direct=True,
                 )
-                try:
-                    bucket = await self.bridge.run(self.js.create_key_value, config)
-                except nats.js.errors.BadRequestError:
-                    # Made by an older version with another config: use it as it is.
-                    bucket = await self._existing(self.js.key_value, self.name(kind))
-                except NATS_ERRORS as exc:
-                    raise_jido_error(
-                        exc,
-                        f"creating bucket {self.name(kind)!r} (is JetStream enabled? "
-                        "nats-server needs -js)",
-                    )
+                made = await self.run(
+                    f"creating bucket {self.name(kind)!r} (is JetStream enabled? "
+                    "nats-server needs -js)",
+                    _unless_exists,
+                    self.js.create_key_value,
+                    config,
+                )
+                # None: made by an older version with another config: use it as it is.
+                if made is None:
+                    made = await self._existing(self.js.key_value, self.name(kind))
                 await self._wait_for_leader(f"KV_{self.name(kind)}")
-                self._buckets[kind] = bucket
+                self._buckets[kind] = made
+                return made
             return bucket
 
     async def nodes(self) -> KeyValue:
-        """The membership bucket: one key per live node (its encoded name),
-        value ``msgpack {"node", "incarnation", "since"}``; a key lapses
-        ``lease_ttl`` seconds after its last renewal."""
-        return await self.kv("nodes", ttl=self.options.lease_ttl)
+        """The membership bucket: one key per live node (see
+        :mod:`jido_trio_nats._membership`). The server does not expire its
+        keys by age: peers decide when a lease lapsed."""
+        return await self.kv("nodes")
 
     async def stream(self, kind: str, subjects: list[str], **config: Any) -> str:
         """The stream ``<namespace>_<kind>``, created on first use; returns its name.
@@ -186,12 +217,11 @@ class NatsConnection:
                     allow_direct=True,
                     **config,
                 )
-                try:
-                    await self.bridge.run(self.js.add_stream, stream_config)
-                except nats.js.errors.BadRequestError:
+                made = await self.run(
+                    f"creating stream {name!r}", _unless_exists, self.js.add_stream, stream_config
+                )
+                if made is None:
                     await self._existing(self.js.stream_info, name)
-                except NATS_ERRORS as exc:
-                    raise_jido_error(exc, f"creating stream {name!r}")
                 await self._wait_for_leader(name)
                 self._streams.add(name)
         return name
@@ -213,34 +243,54 @@ class NatsConnection:
                         raise
                     await asyncio.sleep(0.05)
 
-        try:
-            return await self.bridge.run(poll)
-        except NATS_ERRORS as exc:
-            raise_jido_error(exc, f"opening {name!r}")
+        return await self.run(f"opening {name!r}", poll)
 
     async def _wait_for_leader(self, stream: str) -> None:
         """Wait until a new replicated stream has elected its leader: until
-        then, writes to it get no answer."""
+        then, writes to it get no answer.
+
+        A stream that several nodes create at the same moment on a fresh
+        cluster is "not found" for a moment after its creation was
+        acknowledged (the server asked has not applied the assignment yet):
+        that is waited out like a missing leader.
+
+        :raises Unreachable: the stream was still not found after ``3 * request_timeout``.
+        """
         js = self.js
-        limit = self.options.request_timeout
+        # A fresh cluster elects the leaders of every new stream at once: on
+        # a loaded machine that takes longer than one request.
+        limit = 3 * self.options.request_timeout
 
         async def poll() -> None:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + limit
             while True:
-                info = await js.stream_info(stream)
-                if info.cluster is None or info.cluster.leader or loop.time() > deadline:
-                    return
+                try:
+                    info = await js.stream_info(stream)
+                except nats.js.errors.NotFoundError as exc:
+                    if loop.time() > deadline:
+                        raise Unreachable(
+                            f"stream {stream!r} was created but not found within {limit:g}s"
+                        ) from exc
+                else:
+                    if info.cluster is None or info.cluster.leader or loop.time() > deadline:
+                        return
                 await asyncio.sleep(0.05)
 
-        try:
-            await self.bridge.run(poll)
-        except NATS_ERRORS as exc:
-            raise_jido_error(exc, f"waiting for stream {stream!r}")
+        await self.run(f"waiting for stream {stream!r}", poll)
 
     @property
     def connected(self) -> bool:
         return bool(self.nc.is_connected)
+
+
+async def _unless_exists(create: Callable[[Any], Awaitable[T]], config: Any) -> T | None:
+    """``await create(config)``, or ``None`` when JetStream refuses it because
+    the bucket or stream exists with another configuration (asyncio side)."""
+    try:
+        return await create(config)
+    except nats.js.errors.BadRequestError:
+        return None
 
 
 @attrs.define(eq=False)
@@ -332,7 +382,7 @@ async def open_connection(
         finally:
             shared.users -= 1
         return
-    async with open_bridge() as bridge:
+    async with open_bridge(close_timeout=opts.close_timeout) as bridge:
         # The client's own retry loop runs forever with max_reconnect_attempts=-1;
         # the first connection gets a bounded number of rounds instead.
         first = attrs.evolve(opts, max_reconnect_attempts=2)
@@ -343,7 +393,9 @@ async def open_connection(
                 nc = await bridge.run(_connect, first, config.node_name, seen)
         except trio.TooSlowError:
             raise Unreachable(f"cannot connect to NATS at {where}{_reasons(seen)}") from None
-        except (nats.errors.Error, OSError) as exc:
+        except Unreachable:
+            raise
+        except Exception as exc:
             # The server's reason (e.g. 'Authorization Violation') reached only
             # the error callback; the exception itself just says "no servers".
             raise Unreachable(
@@ -359,8 +411,21 @@ async def open_connection(
             yield connection
         finally:
             del _shared[key]
-            with trio.CancelScope(shield=True), trio.move_on_after(opts.connect_timeout):
-                try:
-                    await bridge.run(nc.close)
-                except Exception as exc:  # closing a broken connection: nothing to save
-                    log.debug("closing NATS client: %r", exc)
+            await _close_client(connection)
+
+
+async def _close_client(connection: NatsConnection) -> None:
+    """Close the client within ``close_timeout``, shielded; failures are logged.
+
+    Reconnecting is switched off first: a reconnection loop that misses the
+    cancellation ``close`` sends it (see :mod:`jido_trio_nats._bridge`) then
+    gives up after one more attempt per server instead of running forever.
+    """
+    nc = connection.nc
+    nc.options["allow_reconnect"] = False
+    nc.options["max_reconnect_attempts"] = 1
+    with trio.CancelScope(shield=True), trio.move_on_after(connection.options.close_timeout):
+        try:
+            await connection.run("closing the NATS client", nc.close)
+        except JidoError as exc:  # closing a broken connection: nothing to save
+            log.debug("closing NATS client: %s", exc)

@@ -71,6 +71,8 @@ from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 
 from jido_trio import Config
+from jido_trio import EngineError
+from jido_trio import JidoError
 from jido_trio import StateConflict
 from jido_trio import Unreachable
 from jido_trio.abc import Coordination
@@ -231,10 +233,7 @@ class NatsCoordination(Coordination):
     async def barrier(self, name: str, parties: int) -> None:
         check_parties(parties)
         key = "barrier/" + encode_token(name, "barrier name")
-        try:
-            await self.conn.bridge.run(self._barrier, key, parties)
-        except NATS_ERRORS as exc:
-            raise_jido_error(exc, f"barrier {name!r}")
+        await self.conn.run(f"barrier {name!r}", self._barrier, key, parties)
 
     # ------------------------------------------------------------ trio side
 
@@ -262,26 +261,32 @@ class NatsCoordination(Coordination):
                     task.cancel()  # _acquire cleans up a write in flight
                 elif not task.cancelled() and task.exception() is None:
                     self.conn.bridge.submit(self._release, key, task.result()[0])
+        if task.cancelled():  # by the loop, as the connection closed
+            raise Unreachable(f"acquiring {key!r}: the NATS connection closed")
         try:
             return task.result()
         except NATS_ERRORS as exc:
             raise_jido_error(exc, f"acquiring {key!r}")
+        except Exception as exc:
+            raise EngineError(
+                f"acquiring {key!r}: the NATS client failed ({type(exc).__name__}: {exc})"
+            ) from exc
 
     async def _shielded(self, fn: Callable[..., Awaitable[None]], *args: Any, what: str) -> None:
         """Run a release on the asyncio side even when the caller is cancelled;
         failures are logged (the server TTL ends the lease anyway)."""
         with trio.CancelScope(shield=True), trio.move_on_after(self.conn.options.request_timeout):
             try:
-                await self.conn.bridge.run(fn, *args)
-            except NATS_ERRORS as exc:
-                log.warning("%s: %r (the lease lapses after its ttl)", what, exc)
+                await self.conn.run(what, fn, *args)
+            except JidoError as exc:
+                log.warning("%s (the lease lapses after its ttl)", exc)
 
     async def _aclose(self) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(self.conn.options.request_timeout):
+        with trio.CancelScope(shield=True), trio.move_on_after(self.conn.options.close_timeout):
             try:
-                await self.conn.bridge.run(self._close)
-            except NATS_ERRORS as exc:
-                log.debug("closing coordination watcher: %r", exc)
+                await self.conn.run("closing the coordination watcher", self._close)
+            except JidoError as exc:
+                log.debug("%s", exc)
 
     # ------------------------------------------------------------ asyncio side
 

@@ -40,7 +40,6 @@ from jido_trio import JidoError
 from jido_trio import Unreachable
 
 __all__ = [
-    "BRIDGE_ERRORS",
     "CONNECTION_ERRORS",
     "EXPECTED_LAST",
     "KV_OPERATION",
@@ -110,10 +109,6 @@ NATS_ERRORS: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,
     *TIMEOUT_ERRORS,
 )
-#: What :meth:`~jido_trio_nats._bridge.Bridge.run` of a nats-py call may raise
-#: when NATS failed us: the above, and asyncio's ``CancelledError`` when the
-#: connection's loop closes under the call.
-BRIDGE_ERRORS: tuple[type[BaseException], ...] = (*NATS_ERRORS, asyncio.CancelledError)
 
 
 def jido_error(exc: BaseException, what: str) -> JidoError:

@@ -65,6 +65,9 @@ class NatsOptions:
     :param reconnect_time_wait: seconds between reconnection attempts to one server.
     :param max_reconnect_attempts: attempts per server before the client gives
         up for good (``-1``: never).
+    :param ping_interval: seconds between the client's pings to its server; a
+        server that misses three in a row (one that is paused or cut off) is
+        left for another one.
 
     Layout and durability:
 
@@ -76,10 +79,18 @@ class NatsOptions:
 
     Liveness:
 
-    :param lease_ttl: seconds a node's membership lease lasts without renewal.
-        Another node takes over its agents only after it lapsed; the node
-        itself stops its agents when it could not renew for ``0.8 *
-        lease_ttl`` seconds, so there are never two owners.
+    :param lease_ttl: seconds a node may go without renewing its membership
+        lease (it renews every ``lease_ttl / 4``) while its peers' renewals
+        succeed; then they declare it gone and fail its agents over. Time in
+        which the peers cannot renew either (a JetStream leader election, an
+        outage) does not count.
+    :param fence_after: seconds a node goes on without a successful renewal
+        before it stops its agents on its own (``open_node`` raises
+        ``NodeFenced``); at least ``lease_ttl``. Longer than a JetStream
+        leader election, so an election fences nobody. A node also fences
+        itself as soon as it finds its lease gone (its peers declared it
+        gone) or held by another process. Either way the registry's
+        ownership epochs keep it from changing state another node owns now.
     :param request_timeout: seconds for one JetStream API request.
     """
 
@@ -93,16 +104,23 @@ class NatsOptions:
     connect_timeout: float = 2.0
     reconnect_time_wait: float = 0.5
     max_reconnect_attempts: int = -1
+    ping_interval: float = 1.0
     namespace: str = "jido"
     storage: Literal["file", "memory"] = "file"
     replicas: int = 1
-    lease_ttl: float = 20.0
+    lease_ttl: float = 5.0
+    fence_after: float = 30.0
     request_timeout: float = 5.0
 
     @property
     def heartbeat_interval(self) -> float:
         """How often the membership lease is renewed."""
         return self.lease_ttl / 4
+
+    @property
+    def close_timeout(self) -> float:
+        """Seconds each step of closing the engines may take (``connect_timeout``)."""
+        return self.connect_timeout
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> NatsOptions:
@@ -141,7 +159,14 @@ class NatsOptions:
         replicas = values.get("replicas", 1)
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
             raise ConfigError("plugin_options['nats']['replicas'] must be an integer from 1 to 5")
-        for key in ("connect_timeout", "reconnect_time_wait", "lease_ttl", "request_timeout"):
+        for key in (
+            "connect_timeout",
+            "reconnect_time_wait",
+            "ping_interval",
+            "lease_ttl",
+            "fence_after",
+            "request_timeout",
+        ):
             value = values.get(key)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
@@ -167,6 +192,8 @@ class NatsOptions:
             "connect_timeout": self.connect_timeout,
             "reconnect_time_wait": self.reconnect_time_wait,
             "max_reconnect_attempts": self.max_reconnect_attempts,
+            "ping_interval": self.ping_interval,
+            "max_outstanding_pings": 2,
             "allow_reconnect": True,
         }
         for key in ("user", "password", "token"):

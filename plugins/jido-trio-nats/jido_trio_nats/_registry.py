@@ -352,14 +352,8 @@ class NatsRegistry(Registry):
                 yield receive
         finally:
             send.close()
-            with (
-                trio.CancelScope(shield=True),
-                trio.move_on_after(self.conn.options.connect_timeout),
-            ):
-                try:
-                    await self.conn.bridge.run(sub.unsubscribe)
-                except Exception as exc:  # the consumer lapses on its own
-                    log.debug("stopping a registry watcher: %r", exc)
+            # The consumer lapses on its own if this fails.
+            await self.conn.close_subscription(sub, "a registry watcher")
 
 
 def _event(msg: Msg, pre: str) -> RegistryEvent | None:

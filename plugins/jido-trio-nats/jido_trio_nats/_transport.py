@@ -1,5 +1,5 @@
 """The ``nats`` transport: request/reply and one-way messages on core NATS
-subjects, and cluster membership as leases in the KV bucket ``<namespace>_nodes``.
+subjects; cluster membership as leases in the KV bucket ``<namespace>_nodes``.
 
 Messages. Node ``N`` serves on the subject ``<namespace>.node.<N>`` (its name
 through :func:`~jido_trio_nats._keys.encode_token`). A request is a publish
@@ -25,17 +25,11 @@ nats-py's subscription (whose own pending limits then drop, as for any slow
 core-NATS consumer). Handlers start in arrival order, so messages from one
 sender are seen in the order sent.
 
-Membership. Entering the transport claims the key of this node's name with a
-create-if-absent, value ``msgpack {"node", "incarnation", "since"}``; a key
-left by an earlier process of the same name (say, one that crashed) is waited
-out for up to ``lease_ttl`` plus a margin. The lease is renewed every
-``heartbeat_interval`` (``lease_ttl / 4``) by a compare-and-set on the last
-revision; the bucket's ``max_age`` is ``lease_ttl``, so a node that stops
-renewing disappears ``lease_ttl`` after its last renewal and peers may fail its
-agents over. The node itself gives up (:meth:`NatsTransport.wait_fenced`
-returns) when it could not renew for ``0.8 * lease_ttl``, before anyone else
-may take over, or at once when another incarnation holds its key. Leaving
-deletes the key, so peers see the node go at once.
+Membership (:mod:`jido_trio_nats._membership`): entering the transport
+claims this node's lease in the KV bucket ``<namespace>_nodes``; while the
+transport is open the lease is renewed and the peers' leases are watched, and
+:meth:`NatsTransport.wait_fenced` returns once this node lost its own.
+Leaving deletes the key, so peers see the node go at once.
 
 Topics (:meth:`NatsTransport.publish_topic`, :meth:`NatsTransport.subscribe_topics`).
 Topic ``T`` is the subject ``<namespace>.topic.T``: under a root of its own,
@@ -73,7 +67,6 @@ from typing import Any
 from typing import TypeVar
 
 import attrs
-import msgspec
 import trio
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -81,8 +74,8 @@ from nats.js.kv import KeyValue
 
 from jido_trio import CallTimeout
 from jido_trio import Config
-from jido_trio import ConfigError
 from jido_trio import InvalidMessage
+from jido_trio import JidoError
 from jido_trio import Unreachable
 from jido_trio.abc import NodeInfo
 from jido_trio.abc import RequestHandler
@@ -92,11 +85,8 @@ from jido_trio.abc import single_failure
 
 from ._connection import NatsConnection
 from ._connection import open_connection
-from ._jetstream import BRIDGE_ERRORS
-from ._jetstream import kv_read
-from ._jetstream import kv_write
-from ._keys import decode_token_or_none
 from ._keys import encode_token
+from ._membership import Membership
 
 __all__ = ["MAX_IN_FLIGHT", "MAX_PAYLOAD", "NatsTransport", "open_transport"]
 
@@ -122,8 +112,6 @@ NO_RESPONDERS_GRACE = 0.25
 SERVE_SETTLE = 0.01
 #: How often the connection state is checked to fail requests in flight.
 CONNECTION_POLL = 0.1
-#: A lease is given up when it could not be renewed for this share of ``lease_ttl``.
-FENCE_SHARE = 0.8
 #: Slowest nats-py subscription backlog (messages, bytes) before it drops.
 SUB_PENDING = (65536, 64 * 1024 * 1024)
 #: Topic messages received but not yet handled before the callbacks wait.
@@ -153,20 +141,6 @@ def _check_topic(topic: str, limit: int, *, pattern: bool) -> str:
     return topic
 
 
-class _NoResponders(Unreachable):
-    """Nobody is subscribed for the node (NATS status 503)."""
-
-
-class _Member(msgspec.Struct):
-    node: str
-    incarnation: str
-    since: float
-
-
-_member_encoder = msgspec.msgpack.Encoder()
-_member_decoder = msgspec.msgpack.Decoder(_Member)
-
-
 def _payload(data: bytes, limit: int, what: str) -> bytes:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"{what}: data must be bytes, not {type(data).__name__}")
@@ -184,6 +158,8 @@ class _Pending:
     done: trio.Event = attrs.field(factory=trio.Event)
     reply: bytes | None = None
     error: Exception | None = None
+    #: NATS answered that nobody serves the node (status 503).
+    no_responders: bool = False
 
     def succeed(self, data: bytes) -> None:
         if not self.done.is_set():
@@ -347,32 +323,27 @@ class NatsTransport(Transport):
     nodes: KeyValue
     incarnation: str = attrs.field(factory=lambda: secrets.token_hex(8))
     since: float = attrs.field(factory=time.time)
+    membership: Membership = attrs.field(init=False)
     _outbox: _Outbox = attrs.field(init=False)
     _pending: dict[str, _Pending] = attrs.field(factory=dict, init=False)
     _tokens: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
     _reply_prefix: str = attrs.field(default="", init=False)
     _reply_sub: Subscription | None = attrs.field(default=None, init=False)
-    _revision: int = attrs.field(default=0, init=False)
-    _renewed_at: float = attrs.field(default=-math.inf, init=False)
-    _fenced: trio.Event = attrs.field(factory=trio.Event, init=False)
-    fence_reason: str | None = attrs.field(default=None, init=False)
     _closed: bool = attrs.field(default=False, init=False)
     _serving: bool = attrs.field(default=False, init=False)
     _topics: _Topics = attrs.field(init=False, factory=_Topics.new)
 
     def __attrs_post_init__(self) -> None:
         self._outbox = _Outbox(self.conn)
+        self.membership = Membership(
+            conn=self.conn,
+            node_name=self.node_name,
+            bucket=self.nodes,
+            incarnation=self.incarnation,
+            since=self.since,
+        )
 
     # ------------------------------------------------------------ helpers
-
-    @property
-    def _key(self) -> str:
-        return encode_token(self.node_name, "node name")
-
-    @property
-    def _value(self) -> bytes:
-        member = _Member(node=self.node_name, incarnation=self.incarnation, since=self.since)
-        return _member_encoder.encode(member)
 
     def _subject(self, node: str) -> str:
         return self.conn.subject("node", encode_token(node, "node name"))
@@ -436,7 +407,7 @@ class NatsTransport(Transport):
             while True:
                 pending = None  # in flight: a timeout now is a CallTimeout
                 pending = await self._exchange(node, subject, data)
-                if not isinstance(pending.error, _NoResponders):
+                if not pending.no_responders:
                     break
                 if member is None:
                     member = await self._is_member(node)
@@ -465,14 +436,11 @@ class NatsTransport(Transport):
         return pending
 
     async def _is_member(self, node: str) -> bool:
-        """Whether ``node`` holds a membership lease (a read from the leader)."""
+        """Whether ``node`` holds a membership lease (``False`` if NATS cannot say)."""
         try:
-            current = await self.conn.bridge.run(
-                kv_read, self.nodes, encode_token(node, "node name")
-            )
-        except BRIDGE_ERRORS:
+            return await self.membership.is_member(node)
+        except JidoError:
             return False
-        return current.data is not None
 
     async def _on_reply(self, msg: Msg) -> None:
         """Asyncio side: complete the request a reply belongs to (never raises)."""
@@ -484,7 +452,8 @@ class NatsTransport(Transport):
             if headers:
                 status = headers.get("Status")
                 if status == NO_RESPONDERS:
-                    pending.fail(_NoResponders(f"node {pending.node!r} is not serving"))
+                    pending.no_responders = True
+                    pending.fail(Unreachable(f"node {pending.node!r} is not serving"))
                     return
                 error = headers.get(ERROR_HEADER)
                 if error is not None or status:
@@ -580,14 +549,8 @@ class NatsTransport(Transport):
                     break
                 if msg.reply:
                     self._answer(msg.reply, b"", f"node {self.node_name!r} stopped serving")
-            with (
-                trio.CancelScope(shield=True),
-                trio.move_on_after(self.conn.options.connect_timeout),
-            ):
-                try:
-                    await self.conn.bridge.run(sub.unsubscribe)
-                except Exception as exc:  # closing anyway
-                    log.debug("unsubscribing: %r", exc)
+            with trio.CancelScope(shield=True):
+                await self.conn.close_subscription(sub, f"serving node {self.node_name!r}")
 
     async def _handle(
         self,
@@ -685,11 +648,9 @@ class NatsTransport(Transport):
             if not (added or removed):
                 return
             try:
-                await self.conn.bridge.run(self._apply_topics, added, removed)
-            except BRIDGE_ERRORS as exc:
-                raise Unreachable(
-                    f"subscribing to topics: NATS did not confirm ({type(exc).__name__}: {exc})"
-                ) from exc
+                await self.conn.run("subscribing to topics", self._apply_topics, added, removed)
+            except JidoError as exc:
+                raise Unreachable(f"{exc} (NATS did not confirm)") from exc
 
     async def _apply_topics(self, added: list[str], removed: list[str]) -> None:
         """Asyncio side: subscribe ``added``, confirm, then unsubscribe ``removed``."""
@@ -754,111 +715,21 @@ class NatsTransport(Transport):
             topics.wake()
             subs = list(topics.subs.values())
             topics.subs.clear()
-            if subs and self.conn.connected:
-                with (
-                    trio.CancelScope(shield=True),
-                    trio.move_on_after(self.conn.options.connect_timeout),
-                ):
-                    try:
-                        await self.conn.bridge.run(_unsubscribe_all, subs)
-                    except Exception as exc:  # closing anyway
-                        log.debug("unsubscribing from topics: %r", exc)
+            with trio.CancelScope(shield=True):
+                await self.conn.close_subscription(subs, "the topic subscriptions")
 
     # ------------------------------------------------------------ membership
 
     async def members(self) -> Sequence[NodeInfo]:
-        items = await self.conn.list_bucket(
-            "listing the cluster members", self.nodes, headers_only=True
-        )
-        names = ((decode_token_or_none(i.key, "the members bucket"), i) for i in items)
-        return sorted(
-            (NodeInfo(name=name, alive=True, last_seen=i.timestamp) for name, i in names if name),
-            key=lambda m: m.name,
-        )
+        return await self.membership.members()
 
     async def wait_fenced(self) -> None:
-        await self._fenced.wait()
+        await self.membership.wait_fenced()
 
-    def _fence(self, reason: str) -> None:
-        if not self._fenced.is_set():
-            log.error("node %r lost its cluster membership: %s", self.node_name, reason)
-            self.fence_reason = reason
-            self._fenced.set()
-
-    async def _try_claim(self) -> int | None:
-        """Asyncio side: create our key if absent; ``None`` if another holds it."""
-        key, value = self._key, self._value
-        last = 0
-        for _ in range(8):
-            revision = await kv_write(self.nodes, key, value, last=last)
-            if revision is not None:
-                return revision
-            current = await kv_read(self.nodes, key)
-            if current.data is not None:
-                return None
-            last = current.revision
-        return None
-
-    async def _renew_once(self) -> int | None:
-        """Asyncio side: renew the lease; ``None`` if it is no longer ours."""
-        key, value = self._key, self._value
-        revision = await kv_write(self.nodes, key, value, last=self._revision)
-        if revision is not None:
-            return revision
-        # Perhaps our own earlier renewal landed but its ack was lost.
-        current = await kv_read(self.nodes, key)
-        if current.data is None:
-            return None
-        try:
-            holder = _member_decoder.decode(current.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
-        if holder.incarnation != self.incarnation:
-            return None
-        return await kv_write(self.nodes, key, value, last=current.revision)
-
-    async def _claim(self) -> None:
-        options = self.conn.options
-        wait = options.lease_ttl + max(1.0, options.lease_ttl / 4)
-        deadline = trio.current_time() + wait
-        poll = min(0.25, options.heartbeat_interval)
-        while True:
-            started = trio.current_time()
-            revision = await self._run(f"joining as node {self.node_name!r}", self._try_claim)
-            if revision is not None:
-                self._revision, self._renewed_at = revision, started
-                return
-            if started >= deadline:
-                raise ConfigError(
-                    f"node name {self.node_name!r} is in use: another process holds its "
-                    f"membership lease in NATS (namespace {self.conn.namespace!r}) and it "
-                    f"did not lapse within {wait:g}s"
-                )
-            await trio.sleep(min(poll, max(0.0, deadline - trio.current_time())))
-
-    async def _keep_lease(self) -> None:
-        options = self.conn.options
-        interval = options.heartbeat_interval
-        limit = FENCE_SHARE * options.lease_ttl
-        next_at = self._renewed_at + interval
-        while True:
-            with trio.move_on_at(self._renewed_at + limit):
-                await trio.sleep_until(next_at)
-                started = trio.current_time()
-                try:
-                    revision = await self.conn.bridge.run(self._renew_once)
-                except BRIDGE_ERRORS as exc:
-                    log.warning("node %r could not renew its lease: %r", self.node_name, exc)
-                    next_at = trio.current_time() + min(interval, 0.25)
-                    continue
-                if revision is None:
-                    self._fence("another process holds its membership lease")
-                    return
-                self._revision, self._renewed_at = revision, started
-                next_at = started + interval
-                continue
-            self._fence(f"its membership lease could not be renewed for {limit:g}s")
-            return
+    @property
+    def fence_reason(self) -> str | None:
+        """Why this node fenced itself, once it did."""
+        return self.membership.fence_reason
 
     async def _watch_connection(self) -> None:
         """Fail requests in flight once the connection drops (their replies are lost)."""
@@ -884,42 +755,28 @@ class NatsTransport(Transport):
 
         self._reply_sub = await self._run("subscribing for replies", subscribe)
         try:
-            await self._claim()
+            await self.membership.claim()
         except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                try:
-                    await self.conn.bridge.run(self._reply_sub.unsubscribe)
-                except Exception as exc:  # failing anyway
-                    log.debug("unsubscribing: %r", exc)
+            with trio.CancelScope(shield=True):
+                await self.conn.close_subscription(self._reply_sub, "the reply inbox")
             raise
 
     def _start(self, nursery: trio.Nursery) -> None:
-        """Start renewing the lease and watching the connection in ``nursery``."""
-        nursery.start_soon(self._keep_lease)
+        """Start keeping the lease and watching the connection in ``nursery``."""
+        nursery.start_soon(self.membership.run)
         nursery.start_soon(self._watch_connection)
         nursery.start_soon(self._serve_topics)
 
     async def _close(self) -> None:
+        """Leave the cluster; every step is bounded by ``close_timeout``."""
         self._closed = True
-        options = self.conn.options
-        with trio.move_on_after(options.connect_timeout):
+        with trio.move_on_after(self.conn.options.close_timeout):
             await self._outbox.wait_idle()
-        if self._revision and not self._fenced.is_set() and self.conn.connected:
-            with trio.move_on_after(options.connect_timeout):
-                try:
-                    await self.conn.bridge.run(
-                        kv_write, self.nodes, self._key, b"", last=self._revision, delete=True
-                    )
-                except BRIDGE_ERRORS as exc:
-                    log.debug("leaving: could not delete the membership key: %r", exc)
+        await self.membership.leave()
         for pending in list(self._pending.values()):
             pending.fail(Unreachable(f"the transport of node {self.node_name!r} closed"))
-        if self._reply_sub is not None and self.conn.connected:
-            with trio.move_on_after(options.connect_timeout):
-                try:
-                    await self.conn.bridge.run(self._reply_sub.unsubscribe)
-                except BRIDGE_ERRORS as exc:
-                    log.debug("leaving: could not unsubscribe: %r", exc)
+        if self._reply_sub is not None:
+            await self.conn.close_subscription(self._reply_sub, "the reply inbox")
 
 
 async def _confirm(nc: Any, timeout: int) -> None:
@@ -935,11 +792,6 @@ async def _confirm(nc: Any, timeout: int) -> None:
     if flush_pending is not None:
         await flush_pending(force_flush=True)
     await nc.flush(timeout=timeout)
-
-
-async def _unsubscribe_all(subs: list[Subscription]) -> None:
-    for sub in subs:
-        await sub.unsubscribe()
 
 
 @asynccontextmanager

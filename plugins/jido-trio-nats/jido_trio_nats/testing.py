@@ -32,6 +32,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,9 @@ __all__ = [
 
 #: How long a server may take to accept clients and have JetStream ready.
 STARTUP_TIMEOUT = 20.0
+#: Times a start is tried again on other ports when a port picked as free
+#: was taken by another process before the server bound it.
+PORT_RETRIES = 5
 
 
 def nats_server_binary() -> str:
@@ -215,6 +219,45 @@ def _auth_args(user: str | None, password: str | None, token: str | None) -> lis
     return args
 
 
+class _PortTaken(RuntimeError):
+    """A server could not bind a port that was free a moment before."""
+
+
+def _start_all(servers: list[NatsServer]) -> None:
+    """Start the servers, then wait until each is ready (all are stopped
+    again if one fails).
+
+    :raises _PortTaken: one could not bind its port.
+    :raises RuntimeError: one exited or did not get ready in time.
+    """
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready()
+    except RuntimeError as exc:
+        for server in servers:
+            server.stop()
+        if "address already in use" in str(exc):
+            raise _PortTaken(str(exc)) from exc
+        raise
+
+
+def _started(root: Path, make: Callable[[Path], list[NatsServer]]) -> list[NatsServer]:
+    """Servers from ``make(root)``, started and ready; made again (new ports,
+    fresh files under ``root``) when a port was taken meanwhile."""
+    for attempt in range(PORT_RETRIES):
+        servers = make(root if attempt == 0 else root / f"retry-{attempt}")
+        try:
+            _start_all(servers)
+        except _PortTaken:
+            if attempt == PORT_RETRIES - 1:
+                raise
+            continue
+        return servers
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 @contextlib.contextmanager
 def start_nats_server(
     *,
@@ -227,10 +270,11 @@ def start_nats_server(
     """Run one JetStream-enabled ``nats-server`` on 127.0.0.1 for the block."""
     with contextlib.ExitStack() as stack:
         root = store_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nats-")))
-        server = _server("s1", root, auth=_auth_args(user, password, token), extra=list(extra_args))
-        server.start()
+        auth = _auth_args(user, password, token)
+        (server,) = _started(
+            root, lambda where: [_server("s1", where, auth=auth, extra=list(extra_args))]
+        )
         try:
-            server.wait_ready()
             yield server
         finally:
             server.stop()
@@ -245,16 +289,16 @@ def start_nats_cluster(
         raise ValueError("a cluster needs at least one server")
     with contextlib.ExitStack() as stack:
         root = store_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nats-")))
-        cluster_ports = [free_port() for _ in range(size)]
-        servers = [
-            _server(f"s{i + 1}", root, cluster=(cluster_ports[i], cluster_ports))
-            for i in range(size)
-        ]
+
+        def make(where: Path) -> list[NatsServer]:
+            cluster_ports = [free_port() for _ in range(size)]
+            return [
+                _server(f"s{i + 1}", where, cluster=(cluster_ports[i], cluster_ports))
+                for i in range(size)
+            ]
+
+        servers = _started(root, make)
         try:
-            for server in servers:
-                server.start()
-            for server in servers:
-                server.wait_ready()
             yield servers
         finally:
             for server in servers:

@@ -3,12 +3,15 @@
 ``python tests/distributed/nats/nats_node.py NAME NAMESPACE URLS [AGENT_ID ...]``: open
 node NAME with all four engines on NATS (URLS comma-separated, namespace
 NAMESPACE), start a ledger agent per AGENT_ID, print ``READY`` and serve
-until SIGTERM (exit 0) or until the node is fenced (exit 3).
+until SIGTERM (exit 0) or until the node is fenced (exit 3). The environment
+variable ``JIDO_TEST_NATS_OPTIONS`` (a JSON object) overrides plugin options.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import sys
 
@@ -18,6 +21,8 @@ import trio
 import jido_trio as jt
 
 FENCED_EXIT = 3
+#: Environment variable with plugin options (JSON) for the node process.
+OPTIONS_ENV = "JIDO_TEST_NATS_OPTIONS"
 
 
 @attrs.frozen
@@ -62,7 +67,6 @@ def config(name: str, namespace: str, urls: list[str], **nats: object) -> jt.Con
                 "namespace": namespace,
                 "storage": "memory",
                 "replicas": min(3, len(urls)),
-                "lease_ttl": 20.0,
                 **nats,
             }
         },
@@ -71,7 +75,8 @@ def config(name: str, namespace: str, urls: list[str], **nats: object) -> jt.Con
 
 async def main(name: str, namespace: str, urls: list[str], agent_ids: list[str]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with jt.open_node(config(name, namespace, urls)) as node:
+        overrides = json.loads(os.environ.get(OPTIONS_ENV, "{}"))
+        async with jt.open_node(config(name, namespace, urls, **overrides)) as node:
             for agent_id in agent_ids:
                 await node.start_agent(NatsLedger, agent_id)
             print("READY", flush=True)

@@ -4,11 +4,16 @@ Under at-least-once load from a driver node (this process), one node process
 is SIGKILLed: its agents come back on the survivors with their state, and
 every acknowledged instruction is applied exactly once. Then one NATS server
 is killed, and the cluster keeps serving.
+
+Killing the NATS server that leads the membership bucket (its stream has to
+elect a new leader) fences no node and moves no agent: nobody can renew a
+lease during the election, so it does not count against anyone's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -20,10 +25,12 @@ import pytest
 import trio
 
 import jido_trio as jt
+from jido_trio_nats import NatsOptions
 from jido_trio_nats.testing import NatsServer
 from jido_trio_nats.testing import start_nats_cluster
 
 from .conftest import new_namespace
+from .nats_node import OPTIONS_ENV
 from .nats_node import config
 
 pytestmark = pytest.mark.slow
@@ -64,13 +71,21 @@ class Worker:
             self.process.stdout.close()
 
 
-def _start_worker(name: str, namespace: str, urls: list[str], agents: list[str]) -> Worker:
+def _start_worker(
+    name: str,
+    namespace: str,
+    urls: list[str],
+    agents: list[str],
+    options: dict[str, object] | None = None,
+) -> Worker:
+    """Start a node process (``options``: plugin options it overrides)."""
     process = subprocess.Popen(
         [sys.executable, str(WORKER), name, namespace, ",".join(urls), *agents],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, OPTIONS_ENV: json.dumps(options or {})},
     )
     return Worker(name, process)
 
@@ -186,12 +201,18 @@ async def test_sigkill_a_node_then_a_nats_server_under_load(
                         assert ledger["count"] == 2 * PER_AGENT, (agent_id, ledger)
                         assert ledger["total"] == 2 * expected_total, (agent_id, ledger)
     finally:
-        for worker in workers.values():
-            worker.stop()
-        for server in nats_cluster:
-            if not server.running:
-                server.start()
-                server.wait_ready()
+        _restore(workers, nats_cluster)
+
+
+def _restore(workers: dict[str, Worker], servers: list[NatsServer]) -> None:
+    """Stop the node processes; start again the servers a test killed."""
+    for worker in workers.values():
+        worker.stop()
+    stopped = [server for server in servers if not server.running]
+    for server in stopped:
+        server.start()
+    for server in stopped:
+        server.wait_ready()
 
 
 def _not_meta_leader(servers: list[NatsServer]) -> NatsServer:
@@ -199,3 +220,50 @@ def _not_meta_leader(servers: list[NatsServer]) -> NatsServer:
     with urllib.request.urlopen(url, timeout=5) as response:
         leader = json.load(response).get("meta_cluster", {}).get("leader")
     return next(server for server in servers if server.name != leader)
+
+
+def _stream_leader(servers: list[NatsServer], stream: str) -> NatsServer:
+    """The server that leads ``stream`` (from the monitoring endpoint)."""
+    url = f"http://127.0.0.1:{servers[0].monitor_port}/jsz?accounts=true&streams=true"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        report = json.load(response)
+    for account in report.get("account_details", []):
+        for detail in account.get("stream_detail", []):
+            if detail.get("name") == stream:
+                leader = detail.get("cluster", {}).get("leader")
+                return next(server for server in servers if server.name == leader)
+    raise LookupError(f"no stream {stream!r} on {servers[0].name}")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL of a real process")
+async def test_killing_the_membership_leader_server_fences_no_node(
+    nats_cluster: list[NatsServer],
+) -> None:
+    namespace = new_namespace()
+    urls = [server.url for server in nats_cluster]
+    # File storage, replicated: the slowest leader elections.
+    options = {"storage": "file", "replicas": 3}
+    workers = {
+        name: _start_worker(name, namespace, urls, agents, options=options)
+        for name, agents in PLACEMENT.items()
+    }
+    try:
+        for worker in workers.values():
+            await _wait_ready(worker)
+        driver_config = attrs.evolve(config("driver", namespace, urls, **options), failover=False)
+        async with jt.open_node(driver_config) as driver:
+            lease_ttl = NatsOptions().lease_ttl
+            victim = _stream_leader(nats_cluster, f"KV_{namespace}_nodes")
+            victim.kill()
+            # An election, then several leases' worth of renewals.
+            deadline = trio.current_time() + 20 + 3 * lease_ttl
+            while trio.current_time() < deadline:
+                for worker in workers.values():
+                    assert worker.process.poll() is None, f"node {worker.name} exited"
+                await trio.sleep(0.5)
+            with trio.fail_after(60):
+                for owner, agents in PLACEMENT.items():
+                    for agent_id in agents:
+                        assert (await _ledger(driver, agent_id))["node"] == owner
+    finally:
+        _restore(workers, nats_cluster)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import nats.errors
 import nats.js.errors
 import pytest
 
 import jido_trio as jt
+from jido_trio_nats._connection import open_connection
 from jido_trio_nats._jetstream import jido_error
 
 
@@ -32,3 +36,20 @@ def test_failures_map_to_one_error_each(failure: BaseException, expected: type) 
     assert error.__cause__ is failure
     assert str(error).startswith("doing it: ")
     assert not (isinstance(error, jt.EngineError) and isinstance(error, jt.Unreachable))
+
+
+async def test_an_unexpected_client_failure_is_an_engine_error(
+    nats_options: dict[str, Any],
+) -> None:
+    async def breaks() -> None:
+        raise ValueError("nats-py tripped over itself")
+
+    async def cancelled_by_the_client() -> None:
+        raise asyncio.CancelledError  # as when nats-py cancels a request of its own
+
+    async with open_connection(jt.Config(node_name="n1"), nats_options) as conn:
+        with pytest.raises(jt.EngineError, match=r"doing it: .*ValueError") as caught:
+            await conn.run("doing it", breaks)
+        assert isinstance(caught.value.__cause__, ValueError)
+        with pytest.raises(jt.Unreachable):
+            await conn.run("doing it", cancelled_by_the_client)
