@@ -5,8 +5,10 @@ LEASE_TTL [AGENT_ID ...]``: open node NAME with all four engines on NATS (URLS
 comma-separated), start a :class:`ChaosCounter` per AGENT_ID (skipping those
 another live node owns already, as ``jido-trio node run`` does), print
 ``READY`` and serve until SIGTERM (exit 0) or until the node is fenced (exit
-:data:`FENCED_EXIT`). Any other failure ends the process with a traceback and
-exit code 1.
+:data:`FENCED_EXIT`). A node that cannot open or start its agents because the
+cluster is in trouble (a ``JidoError`` before ``READY``, e.g. a JetStream
+election outlasting a request) exits with :data:`NOT_STARTED_EXIT`; any other
+failure ends the process with a traceback and exit code 1.
 
 Every application of an ``add`` action is appended to the process's *side
 log*, ``SIDE_LOG_DIR/NAME-PID.jsonl``, before the action returns: one JSON
@@ -33,6 +35,7 @@ import trio
 import jido_trio as jt
 
 FENCED_EXIT = 3
+NOT_STARTED_EXIT = 4
 
 #: How long a (re)started node keeps trying to start one of its agents while
 #: the cluster is in trouble, before it leaves it to failover.
@@ -143,12 +146,20 @@ async def main(
     name: str, namespace: str, urls: list[str], lease_ttl: float, agent_ids: list[str]
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with jt.open_node(config(name, namespace, urls, lease_ttl)) as node:
-            for agent_id in agent_ids:
-                await _start(node, agent_id)
-            print("READY", flush=True)
-            async for _ in signals:
-                break
+        ready = False
+        try:
+            async with jt.open_node(config(name, namespace, urls, lease_ttl)) as node:
+                for agent_id in agent_ids:
+                    await _start(node, agent_id)
+                print("READY", flush=True)
+                ready = True
+                async for _ in signals:
+                    break
+        except jt.JidoError as exc:
+            if ready or isinstance(exc, jt.NodeFenced):
+                raise
+            print(f"NOT STARTED {exc!r}", file=sys.stderr, flush=True)
+            sys.exit(NOT_STARTED_EXIT)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ from jido_trio_nats.testing import NatsServer
 from jido_trio_nats.testing import start_nats_cluster
 
 from .chaos_node import FENCED_EXIT
+from .chaos_node import NOT_STARTED_EXIT
 from .chaos_node import ChaosCounter  # noqa: F401 (registered: states come back typed)
 from .chaos_node import Tally
 from .chaos_node import config
@@ -313,6 +314,11 @@ class NodeProcess:
             if incarnation.expected is None:
                 if code == FENCED_EXIT:
                     self.findings.note(f"{self.name} (pid {process.pid}) fenced itself unprompted")
+                elif code == NOT_STARTED_EXIT:
+                    self.findings.note(
+                        f"{self.name} (pid {process.pid}) could not start: "
+                        + self.log_tail(1).strip(" |")
+                    )
                 else:
                     self.findings.violation(
                         f"{self.name} (pid {process.pid}) died unprompted with code {code}:\n"
@@ -599,10 +605,14 @@ class Chaos:
     servers: dict[str, NatsServer]
     driver: Driver
     findings: Findings
+    #: When each fault began, and when the load stopped.
+    began: list[tuple[Fault, int]] = attrs.field(factory=list)
+    load_stopped: int = 0
 
     async def run(self) -> None:
         for fault in self.plan.faults:
             await trio.sleep(fault.after)
+            self.began.append((fault, now_ns()))
             self.findings.event(f"fault {fault.kind} {fault.target} hold {fault.hold}s")
             if fault.kind == "kill-nats":
                 await self.kill_nats(self.servers[fault.target], fault.hold)
@@ -741,6 +751,25 @@ def check(
     return dict(counts)
 
 
+def fault_windows(chaos: Chaos, acks: dict[str, Ack]) -> list[str]:
+    """For each fault, the longest wait for an acknowledgement of the
+    operations sent from its start to the next fault's (or the load's end):
+    how long an agent could be unavailable to a retrying client."""
+    bounds = [t for _, t in chaos.began[1:]] + [chaos.load_stopped]
+    lines = []
+    for (fault, start), end in zip(chaos.began, bounds, strict=True):
+        waits = sorted(
+            (a.acked_ns - a.sent_ns) / 1e9 for a in acks.values() if start <= a.sent_ns < end
+        )
+        if waits:
+            p95 = waits[int(0.95 * (len(waits) - 1))]
+            lines.append(
+                f"{fault.kind} {fault.target}: {len(waits)} ops, longest wait "
+                f"{waits[-1]:.1f}s, p95 {p95:.2f}s, {sum(w > 5 for w in waits)} over 5s"
+            )
+    return lines
+
+
 def _holder_died(ack: Ack, history: list[dict[str, Any]], deaths: dict[int, int]) -> bool:
     """Whether a process that held the agent when ``ack`` was received (its
     last application before, or one within 10 s after) died after it."""
@@ -795,6 +824,7 @@ async def test_chaos_under_load(tmp_path: Path) -> None:
                 )
                 for name in NODES
             }
+            chaos = Chaos(plan, nodes, servers, driver, findings)
             try:
                 with trio.fail_after(TOTAL_BOUND):
                     async with trio.open_nursery() as nursery:
@@ -806,7 +836,6 @@ async def test_chaos_under_load(tmp_path: Path) -> None:
                         await driver.lookup_all(
                             a for names in plan.placement.values() for a in names
                         )
-                        chaos = Chaos(plan, nodes, servers, driver, findings)
                         await _load_through(driver, chaos, plan)
                         states = await driver.final_states()
                         dead = await driver.dead_letters()
@@ -836,6 +865,10 @@ async def test_chaos_under_load(tmp_path: Path) -> None:
             incarnations,
         )
         summary["slow_acks"] = sorted(driver.slow, reverse=True)[:8]
+        summary["windows"] = fault_windows(chaos, driver.acks)
+        await trio.Path(tmp_path / "acks.jsonl").write_text(
+            "".join(json.dumps(attrs.asdict(ack)) + "\n" for ack in driver.acks.values())
+        )
     finally:
         findings.close_unexpected()
         summary.update(
@@ -872,3 +905,4 @@ async def _load_through(driver: Driver, chaos: Chaos, plan: Plan) -> None:
         await chaos.run()
         await trio.sleep(COOL_DOWN)
         stop.set()
+    chaos.load_stopped = now_ns()
