@@ -34,6 +34,11 @@ import trio
 
 import jido_trio as jt
 
+try:
+    from .nats_node import config as nats_node_config
+except ImportError:  # run as a script: its folder is on sys.path
+    from nats_node import config as nats_node_config  # type: ignore[no-redef]
+
 FENCED_EXIT = 3
 NOT_STARTED_EXIT = 4
 
@@ -100,29 +105,8 @@ class ChaosCounter(jt.Agent):
 
 
 def config(name: str, namespace: str, urls: list[str], lease_ttl: float) -> jt.Config:
-    return jt.Config(
-        node_name=name,
-        mode="datacenter",
-        registry="nats",
-        transport="nats",
-        state="nats",
-        coordination="nats",
-        health_check_interval=0.5,
-        operation_timeout=5.0,
-        # Agents whose state writes fail while JetStream elects a leader crash
-        # and restart; the root rides that out (see docs/distributed.md).
-        max_restarts=100,
-        max_seconds=10.0,
-        plugin_options={
-            "nats": {
-                "servers": urls,
-                "namespace": namespace,
-                "storage": "memory",
-                "replicas": min(3, len(urls)),
-                "lease_ttl": lease_ttl,
-            }
-        },
-    )
+    """The configuration of the other multi-process tests, with ``lease_ttl``."""
+    return nats_node_config(name, namespace, urls, lease_ttl=lease_ttl)
 
 
 async def _start(node: jt.Node, agent_id: str) -> None:
