@@ -1,7 +1,5 @@
-"""Reproductions of what the chaos test (test_nats_chaos.py) found, on one real
-nats-server. Each is marked ``xfail(strict=True)`` until fixed: a fix turns it
-into an unexpected pass, and the marker goes.
-"""
+"""Regression tests for what the chaos test (test_nats_chaos.py) found, on one
+real nats-server."""
 
 from __future__ import annotations
 
@@ -25,10 +23,6 @@ def _config(name: str, options: dict[str, Any], **config: Any) -> jt.Config:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chaos finding: callers see the NATS plugin's private _NoResponders class",
-)
 async def test_callers_of_an_agent_whose_node_is_away_see_a_public_error(
     nats_options: dict[str, Any],
 ) -> None:
