@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from contextlib import AsyncExitStack
 from contextlib import asynccontextmanager
 from typing import Any
+from typing import NoReturn
 
 import attrs
 import pluggy
@@ -659,10 +660,32 @@ class Node:
         target = message.payload
         if not isinstance(target, str):
             raise InvalidMessage("malformed migrate request")
-        cell = self._directory.cells.get(message.recipient.id)
+        agent_id = message.recipient.id
+        cell = self._directory.cells.get(agent_id)
         if cell is None:
-            self._directory.raise_missing(message.recipient.id)
+            await self._raise_not_here(agent_id)
         return await self._migrate_here(cell, target, deadline)
+
+    async def _raise_not_here(self, agent_id: str) -> NoReturn:
+        """Raise what a request for an agent this node does not run gets:
+        :class:`Unreachable` when the registry names this node for it (it
+        was taken over or handed here, and this node's failover scan starts
+        it soon: the request may be sent again), else what
+        :meth:`Directory.raise_missing` raises."""
+        try:
+            entry = await self.registry.lookup(agent_id)
+        except JidoError:
+            entry = None
+        if (
+            entry is not None
+            and entry.node == self.name
+            and not self._directory.stopped_here(agent_id)
+        ):
+            raise Unreachable(
+                f"agent {agent_id!r} is not running on node {self.name!r} yet "
+                "(the registry names this node; it is being started here)"
+            )
+        self._directory.raise_missing(agent_id)
 
     async def _adopt(
         self, cls: type[Agent], agent_id: str, restart: str, metadata: Mapping[str, Any]
@@ -897,6 +920,8 @@ class Node:
             else (Health.HEALTHY, Health.UNREACHABLE)
         )
         log.warning("node %r is %s", peer, "reachable again" if reachable else "unreachable")
+        if reachable:
+            self._health.node_returned(peer)
 
         async def announce() -> None:
             for entry in await self.registry.select(node=peer):
@@ -917,6 +942,7 @@ class Node:
                 continue
             for peer in current - detector.watched:
                 detector.watch(peer)
+                self._health.node_returned(peer)  # it may have left and come back
             for peer in detector.watched - current:
                 detector.unwatch(peer)
             await trio.sleep(self.config.health_check_interval)

@@ -320,6 +320,11 @@ class BreakerRegistry:
         """Forget the breaker for ``key`` (no error if there is none)."""
         self._breakers.pop(key, None)
 
+    def remove_prefix(self, prefix: str) -> None:
+        """Forget every breaker whose key starts with ``prefix``."""
+        for key in [key for key in self._breakers if key.startswith(prefix)]:
+            del self._breakers[key]
+
     def __contains__(self, key: object) -> bool:
         return key in self._breakers
 

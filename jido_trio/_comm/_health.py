@@ -51,6 +51,14 @@ class HealthPolicy:
             )
         )
 
+    def node_returned(self, node: str) -> None:
+        """Close the breakers of calls to ``node``'s agents: it is back (it
+        joined the cluster again or answers its heartbeats again), so what
+        opened them, its absence, is over. A breaker left open would refuse
+        the node's new incarnation of an agent for ``breaker_reset_timeout``
+        although everybody else reaches it."""
+        self.breakers.remove_prefix(breaker_key(node, ""))
+
     def local_breaker_key(self, cell: AgentCell) -> str:
         """The key of the breaker of local calls to ``cell`` (kept on the cell)."""
         key = cell.breaker_key

@@ -374,7 +374,7 @@ async def _trim_applied(cell: AgentCell, applied: list[Delivery]) -> None:
         return
     upto = durable.applied(applied)
     if upto > 0:
-        await cell.kernel.state.trim_log(durable.stream, upto=upto)
+        await cell.trim_log(upto)
 
 
 def _uncount(deliveries: list[Delivery]) -> None:

@@ -592,16 +592,46 @@ class AgentCell:
     async def _replay_log(self) -> None:
         """Queue the logged at-least-once messages not yet applied (after a crash
         or in a new process), ahead of anything sent since."""
+        durable = self.ensure_log()
+        applied_upto = durable.trim_bound(await self._queue_logged(after=0))
+        if applied_upto > 0:
+            await self.kernel.state.trim_log(durable.stream, upto=applied_upto)
+
+    async def trim_log(self, upto: int) -> None:
+        """Drop the durable mailbox's records up to ``upto`` (every message of
+        this process at or below it is applied), but never one this process
+        has not read: another process that still believed it ran the agent
+        (paused, or cut off past its lease) may have logged a message after
+        this incarnation read the log, and acknowledged it to its sender.
+        Such a message is queued here rather than trimmed unapplied."""
+        durable = self.ensure_log()
+        if upto > durable.read_upto:
+            await self._queue_logged(after=durable.read_upto)
+            if durable.unacked:
+                upto = min(upto, min(durable.unacked) - 1)
+        if upto > 0:
+            await self.kernel.state.trim_log(durable.stream, upto=upto)
+
+    async def _queue_logged(self, *, after: int) -> int:
+        """Read the durable mailbox past ``after`` and queue the messages this
+        process neither has queued nor applied, ahead of anything sent since;
+        return the seq up to which the records read are all applied (0: none)."""
         backend = self.kernel.state
         durable = self.ensure_log()
         seen = self.ensure_store().seen
         replay: list[Delivery] = []
         applied_upto = 0
+        # An append of this process still on its way may already be in the log
+        # (its seq is above this bound): the append queues it, not the read.
+        readable = durable.trim_bound(2**63)
         found = await backend.read(attempts_key(self.ref.id))
         started = {} if found is None else decode_attempts(found.value)
         most = self.kernel.max_delivery_attempts
-        for entry in await backend.read_log(durable.stream):
+        for entry in await backend.read_log(durable.stream, after=after):
+            if entry.seq > readable:
+                break
             durable.saw(entry.seq)
+            durable.read_upto = entry.seq
             if entry.seq in durable.unacked:
                 continue  # still queued in this process's mailbox
             try:
@@ -641,9 +671,7 @@ class AgentCell:
             replay.append(delivery)
         if replay:
             self.mailbox.requeue_front(replay)
-        applied_upto = durable.trim_bound(applied_upto)
-        if applied_upto > 0:
-            await backend.trim_log(durable.stream, upto=applied_upto)
+        return applied_upto
 
     async def store_dead_letter(self, message: Message, reason: str) -> None:
         """Keep ``message`` in this agent's dead-letter log and tell the observers."""

@@ -80,6 +80,11 @@ class DurableLog:
     appending: dict[object, int] = attrs.field(factory=dict)
     #: Highest seq this process has seen (appended or replayed).
     seen_upto: int = 0
+    #: Highest seq up to which this process has read the log: every record at
+    #: or below it is known here (queued, applied or dead-lettered). Records
+    #: above it may have been logged by another process (see
+    #: :meth:`AgentCell.trim_log`).
+    read_upto: int = 0
     #: Logged messages that were in flight when the last incarnation ended
     #: (seq -> times started): each runs alone until applied or dead-lettered.
     suspects: dict[int, int] = attrs.field(factory=dict)

@@ -1,7 +1,5 @@
-"""Reproductions of what the chaos test (tests/distributed/nats/test_nats_chaos.py)
-found, on the in-process hub. Each is marked ``xfail(strict=True)`` until
-fixed: a fix turns it into an unexpected pass, and the marker goes.
-"""
+"""Regression tests for what the chaos test (tests/distributed/nats/test_nats_chaos.py)
+found, reproduced on the in-process hub."""
 
 from __future__ import annotations
 
@@ -22,11 +20,6 @@ def _hub_config(hub: str, name: str, **config: object) -> jt.Config:
 
 
 @pytest.mark.local_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="chaos finding: a caller's breaker opened while the agent's node was away "
-    "refuses the agent's new incarnation for breaker_reset_timeout (30 s)",
-)
 async def test_an_agent_back_on_a_restarted_node_is_not_refused_by_an_old_breaker(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -62,11 +55,6 @@ async def test_an_agent_back_on_a_restarted_node_is_not_refused_by_an_old_breake
 
 
 @pytest.mark.local_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="chaos finding: an at-least-once message a zombie logs after the new owner's "
-    "replay is trimmed by the new owner unapplied (acknowledged loss)",
-)
 async def test_an_at_least_once_message_a_zombie_acknowledges_is_applied(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -105,10 +93,6 @@ async def test_an_at_least_once_message_a_zombie_acknowledges_is_applied(
 
 
 @pytest.mark.local_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="chaos finding: migrate of an agent its node has not adopted yet raises AgentNotFound",
-)
 async def test_migrating_an_agent_its_node_is_about_to_adopt_is_not_agent_not_found(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
