@@ -13,7 +13,6 @@ from contextlib import AbstractAsyncContextManager
 from contextlib import AsyncExitStack
 from contextlib import asynccontextmanager
 from typing import Any
-from typing import NoReturn
 
 import attrs
 import pluggy
@@ -663,29 +662,11 @@ class Node:
         agent_id = message.recipient.id
         cell = self._directory.cells.get(agent_id)
         if cell is None:
-            await self._raise_not_here(agent_id)
+            # Unreachable if the registry names this node: it is about to
+            # run the agent (taken over, handed here), so ask again.
+            await self._directory.owner_elsewhere(agent_id)
+            self._directory.raise_missing(agent_id)
         return await self._migrate_here(cell, target, deadline)
-
-    async def _raise_not_here(self, agent_id: str) -> NoReturn:
-        """Raise what a request for an agent this node does not run gets:
-        :class:`Unreachable` when the registry names this node for it (it
-        was taken over or handed here, and this node's failover scan starts
-        it soon: the request may be sent again), else what
-        :meth:`Directory.raise_missing` raises."""
-        try:
-            entry = await self.registry.lookup(agent_id)
-        except JidoError:
-            entry = None
-        if (
-            entry is not None
-            and entry.node == self.name
-            and not self._directory.stopped_here(agent_id)
-        ):
-            raise Unreachable(
-                f"agent {agent_id!r} is not running on node {self.name!r} yet "
-                "(the registry names this node; it is being started here)"
-            )
-        self._directory.raise_missing(agent_id)
 
     async def _adopt(
         self, cls: type[Agent], agent_id: str, restart: str, metadata: Mapping[str, Any]
@@ -931,15 +912,25 @@ class Node:
 
     async def _track_members(self, detector: FailureDetector) -> None:
         """Keep the failure detector watching exactly the other live members."""
+        incarnations: dict[str, str] = {}
         while True:
             try:
-                current = {m.name for m in await self.transport.members()} - {self.name}
+                members = await self.transport.members()
             except JidoError as exc:
                 # The membership service is briefly away (a NATS server
                 # restarting): keep watching the peers we know.
                 log.warning("cannot list cluster members: %s", exc)
                 await trio.sleep(self.config.health_check_interval)
                 continue
+            current = {m.name for m in members} - {self.name}
+            for member in members:
+                # A new incarnation of a peer (it restarted, maybe faster than
+                # its heartbeats could tell): what its previous one did to
+                # callers' breakers is over.
+                if member.incarnation and incarnations.get(member.name) != member.incarnation:
+                    if member.name in incarnations:
+                        self._health.node_returned(member.name)
+                    incarnations[member.name] = member.incarnation
             for peer in current - detector.watched:
                 detector.watch(peer)
                 self._health.node_returned(peer)  # it may have left and come back

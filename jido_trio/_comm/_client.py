@@ -56,6 +56,13 @@ async def ping(transport: Transport, node: str, timeout: float) -> None:
     )
 
 
+@attrs.frozen
+class _NotReadyThere:
+    """A node's answer that the agent is not ready there (see ``RemoteClient._send``)."""
+
+    error: Unreachable
+
+
 @attrs.define(eq=False)
 class RemoteClient:
     """Sends requests to other nodes for the Communication layer."""
@@ -93,16 +100,26 @@ class RemoteClient:
             await trio.lowlevel.checkpoint()
             raise Unreachable(f"node {node!r} missed its heartbeats")
         breaker = self.health.breakers.get(breaker_key(node, message.recipient.id))
-        return await breaker.call(
+        result = await breaker.call(
             self._send, node, kind, message, deadline, failure_types=(Unreachable, CallTimeout)
         )
+        if type(result) is _NotReadyThere:
+            raise result.error
+        return result
 
     async def _send(self, node: str, kind: str, message: Message, deadline: float) -> Any:
         timeout = max(0.0, deadline - trio.current_time())
         data = await self.transport.request(
             node, encode_request(kind, message, timeout), timeout=timeout
         )
-        return decode_reply(data, node)
+        try:
+            return decode_reply(data, node)
+        except Unreachable as exc:
+            # The node answered: the agent is not ready there (starting,
+            # being taken over or moved). Not a failure of the destination:
+            # counted, it would open the breaker for breaker_reset_timeout
+            # while the agent is back a moment later.
+            return _NotReadyThere(exc)
 
     async def request_following(
         self, node: str, kind: str, message: Message, deadline: float

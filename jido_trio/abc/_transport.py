@@ -29,11 +29,17 @@ class NodeInfo:
     :param name: the node name.
     :param alive: whether the node is currently considered reachable.
     :param last_seen: Unix time of the last sign of life.
+    :param incarnation: what tells this membership of the node from an
+        earlier or later one under the same name: it changes when the node
+        leaves and joins again (a restart). Empty when the transport cannot
+        tell. Callers use it to forget what they learnt of the node's previous
+        incarnation (an open circuit breaker, say).
     """
 
     name: str
     alive: bool
     last_seen: float
+    incarnation: str = ""
 
 
 class Transport(abc.ABC):

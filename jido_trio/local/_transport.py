@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -63,6 +64,9 @@ class LocalTransport(Transport):
     _inbox_send: trio.MemorySendChannel[_Request] = attrs.field(init=False)
     _inbox_receive: trio.MemoryReceiveChannel[_Request] = attrs.field(init=False)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
+    #: Tells this membership from the next one under the same name (see
+    #: :attr:`NodeInfo.incarnation`).
+    incarnation: str = attrs.field(init=False, factory=lambda: uuid.uuid4().hex)
 
     def __attrs_post_init__(self) -> None:
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[_Request](INBOX_SIZE)
@@ -185,6 +189,7 @@ class LocalTransport(Transport):
                 name=name,
                 alive=interceptor is None or interceptor.reachable(self.node_name, name),
                 last_seen=now,
+                incarnation=endpoint.incarnation,
             )
-            for name in sorted(hub.endpoints)
+            for name, endpoint in sorted(hub.endpoints.items())
         ]

@@ -85,6 +85,14 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(_Member)
 
 
+def _incarnation(data: bytes) -> str:
+    """The incarnation in a member's value ("" if it cannot be read)."""
+    try:
+        return _decoder.decode(data).incarnation
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+
+
 @attrs.define
 class _Seen:
     """A peer's key as this node last saw it: its revision, and when (trio
@@ -401,12 +409,16 @@ class Membership:
 
     async def members(self) -> Sequence[NodeInfo]:
         """Every node that holds a lease right now (a listing of the bucket)."""
-        items = await self.conn.list_bucket(
-            "listing the cluster members", self.bucket, headers_only=True
-        )
+        items = await self.conn.list_bucket("listing the cluster members", self.bucket)
         names = ((decode_token_or_none(i.key, "the members bucket"), i) for i in items)
         return sorted(
-            (NodeInfo(name=name, alive=True, last_seen=i.timestamp) for name, i in names if name),
+            (
+                NodeInfo(
+                    name=name, alive=True, last_seen=i.timestamp, incarnation=_incarnation(i.data)
+                )
+                for name, i in names
+                if name
+            ),
             key=lambda m: m.name,
         )
 
