@@ -15,11 +15,17 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
+import trio.testing
 
 from jido_trio import AgentRef
+from jido_trio.abc import Consistency
 from jido_trio.abc import RegistryEntry
+from jido_trio.abc import Versioned
 from jido_trio.local import LocalRegistry
+from jido_trio.local import MemoryStateBackend
 from jido_trio.testing.conformance import check_registry
+from jido_trio.testing.conformance import check_state_backend
 
 
 def fails_at(check: str) -> Any:
@@ -115,3 +121,77 @@ async def test_registry_suite_says_what_changed() -> None:
         await check_registry(ReencodingRegistry, timeout=1.0)
     with pytest.raises(AssertionError, match=r"registered_at is 0.0, not the Unix time"):
         await check_registry(ZeroTimeRegistry, timeout=1.0)
+
+
+# ---------------------------------------------------------------- state
+
+
+@attrs.define(eq=False)
+class AliasingBackend(MemoryStateBackend):
+    """Keeps the caller's buffer instead of a copy, and reads it back as bytes:
+    the caller reusing its buffer rewrites the stored value."""
+
+    _held: dict[str, Any] = attrs.field(factory=dict, init=False)
+
+    async def write(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
+        version = await super().write(key, value, expected_version=expected_version)
+        self._held[key] = value
+        return version
+
+    async def delete(self, key: str, *, expected_version: int | None = None) -> None:
+        await super().delete(key, expected_version=expected_version)
+        self._held.pop(key, None)
+
+    async def read(self, key: str, *, consistency: Consistency = "strong") -> Versioned | None:
+        found = await super().read(key, consistency=consistency)
+        if found is None:
+            return None
+        return Versioned(value=bytes(self._held[key]), version=found.version)
+
+
+class BlindRelaxedReadsBackend(MemoryStateBackend):
+    """Eventual and weak reads never find anything (a cache that is never filled)."""
+
+    async def read(self, key: str, *, consistency: Consistency = "strong") -> Versioned | None:
+        found = await super().read(key, consistency=consistency)
+        return found if consistency == "strong" else None
+
+
+@pytest.mark.parametrize(
+    ("backend", "check"),
+    [
+        (AliasingBackend, "copies_buffers"),
+        (BlindRelaxedReadsBackend, "relaxed_reads_converge"),
+    ],
+)
+async def test_state_suite_rejects(
+    backend: type[MemoryStateBackend], check: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    with fails_at(check):
+        await check_state_backend(backend)
+
+
+async def test_relaxed_reads_may_lag_within_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An engine whose eventual reads lag a second behind its writes passes."""
+
+    @attrs.define(eq=False)
+    class LaggingBackend(MemoryStateBackend):
+        _changed: dict[str, float] = attrs.field(factory=dict, init=False)
+
+        async def write(
+            self, key: str, value: bytes, *, expected_version: int | None = None
+        ) -> int:
+            self._changed[key] = trio.current_time()
+            return await super().write(key, value, expected_version=expected_version)
+
+        async def read(self, key: str, *, consistency: Consistency = "strong") -> Versioned | None:
+            found = await super().read(key, consistency=consistency)
+            if consistency != "strong" and trio.current_time() < self._changed.get(key, 0) + 1:
+                return None
+            return found
+
+    await check_state_backend(LaggingBackend, timeout=3.0)
+    with fails_at("relaxed_reads_converge"):
+        await check_state_backend(LaggingBackend, timeout=0.5)
