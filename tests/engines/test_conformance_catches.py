@@ -20,10 +20,13 @@ import trio.testing
 
 from jido_trio import AgentRef
 from jido_trio.abc import Consistency
+from jido_trio.abc import Lease
 from jido_trio.abc import RegistryEntry
 from jido_trio.abc import Versioned
+from jido_trio.local import LocalCoordination
 from jido_trio.local import LocalRegistry
 from jido_trio.local import MemoryStateBackend
+from jido_trio.testing.conformance import check_coordination
 from jido_trio.testing.conformance import check_registry
 from jido_trio.testing.conformance import check_state_backend
 
@@ -195,3 +198,40 @@ async def test_relaxed_reads_may_lag_within_the_timeout(
     await check_state_backend(LaggingBackend, timeout=3.0)
     with fails_at("relaxed_reads_converge"):
         await check_state_backend(LaggingBackend, timeout=0.5)
+
+
+# ---------------------------------------------------------------- coordination
+
+
+class NamelessBarrierCoordination(LocalCoordination):
+    """Every barrier is the same barrier, whatever its name."""
+
+    async def barrier(self, name: str, parties: int) -> None:
+        await super().barrier("the barrier", parties)
+
+
+class LateWakingCoordination(LocalCoordination):
+    """A waiter learns of a release only 4 s later (a slow poll)."""
+
+    async def _acquire(self, key: tuple[str, str], ttl: float, holder: str) -> Lease:
+        state = self._locks.get(key)
+        if state is not None and state.lease is not None:
+            with trio.move_on_at(state.lease.expires_at) as lapsed:
+                await state.released.wait()
+            if not lapsed.cancelled_caught:
+                await trio.sleep(4.0)
+        return await super()._acquire(key, ttl, holder)
+
+
+@pytest.mark.parametrize(
+    ("coordination", "check"),
+    [
+        (NamelessBarrierCoordination, "barrier_names"),
+        (LateWakingCoordination, "waiter_woken"),
+    ],
+)
+async def test_coordination_suite_rejects(
+    coordination: type[LocalCoordination], check: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    with fails_at(check):
+        await check_coordination(coordination)
