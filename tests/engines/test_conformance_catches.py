@@ -9,7 +9,12 @@ would, and expects it to fail at the check that covers that bug.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import AsyncIterator
+from collections.abc import Callable
 from collections.abc import Mapping
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any
 
@@ -21,14 +26,20 @@ import trio.testing
 from jido_trio import AgentRef
 from jido_trio.abc import Consistency
 from jido_trio.abc import Lease
+from jido_trio.abc import NodeInfo
 from jido_trio.abc import RegistryEntry
 from jido_trio.abc import Versioned
 from jido_trio.local import LocalCoordination
 from jido_trio.local import LocalRegistry
 from jido_trio.local import MemoryStateBackend
+from jido_trio.local._hub import open_hub
+from jido_trio.local._transport import LocalTransport
+from jido_trio.testing import faults
 from jido_trio.testing.conformance import check_coordination
 from jido_trio.testing.conformance import check_registry
 from jido_trio.testing.conformance import check_state_backend
+from jido_trio.testing.conformance import check_transport
+from jido_trio.testing.conformance import plugin_factory
 
 
 def fails_at(check: str) -> Any:
@@ -235,3 +246,70 @@ async def test_coordination_suite_rejects(
 ) -> None:
     with fails_at(check):
         await check_coordination(coordination)
+
+
+# ---------------------------------------------------------------- transport
+
+
+class AlwaysAliveTransport(LocalTransport):
+    """members() reports every connected node alive, even across a partition."""
+
+    async def members(self) -> Sequence[NodeInfo]:
+        return [attrs.evolve(m, alive=True) for m in await super().members()]
+
+
+class RememberingTransport(LocalTransport):
+    """members() lists, as alive, every node that ever joined the hub (a
+    membership record nobody removes or lets expire)."""
+
+    async def serve(self, handler: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        assert self.hub is not None
+        self.hub.extensions.setdefault("joined", set()).add(self.node_name)
+        await super().serve(handler, task_status=task_status)
+
+    async def members(self) -> Sequence[NodeInfo]:
+        await trio.lowlevel.checkpoint()
+        assert self.hub is not None
+        joined = sorted(self.hub.extensions.get("joined", ()))
+        return [NodeInfo(name=n, alive=True, last_seen=time.time()) for n in joined]
+
+
+def hub_endpoints(cls: type[LocalTransport], hub: str) -> Callable[[str], Any]:
+    @asynccontextmanager
+    async def endpoint(name: str) -> AsyncIterator[LocalTransport]:
+        async with open_hub(hub) as joined:
+            yield cls(node_name=name, hub=joined)
+
+    return endpoint
+
+
+async def test_transport_suite_rejects_members_always_alive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = "catches-always-alive"
+    with fails_at("members_partitioned"):
+        await check_transport(
+            hub_endpoints(AlwaysAliveTransport, hub),
+            partition=lambda a, b: faults(hub).partition(a, b),
+        )
+
+
+async def test_transport_suite_rejects_departed_members_alive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with fails_at("node_leaves"):
+        await check_transport(hub_endpoints(RememberingTransport, "catches-remembering"))
+
+
+async def test_the_built_in_engines_pass_the_same_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The broken engines above differ from these by their bug alone."""
+    hub = "catches-sound"
+    await check_registry(LocalRegistry, timeout=1.0)
+    await check_state_backend(MemoryStateBackend)
+    await check_coordination(LocalCoordination)
+    await check_transport(
+        hub_endpoints(LocalTransport, hub), partition=lambda a, b: faults(hub).partition(a, b)
+    )
+    await check_transport(plugin_factory("transport", "local", options={"hub": "catches-plugin"}))
