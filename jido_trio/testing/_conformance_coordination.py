@@ -1,8 +1,10 @@
 """Conformance checks for :class:`jido_trio.abc.Coordination`.
 
 Lease expiry is a matter of time, so these checks wait for it with
-``trio.sleep``: run them under a Trio ``MockClock`` with autojump (pytest-trio:
-the ``autojump_clock`` fixture) and they take no real time.
+``trio.sleep`` and measure bounds with ``trio.current_time()``: an in-process
+engine runs them under a Trio ``MockClock`` with autojump (pytest-trio: the
+``autojump_clock`` fixture) in no real time; a networked engine runs them on
+the real clock with a small ``ttl``.
 """
 
 from __future__ import annotations
@@ -326,10 +328,12 @@ async def check_coordination(
 ) -> None:
     """Run every Coordination check, each against a fresh service from ``factory``.
 
-    Run it under an autojump ``MockClock`` (pytest-trio's ``autojump_clock``
-    fixture): lease expiry is waited for with ``trio.sleep``, which then takes
-    no real time. An implementation whose leases expire on a server's wall
-    clock cannot use a mock clock; run it on the real clock with a small ``ttl``.
+    An in-process implementation may run it under an autojump ``MockClock``
+    (pytest-trio's ``autojump_clock`` fixture): lease expiry is waited for with
+    ``trio.sleep``, which then takes no real time. An implementation that waits
+    on sockets or threads, or whose leases expire on a server's clock, must
+    not: virtual time would jump while it waits and trip its own timeouts.
+    Run it on the real clock with a small ``ttl`` (0.5 for the NATS plugin).
 
     :param factory: called with no arguments for each check; returns an async
         context manager yielding a fresh :class:`~jido_trio.abc.Coordination`
