@@ -37,7 +37,9 @@ class Coordination(abc.ABC):
         """Hold the lock ``name`` for the body of an ``async with``.
 
         Waits until the lock is free (use ``trio.fail_after`` to bound the
-        wait). A holder that does not leave within ``ttl`` seconds loses the
+        wait); a waiter gets a released lock promptly, within ``ttl`` of the
+        release.
+        A holder that does not leave within ``ttl`` seconds loses the
         lease, and the next holder gets a larger fencing token.
 
         :raises ValueError: ``ttl`` is not positive.

@@ -79,6 +79,10 @@ class Registry(abc.ABC):
         """Register ``ref`` (whose ``node`` must be set) as owner of ``ref.id``.
 
         Registering again from the same node (an agent restart) bumps the epoch.
+        The entry's metadata is set anew (``ref.metadata`` merged with
+        ``metadata``): nothing of an earlier registration of the id remains.
+        Metadata values come back as they were given, types included (an
+        ``int`` beyond 2**53 stays an ``int``, a ``float`` keeps every digit).
 
         :raises AgentAlreadyExists: another node owns this id.
         :raises RegistryConflict: the entry kept changing under concurrent
@@ -95,8 +99,9 @@ class Registry(abc.ABC):
         Failover calls this for agents of a node that left the cluster. It is
         a compare-and-set on the stored entry: of several nodes trying at
         once, exactly one wins, and an owner that registered again meanwhile
-        (a new epoch) keeps its agent. The entry keeps its metadata; the new
-        epoch is larger.
+        (a new epoch) keeps its agent. The entry keeps its metadata, values
+        unchanged; the new epoch is larger. Watchers see an ``"updated"``
+        event for the moved entry.
 
         :raises AgentAlreadyExists: the entry is no longer at ``epoch``.
         :raises AgentNotFound: no such entry.

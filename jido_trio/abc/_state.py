@@ -53,7 +53,9 @@ class StateBackend(abc.ABC):
 
         ``"strong"`` sees every write acknowledged before the call began;
         ``"eventual"`` may return an older value that converges; ``"weak"``
-        may return any value this node has seen, even a stale cache.
+        may return any value this node has seen, even a stale cache. Both
+        relaxed levels see this node's own writes and deletes within a
+        bounded time (the conformance suite's ``timeout``).
 
         :raises TypeError: ``key`` is not a ``str``.
         :raises ValueError: an unknown consistency level, or a key with no UTF-8 form.
@@ -65,6 +67,9 @@ class StateBackend(abc.ABC):
     @abc.abstractmethod
     async def write(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
         """Store ``value`` and return its new version.
+
+        A ``bytearray`` or ``memoryview`` value is copied
+        (:func:`~jido_trio.abc.check_state_value`): the caller may reuse it.
 
         ``expected_version=None`` writes unconditionally; ``0`` requires the key
         to be absent; ``n`` requires the current version to be ``n``.

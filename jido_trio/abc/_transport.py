@@ -85,6 +85,10 @@ class Transport(abc.ABC):
     async def members(self) -> Sequence[NodeInfo]:
         """The nodes this transport knows of, this one included.
 
+        A node that left, or that this one cannot reach (a partition, a node
+        that stopped renewing its membership), is listed as not ``alive`` or
+        not at all, once the transport has noticed.
+
         :raises Unreachable: the membership cannot be read right now.
         :raises EngineError: the transport's engine failed to list it.
         :raises CallTimeout: the engine gave no answer in time.

@@ -99,6 +99,17 @@ async def opened(made: Any) -> AsyncIterator[Any]:
 
 
 @asynccontextmanager
+async def opened_block(made: Any) -> AsyncIterator[Any]:
+    """Enter a context manager a caller's hook returned, sync or async."""
+    if isinstance(made, AbstractAsyncContextManager):
+        async with made as value:
+            yield value
+        return
+    with made as value:
+        yield value
+
+
+@asynccontextmanager
 async def opened_engine(factory: Callable[[], Any], protocol: type) -> AsyncIterator[Any]:
     """Open one engine from a conformance suite's ``factory`` and check that it
     implements ``protocol``."""

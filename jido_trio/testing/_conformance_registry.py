@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
 from collections.abc import Collection
@@ -46,7 +47,63 @@ def _entry(found: object, ref: AgentRef, what: str) -> RegistryEntry:
         isinstance(found.registered_at, (int, float)),
         f"{what}: entry.registered_at is {found.registered_at!r}, expected a number",
     )
+    now = time.time()
+    check(
+        abs(found.registered_at - now) <= CLOCK_SKEW,
+        f"{what}: entry.registered_at is {found.registered_at!r}, not the Unix time of the "
+        f"registration (now is {now:.0f}; up to {CLOCK_SKEW:.0f}s of clock skew is allowed)",
+    )
     return found
+
+
+#: How far ``registered_at`` may be from this process's ``time.time()``: the
+#: clocks of a registry server and of its clients may disagree by that much.
+CLOCK_SKEW = 300.0
+
+#: Metadata whose values a registry that re-encodes them (through JSON
+#: numbers, a float-only codec, a string form) would change: an int beyond
+#: 2**53, a float that needs all 17 digits, a bool that is not an int.
+EXACT_METADATA: dict[str, Any] = {
+    "big": 2**60,
+    "negative": -(2**60) - 1,
+    "float": 0.30000000000000004,
+    "whole_float": 2.0,
+    "flag": True,
+    "zero": 0,
+    "none": None,
+    "text": "é 日本",
+    "list": [1, 2.5, "x", False],
+    "nested": {"n": 2**60, "f": 0.1},
+}
+
+
+def _same_value(got: object, want: object) -> bool:
+    """Equal and of the same type, all the way down (``2**60 == float(2**60)``
+    and ``True == 1``, so ``==`` alone would miss a changed encoding)."""
+    if type(got) is not type(want):
+        return False
+    if isinstance(want, dict):
+        assert isinstance(got, dict)
+        return got.keys() == want.keys() and all(_same_value(got[k], v) for k, v in want.items())
+    if isinstance(want, list):
+        assert isinstance(got, list)
+        return len(got) == len(want) and all(map(_same_value, got, want))
+    if isinstance(want, float):
+        return repr(got) == repr(want)
+    return got == want
+
+
+def _exact_metadata(found: RegistryEntry, what: str) -> None:
+    changed = {
+        k: found.metadata.get(k, "<missing>")
+        for k, v in EXACT_METADATA.items()
+        if k not in found.metadata or not _same_value(found.metadata[k], v)
+    }
+    check(
+        not changed,
+        f"{what}: metadata values came back changed: {changed!r} "
+        f"(wrote { ({k: EXACT_METADATA[k] for k in changed})!r})",
+    )
 
 
 def _ids(entries: Iterable[RegistryEntry]) -> list[str]:
@@ -145,6 +202,13 @@ async def _registry_take_over(r: Registry, timeout: float) -> None:
     check(found.node == "n2" and found.epoch == moved.epoch, "lookup does not show the take-over")
     with raises(AgentAlreadyExists, "take_over at a stale epoch"):
         await r.take_over(_ref("a", node="n3"), epoch=entry.epoch)
+    with raises(AgentAlreadyExists, "take_over at an epoch above the current one"):
+        await r.take_over(_ref("a", node="n3"), epoch=moved.epoch + 1)
+    found = await r.lookup("a")
+    check(
+        found.node == "n2" and found.epoch == moved.epoch,
+        f"a refused take_over changed the entry to node {found.node!r}, epoch {found.epoch}",
+    )
     with raises(AgentNotFound, "take_over of an unknown id"):
         await r.take_over(_ref("nobody", node="n3"), epoch=1)
     won = 0
@@ -164,6 +228,44 @@ async def _registry_take_over(r: Registry, timeout: float) -> None:
 
 
 @_check
+async def _registry_take_over_watched(r: Registry, timeout: float) -> None:
+    """take_over is seen by watchers as an "updated" event naming the new owner"""
+    entry = await r.register(_ref("a", node="n1"), {"zone": "x"})
+    async with r.watch() as changes:
+        try:
+            moved = await r.take_over(_ref("a", node="n2"), epoch=entry.epoch)
+        except NotImplementedError:
+            return  # optional: this registry does not support failover
+        event = await _next(changes, timeout, "watcher of a take_over")
+    check(
+        (event.kind, event.entry.ref.id, event.entry.node, event.entry.epoch)
+        == ("updated", "a", "n2", moved.epoch),
+        f"take_over was watched as {event.kind!r} of {event.entry.ref.id!r} on node "
+        f"{event.entry.node!r} at epoch {event.entry.epoch}, expected 'updated' of 'a' on "
+        f"'n2' at epoch {moved.epoch}",
+    )
+
+
+@_check
+async def _registry_metadata_exact(r: Registry, timeout: float) -> None:
+    """metadata values come back unchanged, types included (big ints, 17-digit floats)"""
+    ref = _ref("a", node="n1")
+    _exact_metadata(await r.register(ref, EXACT_METADATA), "register")
+    _exact_metadata(await r.lookup("a"), "lookup")
+    selected = await r.select(metadata={"big": 2**60})
+    check(len(selected) == 1, f"select(metadata={{'big': 2**60}}) found {_ids(selected)}")
+    _exact_metadata(selected[0], "select")
+    entry = await r.update_metadata("a", {"other": 1})
+    _exact_metadata(entry, "update_metadata of another key")
+    try:
+        moved = await r.take_over(_ref("a", node="n2"), epoch=entry.epoch)
+    except NotImplementedError:
+        return  # optional: this registry does not support failover
+    _exact_metadata(moved, "take_over")
+    _exact_metadata(await r.lookup("a"), "lookup after take_over")
+
+
+@_check
 async def _registry_unregister(r: Registry, timeout: float) -> None:
     """unregister removes; unknown ids are fine; node= only removes its own"""
     await r.unregister("nobody")
@@ -180,6 +282,35 @@ async def _registry_unregister(r: Registry, timeout: float) -> None:
         await r.lookup("b")
     check(await r.count() == 0, f"count() after unregistering everything is {await r.count()}")
     check(await r.select() == [], "select() lists unregistered entries")
+
+
+@_check
+async def _registry_register_replaces_metadata(r: Registry, timeout: float) -> None:
+    """a registration sets the metadata anew: nothing of an earlier registration remains"""
+    ref = _ref("a", node="n1")
+    await r.register(ref, {"zone": "x", "old": 1})
+    await r.unregister("a")
+    again = _entry(await r.register(ref, {"zone": "y"}), ref, "register after unregister")
+    for what, found in (("register", again), ("lookup", await r.lookup("a"))):
+        check(
+            dict(found.metadata) == {"zone": "y"},
+            f"{what} after unregister and register again has metadata "
+            f"{dict(found.metadata)!r}, expected {{'zone': 'y'}}",
+        )
+    check(await r.select(metadata={"old": 1}) == [], "select matches metadata of a past entry")
+    moved = _ref("a", node="n2")
+    await r.unregister("a")
+    other = _entry(await r.register(moved), moved, "register from another node after unregister")
+    check(
+        dict(other.metadata) == {},
+        f"a new owner's registration without metadata has {dict(other.metadata)!r}",
+    )
+    restarted = _entry(await r.register(moved, {"tier": 2}), moved, "register again (restart)")
+    check(
+        dict(restarted.metadata) == {"tier": 2},
+        f"registering again from the owning node gave metadata {dict(restarted.metadata)!r}, "
+        "expected {'tier': 2}",
+    )
 
 
 @_check

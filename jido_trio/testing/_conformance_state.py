@@ -7,6 +7,7 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Collection
 from typing import Any
+from typing import cast
 
 import trio
 
@@ -70,7 +71,7 @@ def _conflict(exc: list[BaseException], key: str, expected: int, what: str) -> N
 
 
 @_check
-async def _state_empty(b: StateBackend) -> None:
+async def _state_empty(b: StateBackend, timeout: float) -> None:
     """a fresh backend holds no keys and no log records"""
     check(await b.keys() == [], f"keys() of a fresh backend is {await b.keys()!r}, expected []")
     for level in _LEVELS:
@@ -80,7 +81,7 @@ async def _state_empty(b: StateBackend) -> None:
 
 
 @_check
-async def _state_write_read(b: StateBackend) -> None:
+async def _state_write_read(b: StateBackend, timeout: float) -> None:
     """write returns a version that a strong read returns with the value"""
     version = _version(await b.write("k", b"v1"), "write('k')")
     found = _versioned(await _strong(b, "k"), "read('k') after write")
@@ -98,8 +99,62 @@ async def _state_write_read(b: StateBackend) -> None:
     check(default == found, f"read('k') by default returned {default!r}, strong read {found!r}")
 
 
+async def _converged(
+    b: StateBackend, key: str, level: Consistency, want: bytes | None, timeout: float
+) -> Versioned | None:
+    """Read ``key`` at ``level`` until it returns ``want`` (a value, or ``None``
+    for absent), for up to ``timeout`` seconds; the last read."""
+    found = await b.read(key, consistency=level)
+    with trio.move_on_after(timeout):
+        while (None if found is None else found.value) != want:
+            await trio.sleep(timeout / 50)
+            found = await b.read(key, consistency=level)
+    return found
+
+
 @_check
-async def _state_versions_grow(b: StateBackend) -> None:
+async def _state_relaxed_reads_converge(b: StateBackend, timeout: float) -> None:
+    """eventual and weak reads see this node's writes and deletes within the timeout"""
+    for level in _LEVELS[1:]:
+        key = f"relaxed/{level}"
+        for i, want in enumerate((b"first", b"second", None)):
+            if want is None:
+                await b.delete(key)
+            else:
+                await b.write(key, want)
+            found = await _converged(b, key, level, want, timeout)
+            got = None if found is None else _versioned(found, f"read({level})").value
+            check(
+                got == want,
+                f"read({key!r}, consistency={level!r}) still returned {got!r} {timeout}s after "
+                f"{'deleting it' if want is None else f'writing {want!r}'} (step {i})",
+            )
+
+
+@_check
+async def _state_copies_buffers(b: StateBackend, timeout: float) -> None:
+    """a bytearray written or appended is copied: changing it afterwards changes nothing stored"""
+    # Typed bytes, but bytes-like values are accepted (check_state_value copies them).
+    buffer = bytearray(b"before")
+    await b.write("k", cast(bytes, buffer))
+    await b.append("s", cast(bytes, buffer))
+    view = bytearray(b"viewed")
+    await b.write("v", cast(bytes, memoryview(view)))
+    buffer[:] = b"AFTER!"
+    view[:] = b"CHANGE"
+    found = _versioned(await _strong(b, "k"), "read of a value written from a bytearray")
+    check(found.value == b"before", f"the stored value follows the caller's buffer: {found!r}")
+    found = _versioned(await _strong(b, "v"), "read of a value written from a memoryview")
+    check(found.value == b"viewed", f"the stored value follows the caller's buffer: {found!r}")
+    log = _entries(await b.read_log("s"), "read_log of a record appended from a bytearray")
+    check(
+        [e.data for e in log] == [b"before"],
+        f"the stored log record follows the caller's buffer: {log!r}",
+    )
+
+
+@_check
+async def _state_versions_grow(b: StateBackend, timeout: float) -> None:
     """every unconditional write of a key returns a strictly greater version"""
     last = 0
     for i in range(6):
@@ -114,7 +169,7 @@ async def _state_versions_grow(b: StateBackend) -> None:
 
 
 @_check
-async def _state_compare_and_set(b: StateBackend) -> None:
+async def _state_compare_and_set(b: StateBackend, timeout: float) -> None:
     """expected_version: 0 means absent, n means current version n, else StateConflict"""
     with raises(StateConflict, "write(absent, expected_version=3)") as exc:
         await b.write("k", b"x", expected_version=3)
@@ -141,7 +196,7 @@ async def _state_compare_and_set(b: StateBackend) -> None:
 
 
 @_check
-async def _state_delete(b: StateBackend) -> None:
+async def _state_delete(b: StateBackend, timeout: float) -> None:
     """delete removes a key; absent keys are fine; expected_version is checked"""
     await b.delete("never-written")
     await b.delete("never-written", expected_version=0)
@@ -168,7 +223,7 @@ async def _state_delete(b: StateBackend) -> None:
 
 
 @_check
-async def _state_keys_prefix(b: StateBackend) -> None:
+async def _state_keys_prefix(b: StateBackend, timeout: float) -> None:
     """keys(prefix) lists exactly the keys starting with prefix, sorted"""
     names = ["a", "a/", "a/b", "a/c/d", "ab", "b", "b/a", "é", "é/ü", "日本/x", "z z", "🙂/1"]
     for i, key in enumerate(reversed(names)):
@@ -184,7 +239,7 @@ async def _state_keys_prefix(b: StateBackend) -> None:
 
 
 @_check
-async def _state_binary_values(b: StateBackend) -> None:
+async def _state_binary_values(b: StateBackend, timeout: float) -> None:
     """values are arbitrary bytes, stored and returned exactly (empty, NUL, 64 KiB)"""
     values = {
         "empty": b"",
@@ -209,7 +264,7 @@ def _wrong(value: object) -> Any:
 
 
 @_check
-async def _state_bad_arguments(b: StateBackend) -> None:
+async def _state_bad_arguments(b: StateBackend, timeout: float) -> None:
     """bad arguments raise TypeError or ValueError (jido_trio.abc's checks) and store nothing"""
     cases: list[tuple[type[Exception], str, Callable[[], Awaitable[object]]]] = [
         (TypeError, "read(key=1)", lambda: b.read(_wrong(1))),
@@ -252,7 +307,7 @@ def _entries(found: object, what: str) -> list[LogEntry]:
 
 
 @_check
-async def _state_log_append_read(b: StateBackend) -> None:
+async def _state_log_append_read(b: StateBackend, timeout: float) -> None:
     """append returns growing sequence numbers; read_log returns them in order"""
     datas = [b"first", b"", b"\x00\xff", b"fourth", b"fifth"]
     seqs: list[int] = []
@@ -276,7 +331,7 @@ async def _state_log_append_read(b: StateBackend) -> None:
 
 
 @_check
-async def _state_log_streams_independent(b: StateBackend) -> None:
+async def _state_log_streams_independent(b: StateBackend, timeout: float) -> None:
     """streams have their own records, and are not keys"""
     await b.append("x", b"x1")
     await b.append("y", b"y1")
@@ -295,7 +350,7 @@ async def _state_log_streams_independent(b: StateBackend) -> None:
 
 
 @_check
-async def _state_log_trim(b: StateBackend) -> None:
+async def _state_log_trim(b: StateBackend, timeout: float) -> None:
     """trim_log drops records up to a seq; numbering continues, never reused"""
     await b.trim_log("absent", upto=10)
     seqs = [await b.append("s", b"%d" % i) for i in range(6)]
@@ -323,7 +378,7 @@ async def _state_log_trim(b: StateBackend) -> None:
 
 
 @_check
-async def _state_concurrent_writes(b: StateBackend) -> None:
+async def _state_concurrent_writes(b: StateBackend, timeout: float) -> None:
     """writes from many tasks at once all land, versions growing per key"""
     tasks, rounds = 40, 5
     versions: dict[int, list[int]] = {i: [] for i in range(tasks)}
@@ -347,7 +402,7 @@ async def _state_concurrent_writes(b: StateBackend) -> None:
 
 
 @_check
-async def _state_concurrent_compare_and_set(b: StateBackend) -> None:
+async def _state_concurrent_compare_and_set(b: StateBackend, timeout: float) -> None:
     """compare-and-set is atomic: concurrent read-modify-write loops lose no update"""
     tasks, increments = 16, 5
     conflicts = 0
@@ -378,7 +433,7 @@ async def _state_concurrent_compare_and_set(b: StateBackend) -> None:
 
 
 @_check
-async def _state_concurrent_appends(b: StateBackend) -> None:
+async def _state_concurrent_appends(b: StateBackend, timeout: float) -> None:
     """appends from many tasks get distinct sequence numbers and all survive"""
     tasks, rounds = 20, 10
     got: dict[int, bytes] = {}
@@ -407,7 +462,7 @@ async def _state_concurrent_appends(b: StateBackend) -> None:
 
 
 @_check
-async def _state_checkpoints(b: StateBackend) -> None:
+async def _state_checkpoints(b: StateBackend, timeout: float) -> None:
     """every method is a Trio checkpoint"""
     calls: list[tuple[str, Callable[[], Any]]] = [
         ("write", lambda: b.write("k", b"v")),
@@ -426,7 +481,7 @@ async def _state_checkpoints(b: StateBackend) -> None:
 
 
 @_check
-async def _state_cancellation(b: StateBackend) -> None:
+async def _state_cancellation(b: StateBackend, timeout: float) -> None:
     """a cancelled operation happens wholly or not at all; the backend stays usable"""
     with trio.CancelScope() as scope:
         scope.cancel()
@@ -465,7 +520,7 @@ async def _state_cancellation(b: StateBackend) -> None:
 
 
 @_check
-async def _state_random_model(b: StateBackend) -> None:
+async def _state_random_model(b: StateBackend, timeout: float) -> None:
     """a long random mix of operations agrees with a reference model"""
     rng = random.Random(20240601)
     model: dict[str, Versioned] = {}
@@ -538,18 +593,22 @@ async def _state_random_model(b: StateBackend) -> None:
             logs[stream] = [e for e in entries if e.seq > upto]
 
 
-async def check_state_backend(factory: Callable[[], Any], *, skip: Collection[str] = ()) -> None:
+async def check_state_backend(
+    factory: Callable[[], Any], *, skip: Collection[str] = (), timeout: float = 5.0
+) -> None:
     """Run every StateBackend check, each against a fresh backend from ``factory``.
 
     :param factory: called with no arguments for each check; returns an async
         context manager yielding an empty :class:`~jido_trio.abc.StateBackend`
         (or the backend itself, or an awaitable of it).
     :param skip: names of checks not to run (see :data:`STATE_BACKEND_CHECKS`).
+    :param timeout: seconds an ``"eventual"`` or ``"weak"`` read may take to
+        see this node's own write (they are polled, with ``trio.sleep``).
     :raises AssertionError: naming the first check that failed and why.
     """
 
     async def run_one(item: Check) -> None:
         async with opened_engine(factory, StateBackend) as backend:
-            await item.fn(backend)
+            await item.fn(backend, timeout)
 
     await STATE_SUITE.run(skip, run_one)

@@ -25,6 +25,7 @@ from ._conformance_common import Suite
 from ._conformance_common import check
 from ._conformance_common import expect_checkpoint
 from ._conformance_common import opened
+from ._conformance_common import opened_block
 from ._conformance_common import raises
 
 __all__ = ["TRANSPORT_SUITE", "check_transport"]
@@ -46,6 +47,7 @@ class _Net:
     prefix: str
     timeout: float
     settle: float
+    partition: Callable[[str, str], Any] | None = None
 
     def name(self, short: str) -> str:
         return f"{self.prefix}-{short}"
@@ -330,6 +332,40 @@ async def _transport_node_leaves(net: _Net) -> None:
 
 
 @_check
+async def _transport_members_partitioned(net: _Net) -> None:
+    """a peer cut off by a partition is not alive in members(), and alive again once healed
+
+    Runs only when check_transport is given ``partition=``.
+    """
+    assert net.partition is not None
+    async with net.node("a") as a, net.node("b"):
+        b_name = net.name("b")
+
+        async def b_alive() -> bool:
+            return any(m.name == b_name and m.alive for m in await a.members())
+
+        check(await _eventually(b_alive, net.settle), "members() of a never showed b alive")
+        async with opened_block(net.partition(net.name("a"), b_name)):
+
+            async def b_cut_off() -> bool:
+                return not await b_alive()
+
+            check(
+                await _eventually(b_cut_off, net.settle),
+                f"members() still shows b alive {net.settle}s after a partition cut it off",
+            )
+            with (
+                trio.fail_after(net.timeout * 2),
+                raises((Unreachable, CallTimeout), "request across a partition"),
+            ):
+                await a.request(b_name, b"x", timeout=net.timeout / 10)
+        check(
+            await _eventually(b_alive, net.settle),
+            f"members() does not show b alive {net.settle}s after the partition healed",
+        )
+
+
+@_check
 async def _transport_checkpoints(net: _Net) -> None:
     """send, request and members are Trio checkpoints"""
     async with net.node("a"), net.node("b") as b:
@@ -354,6 +390,8 @@ async def _local_only(transport: Transport, net: _Net) -> None:
 
 #: Check names run when the transport reports ``supports_remote = False``.
 LOCAL_ONLY_CHECK = "local_only"
+#: The check that runs only with ``partition=``.
+PARTITION_CHECK = "members_partitioned"
 
 
 async def check_transport(
@@ -362,6 +400,7 @@ async def check_transport(
     skip: Collection[str] = (),
     timeout: float = 5.0,
     settle: float = 5.0,
+    partition: Callable[[str, str], Any] | None = None,
 ) -> None:
     """Run every Transport check on endpoints from ``factory``.
 
@@ -374,6 +413,12 @@ async def check_transport(
     :param timeout: seconds an exchange may take before the check fails (a
         tenth of it is used as a short request timeout).
     :param settle: seconds a departed node may take to be seen as gone.
+    :param partition: optional fault injection: ``partition(node_a, node_b)``
+        returns a context manager (sync or async) that cuts all traffic
+        between the two endpoints for its block. With it, the check
+        ``members_partitioned`` requires ``members()`` to show a cut-off
+        peer as not alive (or not at all) within ``settle``; without it that
+        check passes without running.
     :raises AssertionError: naming the first check that failed and why.
 
     A transport whose ``supports_remote`` is false is only checked to raise
@@ -397,7 +442,15 @@ async def check_transport(
             return
 
     async def run_one(item: Check) -> None:
-        net = _Net(factory=factory, prefix=f"t{run_id}-{item.name}", timeout=timeout, settle=settle)
+        net = _Net(
+            factory=factory,
+            prefix=f"t{run_id}-{item.name}",
+            timeout=timeout,
+            settle=settle,
+            partition=partition,
+        )
         await item.fn(net)
 
+    if partition is None:
+        skip = {*skip, PARTITION_CHECK}
     await TRANSPORT_SUITE.run(skip, run_one)

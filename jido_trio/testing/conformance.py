@@ -28,8 +28,8 @@ why, like trio's ``check_two_way_stream``. With pytest and pytest-trio
         await check_transport(plugin_factory("transport", "mine", options={"hub": "t"}))
 
 
-    async def test_coordination(autojump_clock):   # lease expiry runs on virtual time
-        await check_coordination(plugin_factory("coordination", "mine"))
+    async def test_coordination():   # a networked engine: real clock, small ttl
+        await check_coordination(plugin_factory("coordination", "mine"), ttl=0.5)
 
 
     async def test_work_queue_backing():
@@ -42,19 +42,26 @@ implementation (for anything that owns resources), an awaitable of it, or the
 implementation itself. It must be a subclass of the matching
 :mod:`jido_trio.abc` class and start empty: no keys, no registrations.
 
+Every bound is measured with ``trio.current_time()``. An engine that waits
+only on Trio primitives may run under an autojump ``MockClock`` (pytest-trio's
+``autojump_clock`` fixture) and takes no real time; an engine that waits on
+threads or sockets must run on the real clock with small durations: under an
+autojump clock virtual time jumps while it waits and its own timeouts fire.
+
 - :func:`check_state_backend` and :func:`check_registry` need no special
-  clock. (A backend that waits on threads or sockets must *not* run under an
-  autojump clock when it is given timeouts: the clock would jump while it
-  waits.)
-- :func:`check_coordination` waits for leases to expire with ``trio.sleep``:
-  run it under an autojump ``MockClock`` (pytest-trio's ``autojump_clock``
-  fixture) so it takes no real time. Every duration is a multiple of its
-  ``ttl`` argument.
+  clock; ``timeout`` bounds how long relaxed reads may take to see a write
+  and how long a watch event may take.
+- :func:`check_coordination` waits for leases to expire with ``trio.sleep``;
+  every duration is a multiple of its ``ttl`` argument (a networked engine:
+  ``ttl=0.5`` on the real clock). A waiter must get a released lock within
+  one ``ttl``.
 - :func:`check_transport` calls ``factory(node_name)`` for each endpoint,
   with names unique to each check (so endpoints of a shared server do not
   collide). In-process transports are fastest under an autojump clock; a
   transport on a real network needs the real clock (``timeout``, ``settle``).
-  A transport whose ``supports_remote`` is false is only checked to raise
+  ``partition=`` (optional) cuts two endpoints apart, to check what
+  ``members()`` shows across a partition. A transport whose
+  ``supports_remote`` is false is only checked to raise
   :class:`~jido_trio.RemoteNotSupported`.
 - :func:`check_work_queue_backing` calls ``factory(spec)`` with a
   :class:`~jido_trio.abc.WorkQueueSpec` whose queue name is new for each

@@ -18,6 +18,7 @@ from jido_trio.local import LocalCoordination
 from jido_trio.local import LocalRegistry
 from jido_trio.local import MemoryStateBackend
 from jido_trio.local import open_sqlite_state_backend
+from jido_trio.testing import faults
 from jido_trio.testing.conformance import COORDINATION_CHECKS
 from jido_trio.testing.conformance import REGISTRY_CHECKS
 from jido_trio.testing.conformance import STATE_BACKEND_CHECKS
@@ -90,6 +91,17 @@ async def test_local_coordination_other_ttl(autojump_clock: trio.testing.MockClo
 
 async def test_local_transport_on_a_hub(autojump_clock: trio.testing.MockClock) -> None:
     await check_transport(plugin_factory("transport", "local", options={"hub": "conformance"}))
+
+
+async def test_local_transport_partitioned_by_fault_injection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With ``partition=`` the suite also checks what members() shows across a cut."""
+    hub = "conformance-partition"
+    await check_transport(
+        plugin_factory("transport", "local", options={"hub": hub}),
+        partition=lambda a, b: faults(hub).partition(a, b),
+    )
 
 
 async def test_local_transport_without_hub_is_local_only(
