@@ -293,11 +293,16 @@ async def _transport_members(net: _Net) -> None:
 
 @_check
 async def _transport_node_leaves(net: _Net) -> None:
-    """a node that stops serving becomes Unreachable, and can come back"""
+    """a node that stops serving becomes Unreachable, and can come back (with
+    another incarnation, if the transport tells incarnations)"""
+    async def incarnation_of_b() -> str:
+        return next((m.incarnation for m in await a.members() if m.name == net.name("b")), "")
+
     async with net.node("a") as a:
         async with net.node("b") as b:
             with trio.fail_after(net.timeout):
                 await a.request(net.name("b"), b"x", timeout=net.timeout)
+            before = await incarnation_of_b()
             del b
         outcomes: list[str] = []
 
@@ -329,6 +334,14 @@ async def _transport_node_leaves(net: _Net) -> None:
             with trio.fail_after(net.timeout):
                 reply = await a.request(net.name("b"), b"again", timeout=net.timeout)
             check(reply == b"echo:again", "a node that came back under its name is not reachable")
+            if before:
+                # NodeInfo.incarnation tells the new membership from the old
+                # one (callers forget what they learnt of the old one).
+                after = await incarnation_of_b()
+                check(
+                    after != before,
+                    f"a node that left and came back kept its incarnation {before!r}",
+                )
 
 
 @_check
