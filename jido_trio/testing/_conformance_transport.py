@@ -295,6 +295,7 @@ async def _transport_members(net: _Net) -> None:
 async def _transport_node_leaves(net: _Net) -> None:
     """a node that stops serving becomes Unreachable, and can come back (with
     another incarnation, if the transport tells incarnations)"""
+
     async def incarnation_of_b() -> str:
         return next((m.incarnation for m in await a.members() if m.name == net.name("b")), "")
 
