@@ -21,10 +21,10 @@ import trio
 from .._core import encode_state
 from .._core._inbound import tell
 from .._exceptions import ActionError
-from .._exceptions import AgentNotFound
 from .._exceptions import CallTimeout
 from .._exceptions import InvalidMessage
 from .._exceptions import JidoError
+from .._exceptions import Unreachable
 from .._message import Instruction
 from .._message import Message
 from ._directory import Directory
@@ -93,10 +93,12 @@ class RemoteServer:
         await trio.lowlevel.checkpoint()
         cell = self.directory.cells.get(ref.id)
         if cell is None:
-            # Not here: moved away (the caller asks the registry and follows
-            # it), or being taken over here (Unreachable: the caller waits).
-            await self.directory.owner_elsewhere(ref.id)
-            raise AgentNotFound(f"agent {ref.id!r} runs on another node, not {self.node_name!r}")
+            # Not here: moved away, or being taken over here. Either way
+            # Unreachable, which callers retry within their deadline: they ask
+            # the registry again and follow the agent (AgentNotFound would say
+            # it does not exist, and the registry may lag behind the move).
+            owner = await self.directory.owner_elsewhere(ref.id)
+            raise Unreachable(f"agent {ref.id!r} runs on node {owner!r}, not {self.node_name!r}")
         if kind == "health":
             return self.health.local_health(cell).value
         comm = self.comm
